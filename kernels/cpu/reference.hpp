@@ -1,0 +1,29 @@
+#pragma once
+// Plain (unfused) attention: S = scale * Q K^T, modifiers, mask, softmax, O = P V, and its gradient.
+// At fp64 it is the reference every kernel is judged against. At lower precisions it is the "plain
+// same-precision implementation" of FlashAttention's tolerance rule: products accumulate in fp32 and
+// S, P, O (and dP, dS and the gradients) are rounded to the storage type, as a framework would.
+#include <vector>
+
+#include "kernels/attention.hpp"
+
+namespace longattn::kernels {
+
+enum class RefPrecision { f64, f32, bf16, f16 };
+
+struct RefForward {
+    std::vector<double> o;    // [B, Sq, Hq, D] contiguous
+    std::vector<double> lse;  // [B, Hq, Sq]; -inf for a row with no allowed key
+};
+struct RefBackward {
+    std::vector<double> dq;   // [B, Sq, Hq, D]
+    std::vector<double> dk;   // [B, Sk, Hkv, D]
+    std::vector<double> dv;   // [B, Sk, Hkv, D]
+};
+
+// Reads q, k, v (and dout) through their views; ignores p.o, p.lse and the outputs.
+RefForward reference_forward(const FwdParams& p, RefPrecision prec = RefPrecision::f64);
+// Recomputes P and O itself (delta = rowsum(dO * O) from its own O).
+RefBackward reference_backward(const BwdParams& p, RefPrecision prec = RefPrecision::f64);
+
+}  // namespace longattn::kernels
