@@ -20,6 +20,7 @@ struct FwdParams {
     const std::int64_t* q_pos = nullptr;  // Sq global positions
     const std::int64_t* k_pos = nullptr;  // Sk global positions
     const Pattern* pattern = nullptr;
+    std::int64_t head_offset = 0;  // global index of query head 0 (ALiBi slopes are per global head)
     int threads = 0;      // 0: all hardware threads
 };
 
@@ -31,6 +32,7 @@ struct BwdParams {
     const std::int64_t* q_pos = nullptr;
     const std::int64_t* k_pos = nullptr;
     const Pattern* pattern = nullptr;
+    std::int64_t head_offset = 0;  // as in FwdParams
     int threads = 0;
 };
 

@@ -27,7 +27,7 @@ void check_same_shape(const TensorView& t, const std::string& name, const Tensor
 
 // Shapes shared by forward and backward: Q [B, Sq, Hq, D], K and V [B, Sk, Hkv, D].
 void check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, const std::int64_t* q_pos,
-               const std::int64_t* k_pos, const Pattern* pattern) {
+               const std::int64_t* k_pos, const Pattern* pattern, std::int64_t head_offset) {
     check_view(q, "q");
     check_view(k, "k");
     check_view(v, "v");
@@ -45,14 +45,16 @@ void check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, co
     require(k.shape[1] == 0 || k_pos != nullptr, "k_pos", "is null but the keys have ", k.shape[1], " rows");
     require(pattern != nullptr, "pattern", "is null");
     const auto& slopes = pattern->spec().alibi_slopes;
-    require(slopes.empty() || static_cast<std::int64_t>(slopes.size()) == q.shape[2], "pattern.alibi_slopes",
-            "needs one slope per query head (", q.shape[2], "), got ", slopes.size());
+    require(head_offset >= 0, "head_offset", "must be >= 0, got ", head_offset);
+    require(slopes.empty() || static_cast<std::int64_t>(slopes.size()) >= head_offset + q.shape[2],
+            "pattern.alibi_slopes", "needs one slope per query head (", head_offset + q.shape[2], "), got ",
+            slopes.size());
 }
 
 }  // namespace
 
 void validate(const FwdParams& p) {
-    check_qkv(p.q, p.k, p.v, p.q_pos, p.k_pos, p.pattern);
+    check_qkv(p.q, p.k, p.v, p.q_pos, p.k_pos, p.pattern, p.head_offset);
     check_view(p.o, "o");
     check_same_shape(p.o, "o", p.q, "q");
     require(p.q.numel() == 0 || p.lse != nullptr, "lse", "is null");
@@ -60,7 +62,7 @@ void validate(const FwdParams& p) {
 }
 
 void validate(const BwdParams& p) {
-    check_qkv(p.q, p.k, p.v, p.q_pos, p.k_pos, p.pattern);
+    check_qkv(p.q, p.k, p.v, p.q_pos, p.k_pos, p.pattern, p.head_offset);
     check_view(p.o, "o");
     check_same_shape(p.o, "o", p.q, "q");
     check_view(p.dout, "dout");

@@ -1,0 +1,51 @@
+#pragma once
+// MPI backend of the communicator. Takes the caller's communicator and duplicates it, so a training
+// codebase can hand in its own and longattn's traffic never mixes with the caller's.
+#include <mpi.h>
+
+#include "comm/communicator.hpp"
+
+namespace longattn::comm {
+
+class MpiCommunicator final : public Communicator {
+public:
+    explicit MpiCommunicator(MPI_Comm parent);
+    ~MpiCommunicator() override;
+    MpiCommunicator(const MpiCommunicator&) = delete;
+    MpiCommunicator& operator=(const MpiCommunicator&) = delete;
+
+    int rank() const override { return rank_; }
+    int size() const override { return size_; }
+    MPI_Comm handle() const { return comm_; }
+
+    Request isend(const void* buf, std::size_t bytes, int dest, int tag) override;
+    Request irecv(void* buf, std::size_t bytes, int src, int tag) override;
+    bool test(Request& r) override;
+    void wait(Request& r) override;
+    void progress() override;
+
+    void all_to_all_v(const void* send, const std::size_t* send_bytes, const std::size_t* send_off, void* recv,
+                      const std::size_t* recv_bytes, const std::size_t* recv_off) override;
+    void all_reduce_sum(double* data, std::size_t n) override;
+    void all_reduce_sum(std::int64_t* data, std::size_t n) override;
+    void all_reduce_max(double* data, std::size_t n) override;
+    void all_gather_v(const void* send, void* recv, const std::size_t* bytes, const std::size_t* offsets) override;
+    void broadcast(void* buf, std::size_t bytes, int root) override;
+    void barrier() override;
+    std::unique_ptr<Communicator> split(int color, int key) override;
+    [[noreturn]] void abort(int code) override;
+
+private:
+    struct Slot {
+        std::vector<MPI_Request> parts;  // a large message travels in several parts
+        bool in_use = false;
+    };
+    Request post(bool send, void* buf, std::size_t bytes, int peer, int tag);
+    bool test_slot(Slot& s);
+
+    MPI_Comm comm_ = MPI_COMM_NULL;
+    int rank_ = 0, size_ = 1;
+    std::vector<Slot> slots_;
+};
+
+}  // namespace longattn::comm

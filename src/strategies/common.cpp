@@ -1,0 +1,186 @@
+#include "strategies/common.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "longattn/tensor_ops.hpp"
+
+namespace longattn::dist {
+
+Scratch::Scratch(Ctx& cx, std::size_t bytes) : cx_(cx), buf_(bytes) {
+    cx_.scratch_now += bytes;
+    cx_.st.scratch_peak_bytes = std::max(cx_.st.scratch_peak_bytes, cx_.scratch_now);
+}
+Scratch::~Scratch() { cx_.scratch_now -= buf_.size(); }
+
+Shards gather_shards(comm::Communicator& comm, const std::int64_t* local_pos, std::int64_t local_count) {
+    const auto P = static_cast<std::size_t>(comm.size());
+    Shards sh;
+    sh.count.assign(P, 0);
+    std::vector<std::size_t> bytes(P, sizeof(std::int64_t)), off(P);
+    for (std::size_t r = 0; r < P; ++r) off[r] = r * sizeof(std::int64_t);
+    comm.all_gather_v(&local_count, sh.count.data(), bytes.data(), off.data());
+    sh.offset.assign(P + 1, 0);
+    for (std::size_t r = 0; r < P; ++r) sh.offset[r + 1] = sh.offset[r] + sh.count[r];
+    sh.pos.assign(static_cast<std::size_t>(sh.offset[P]), 0);
+    for (std::size_t r = 0; r < P; ++r) {
+        bytes[r] = static_cast<std::size_t>(sh.count[r]) * sizeof(std::int64_t);
+        off[r] = static_cast<std::size_t>(sh.offset[r]) * sizeof(std::int64_t);
+    }
+    comm.all_gather_v(local_pos, sh.pos.data(), bytes.data(), off.data());
+    return sh;
+}
+
+namespace {
+
+// Runs of consecutive positions as [lo, hi); more than a few runs collapse into one hull.
+std::vector<std::pair<std::int64_t, std::int64_t>> runs_of(const std::int64_t* pos, std::int64_t n) {
+    constexpr std::size_t kMaxRuns = 8;
+    std::vector<std::pair<std::int64_t, std::int64_t>> runs;
+    for (std::int64_t i = 0; i < n; ++i) {
+        if (!runs.empty() && runs.back().second == pos[i]) ++runs.back().second;
+        else runs.emplace_back(pos[i], pos[i] + 1);
+        if (runs.size() > kMaxRuns) {
+            const auto [lo, hi] = std::minmax_element(pos, pos + n);
+            return {{*lo, *hi + 1}};
+        }
+    }
+    return runs;
+}
+
+}  // namespace
+
+std::vector<std::vector<char>> needed_matrix(const Shards& sh, const Pattern& pat) {
+    const std::size_t P = sh.count.size();
+    std::vector<std::vector<std::pair<std::int64_t, std::int64_t>>> runs(P);
+    for (std::size_t r = 0; r < P; ++r) runs[r] = runs_of(sh.pos_of(static_cast<int>(r)), sh.count[r]);
+    std::vector<std::vector<char>> need(P, std::vector<char>(P, 0));
+    for (std::size_t o = 0; o < P; ++o)
+        for (std::size_t d = 0; d < P; ++d)
+            for (const auto& [k0, k1] : runs[o]) {
+                for (const auto& [q0, q1] : runs[d])
+                    if (pat.classify(q0, q1, k0, k1) != BlockClass::empty) {
+                        need[o][d] = 1;
+                        break;
+                    }
+                if (need[o][d]) break;
+            }
+    return need;
+}
+
+void timed_wait(Ctx& cx, comm::Communicator& comm, comm::Request& r) {
+    if (!r.active()) return;
+    ScopedTimer t(cx.st.wait_s);
+    comm.wait(r);
+}
+
+void run_forward(Ctx& cx, const kernels::FwdParams& p) {
+    ScopedTimer t(cx.st.kernel_s);
+    kernels::flash_forward_cpu(p);
+    ++cx.st.kernel_calls;
+}
+
+void run_backward(Ctx& cx, const kernels::BwdParams& p) {
+    ScopedTimer t(cx.st.kernel_s);
+    kernels::flash_backward_cpu(p);
+    ++cx.st.kernel_calls;
+}
+
+namespace {
+
+// Row ranges of the query chunks.
+std::vector<std::int64_t> chunk_bounds(std::int64_t rows, int chunks) {
+    chunks = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(chunks, rows)));
+    std::vector<std::int64_t> b;
+    for (int c = 0; c <= chunks; ++c) b.push_back(rows * c / chunks);
+    return b;
+}
+
+// lse [B, H, S] rows [i0, i0+n) <-> a contiguous [B, H, n] buffer.
+void lse_rows(float* full, float* part, std::int64_t B, std::int64_t H, std::int64_t S, std::int64_t i0, std::int64_t n,
+              bool to_full) {
+    for (std::int64_t bh = 0; bh < B * H; ++bh)
+        for (std::int64_t i = 0; i < n; ++i) {
+            float& f = full[bh * S + i0 + i];
+            float& p = part[bh * n + i];
+            if (to_full) f = p;
+            else p = f;
+        }
+}
+
+}  // namespace
+
+void forward_chunked(Ctx& cx, comm::Communicator& comm, const TensorView& q, const TensorView& k, const TensorView& v,
+                     const std::int64_t* q_pos, const std::int64_t* k_pos, const Pattern& pat, std::int64_t head_offset,
+                     const TensorView& o, float* lse) {
+    const std::int64_t B = q.shape[0], S = q.shape[1], H = q.shape[2];
+    const auto bounds = chunk_bounds(S, cx.opt.progress_chunks);
+    const bool one = bounds.size() == 2;
+    std::vector<float> part(one ? 0 : static_cast<std::size_t>(B * H * (bounds[1] - bounds[0] + 1)));
+    for (std::size_t c = 0; c + 1 < bounds.size(); ++c) {
+        const std::int64_t i0 = bounds[c], n = bounds[c + 1] - i0;
+        kernels::FwdParams p;
+        p.q = slice(q, 1, i0, n);
+        p.k = k;
+        p.v = v;
+        p.o = slice(o, 1, i0, n);
+        p.lse = one ? lse : part.data();
+        p.q_pos = q_pos + i0;
+        p.k_pos = k_pos;
+        p.pattern = &pat;
+        p.head_offset = head_offset;
+        p.threads = cx.opt.threads;
+        run_forward(cx, p);
+        if (!one) lse_rows(lse, part.data(), B, H, S, i0, n, true);
+        comm.progress();
+    }
+}
+
+void backward_chunked(Ctx& cx, comm::Communicator& comm, const kernels::BwdParams& p) {
+    const std::int64_t B = p.q.shape[0], S = p.q.shape[1], H = p.q.shape[2];
+    const auto bounds = chunk_bounds(S, cx.opt.progress_chunks);
+    const bool one = bounds.size() == 2;
+    std::vector<float> part(one ? 0 : static_cast<std::size_t>(B * H * (bounds[1] - bounds[0] + 1)));
+    for (std::size_t c = 0; c + 1 < bounds.size(); ++c) {
+        const std::int64_t i0 = bounds[c], n = bounds[c + 1] - i0;
+        kernels::BwdParams b = p;
+        b.q = slice(p.q, 1, i0, n);
+        b.o = slice(p.o, 1, i0, n);
+        b.dout = slice(p.dout, 1, i0, n);
+        b.dq = slice(p.dq, 1, i0, n);
+        b.q_pos = p.q_pos + i0;
+        b.accumulate = p.accumulate || c > 0;  // dK and dV sum over the chunks
+        if (!one) {
+            lse_rows(const_cast<float*>(p.lse), part.data(), B, H, S, i0, n, false);
+            b.lse = part.data();
+        }
+        // dQ rows of this chunk are fresh unless the caller accumulates.
+        if (!p.accumulate && c > 0) fill_zero(b.dq);
+        run_backward(cx, b);
+        comm.progress();
+    }
+}
+
+void local_forward(Ctx& cx, const DistForwardArgs& a) {
+    kernels::FwdParams p;
+    p.q = a.q, p.k = a.k, p.v = a.v, p.o = a.o, p.lse = a.lse;
+    p.q_pos = p.k_pos = a.pos;
+    p.pattern = a.pattern;
+    p.head_offset = a.head_offset;
+    p.threads = cx.opt.threads;
+    run_forward(cx, p);
+}
+
+void local_backward(Ctx& cx, const DistBackwardArgs& a) {
+    kernels::BwdParams p;
+    p.q = a.q, p.k = a.k, p.v = a.v, p.o = a.o, p.dout = a.dout, p.lse = a.lse;
+    p.dq = a.dq, p.dk = a.dk, p.dv = a.dv;
+    p.accumulate = a.accumulate;
+    p.q_pos = p.k_pos = a.pos;
+    p.pattern = a.pattern;
+    p.head_offset = a.head_offset;
+    p.threads = cx.opt.threads;
+    run_backward(cx, p);
+}
+
+}  // namespace longattn::dist

@@ -1,0 +1,114 @@
+#pragma once
+// What the strategies share: timing and memory accounting, shard bookkeeping, and kernel calls.
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "comm/communicator.hpp"
+#include "kernels/attention.hpp"
+#include "longattn/distributed.hpp"
+
+namespace longattn::dist {
+
+struct Ctx {
+    const DistOptions& opt;
+    DistStats& st;
+    std::uint64_t scratch_now = 0;
+};
+
+// Adds the wall time of a scope to a counter.
+class ScopedTimer {
+public:
+    explicit ScopedTimer(double& acc) : acc_(acc), t0_(std::chrono::steady_clock::now()) {}
+    ~ScopedTimer() { acc_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
+    ScopedTimer(const ScopedTimer&) = delete;
+    ScopedTimer& operator=(const ScopedTimer&) = delete;
+
+private:
+    double& acc_;
+    std::chrono::steady_clock::time_point t0_;
+};
+
+// Working memory of a strategy, counted into the stats while it lives.
+class Scratch {
+public:
+    Scratch(Ctx& cx, std::size_t bytes);
+    ~Scratch();
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    void* data() { return buf_.data(); }
+    float* f32() { return reinterpret_cast<float*>(buf_.data()); }
+    TensorView view(DType t, std::int64_t d0, std::int64_t d1, std::int64_t d2, std::int64_t d3) {
+        return contiguous_view(buf_.data(), t, d0, d1, d2, d3);
+    }
+
+private:
+    Ctx& cx_;
+    std::vector<unsigned char> buf_;
+};
+
+// Row counts, offsets and global positions of every rank's shard (all ranks learn all of them).
+struct Shards {
+    std::vector<std::int64_t> count, offset, pos;  // pos: all positions, rank after rank
+    const std::int64_t* pos_of(int r) const { return pos.data() + offset[static_cast<std::size_t>(r)]; }
+    std::int64_t total() const { return pos.empty() ? 0 : static_cast<std::int64_t>(pos.size()); }
+};
+Shards gather_shards(comm::Communicator& comm, const std::int64_t* local_pos, std::int64_t local_count);
+
+// needed[o][d]: rank d's queries have some allowed key among rank o's rows (exact up to the hulls
+// of runs of consecutive positions, so EMPTY is never claimed wrongly).
+std::vector<std::vector<char>> needed_matrix(const Shards& sh, const Pattern& pat);
+
+// Blocked time on a request, counted as communication wait.
+void timed_wait(Ctx& cx, comm::Communicator& comm, comm::Request& r);
+
+// Kernel calls, timed and counted.
+void run_forward(Ctx& cx, const kernels::FwdParams& p);
+void run_backward(Ctx& cx, const kernels::BwdParams& p);
+
+// Forward of local q rows against one block of keys, in `chunks` kernel calls over query rows with
+// comm.progress() between them. o gets the partial output, lse [B, Hq, S] the partial LSE.
+void forward_chunked(Ctx& cx, comm::Communicator& comm, const TensorView& q, const TensorView& k, const TensorView& v,
+                     const std::int64_t* q_pos, const std::int64_t* k_pos, const Pattern& pat, std::int64_t head_offset,
+                     const TensorView& o, float* lse);
+void backward_chunked(Ctx& cx, comm::Communicator& comm, const kernels::BwdParams& p);
+
+// Strategy entry points. Ulysses and hybrid wrap an inner attention over the gathered sequence.
+using InnerForward = std::function<void(const DistForwardArgs&)>;
+using InnerBackward = std::function<void(const DistBackwardArgs&)>;
+
+void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a);
+void ring_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a);
+void ulysses_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a, const InnerForward& inner);
+void ulysses_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a, const InnerBackward& inner);
+void allgather_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a);
+void allgather_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a);
+// Local attention over the whole (gathered) sequence on this rank alone.
+void local_forward(Ctx& cx, const DistForwardArgs& a);
+void local_backward(Ctx& cx, const DistBackwardArgs& a);
+
+}  // namespace longattn::dist
+
+namespace longattn::dist {
+
+struct Range {
+    std::int64_t start = 0, len = 0;
+};
+// Near-equal split of n items over p parts.
+std::vector<Range> split_even(std::int64_t n, int p);
+// Each rank's rows inside the gathered sequence.
+std::vector<Range> rows_of(const Shards& sh);
+// LSE [B, H, S] as a rank-4 view [B, H, S, 1], so it travels like the other tensors.
+inline TensorView as_rows(float* lse, std::int64_t B, std::int64_t H, std::int64_t S) {
+    return contiguous_view(lse, DType::f32, B, H, S, 1);
+}
+
+// All-to-all of tensor blocks: rank j sends src narrowed to send[d] along send_dim to every rank d;
+// rank d places (or adds, in source-rank order) the block from j into dst narrowed to recv[j] along
+// recv_dim. Blocks travel in src's dtype; dst converts (add requires fp32 dst).
+void exchange_blocks(Ctx& cx, comm::Communicator& comm, const TensorView& src, int send_dim,
+                     const std::vector<Range>& send, const TensorView& dst, int recv_dim,
+                     const std::vector<Range>& recv, bool add = false);
+
+}  // namespace longattn::dist

@@ -1,0 +1,268 @@
+// Run under mpirun with any rank count: every strategy x layout x pattern family gives each rank the
+// rows of the single-process result (O, LSE, dQ, dK, dV), judged by FlashAttention's rule against
+// the fp64 reference with the single-process kernel's own error as the yardstick, and reruns are
+// bitwise identical. All collectives of a case run before any check, so a failed check never
+// leaves a rank behind in a collective.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cstring>
+#include <numeric>
+
+#include "comm/mpi/mpi_communicator.hpp"
+#include "kernels/attention.hpp"
+#include "kernels/cpu/reference.hpp"
+#include "longattn/distributed.hpp"
+#include "longattn/error.hpp"
+#include "longattn/layout.hpp"
+#include "longattn/synth.hpp"
+#include "longattn/tensor_ops.hpp"
+#include "testing.hpp"
+
+using namespace longattn;
+using longattn::test::floor_for;
+
+namespace {
+
+comm::MpiCommunicator* g_comm = nullptr;
+
+// An owning contiguous [B, S, H, D] buffer.
+struct Buf {
+    std::vector<unsigned char> mem;
+    TensorView v;
+    Buf(DType t, std::int64_t B, std::int64_t S, std::int64_t H, std::int64_t D)
+        : mem(static_cast<std::size_t>(B * S * H * D) * dtype_size(t)), v(contiguous_view(mem.data(), t, B, S, H, D)) {}
+};
+
+std::vector<double> rows_f64(const TensorView& t, const std::vector<std::int64_t>& rows) {
+    std::vector<double> out;
+    for (std::int64_t b = 0; b < t.shape[0]; ++b)
+        for (std::int64_t r : rows)
+            for (std::int64_t h = 0; h < t.shape[2]; ++h)
+                for (std::int64_t d = 0; d < t.shape[3]; ++d)
+                    out.push_back(load_as_f32(t.data, t.dtype, t.offset(b, r, h, d)));
+    return out;
+}
+std::vector<double> pick_rows(const std::vector<double>& full, std::int64_t B, std::int64_t S, std::int64_t HD,
+                              const std::vector<std::int64_t>& rows) {
+    std::vector<double> out;
+    for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t r : rows)
+            for (std::int64_t e = 0; e < HD; ++e) out.push_back(full[static_cast<std::size_t>((b * S + r) * HD + e)]);
+    return out;
+}
+// LSE [BH, S] at the given rows.
+std::vector<double> lse_rows(const std::vector<double>& lse, std::int64_t BH, std::int64_t S,
+                             const std::vector<std::int64_t>& rows) {
+    std::vector<double> out;
+    for (std::int64_t bh = 0; bh < BH; ++bh)
+        for (std::int64_t r : rows) out.push_back(lse[static_cast<std::size_t>(bh * S + r)]);
+    return out;
+}
+
+struct Shape {
+    std::int64_t N, B, Hq, Hkv, D;
+    DType dtype;
+};
+
+// One configuration: the whole problem on every rank (single process and fp64), the sharded run, the
+// checks on this rank's rows, and a rerun compared bit for bit.
+void run_case(const DistOptions& opt, LayoutKind lk, const std::string& pname, const PatternSpec& spec, const Shape& s) {
+    comm::Communicator& comm = *g_comm;
+    const Pattern pat(spec);
+    const std::uint64_t seed = 11;
+    const std::string what = std::string(strategy_name(opt.strategy)) + "(u=" + std::to_string(opt.ulysses_degree) +
+                             ")/" + layout_name(lk) + "/" + pname + "/" + std::string(dtype_name(s.dtype)) +
+                             " P=" + std::to_string(comm.size()) + " rank " + std::to_string(comm.rank());
+    SCOPED_TRACE(what);
+    // The whole sequence, single process.
+    std::vector<std::int64_t> all(static_cast<std::size_t>(s.N));
+    std::iota(all.begin(), all.end(), 0);
+    Buf q(s.dtype, s.B, s.N, s.Hq, s.D), k(s.dtype, s.B, s.N, s.Hkv, s.D), v(s.dtype, s.B, s.N, s.Hkv, s.D),
+        o(s.dtype, s.B, s.N, s.Hq, s.D), dout(s.dtype, s.B, s.N, s.Hq, s.D);
+    fill_synth(q.v, seed, SynthTensor::q, all.data());
+    fill_synth(k.v, seed, SynthTensor::k, all.data());
+    fill_synth(v.v, seed, SynthTensor::v, all.data());
+    fill_synth(dout.v, seed, SynthTensor::dout, all.data());
+    std::vector<float> lse(static_cast<std::size_t>(s.B * s.Hq * s.N));
+    kernels::FwdParams fp;
+    fp.q = q.v, fp.k = k.v, fp.v = v.v, fp.o = o.v, fp.lse = lse.data(), fp.q_pos = fp.k_pos = all.data();
+    fp.pattern = &pat;
+    fp.threads = 1;
+    kernels::flash_forward_cpu(fp);
+    Buf dq(DType::f32, s.B, s.N, s.Hq, s.D), dk(DType::f32, s.B, s.N, s.Hkv, s.D), dv(DType::f32, s.B, s.N, s.Hkv, s.D);
+    kernels::BwdParams bp;
+    bp.q = q.v, bp.k = k.v, bp.v = v.v, bp.o = o.v, bp.dout = dout.v, bp.lse = lse.data();
+    bp.dq = dq.v, bp.dk = dk.v, bp.dv = dv.v, bp.q_pos = bp.k_pos = all.data(), bp.pattern = &pat, bp.threads = 1;
+    kernels::flash_backward_cpu(bp);
+    const kernels::RefForward rf = kernels::reference_forward(fp);
+    const kernels::RefBackward rb = kernels::reference_backward(bp);
+
+    // This rank's shard.
+    const Layout layout(lk, s.N, comm.size());
+    const std::vector<std::int64_t> pos = layout.positions(comm.rank());
+    const auto S = static_cast<std::int64_t>(pos.size());
+    Buf lq(s.dtype, s.B, S, s.Hq, s.D), lk_(s.dtype, s.B, S, s.Hkv, s.D), lv(s.dtype, s.B, S, s.Hkv, s.D),
+        ldo(s.dtype, s.B, S, s.Hq, s.D);
+    fill_synth(lq.v, seed, SynthTensor::q, pos.data());
+    fill_synth(lk_.v, seed, SynthTensor::k, pos.data());
+    fill_synth(lv.v, seed, SynthTensor::v, pos.data());
+    fill_synth(ldo.v, seed, SynthTensor::dout, pos.data());
+    struct Run {
+        Buf o, dq, dk, dv;
+        std::vector<float> lse;
+    };
+    auto run = [&] {
+        Run r{Buf(s.dtype, s.B, S, s.Hq, s.D), Buf(DType::f32, s.B, S, s.Hq, s.D), Buf(DType::f32, s.B, S, s.Hkv, s.D),
+              Buf(DType::f32, s.B, S, s.Hkv, s.D), std::vector<float>(static_cast<std::size_t>(s.B * s.Hq * S))};
+        DistForwardArgs fa;
+        fa.q = lq.v, fa.k = lk_.v, fa.v = lv.v, fa.o = r.o.v, fa.lse = r.lse.data(), fa.pos = pos.data(), fa.pattern = &pat;
+        attention_forward(comm, opt, fa);
+        DistBackwardArgs ba;
+        ba.q = lq.v, ba.k = lk_.v, ba.v = lv.v, ba.o = r.o.v, ba.dout = ldo.v, ba.lse = r.lse.data();
+        ba.dq = r.dq.v, ba.dk = r.dk.v, ba.dv = r.dv.v, ba.pos = pos.data(), ba.pattern = &pat;
+        attention_backward(comm, opt, ba);
+        return r;
+    };
+    const Run a = run(), b = run();
+
+    // Checks on this rank's rows: distributed vs fp64 within 2x (3x for gradients) of the
+    // single-process kernel's error against fp64 over the whole problem, plus the floor.
+    const std::int64_t HqD = s.Hq * s.D, HkD = s.Hkv * s.D;
+    auto check = [&](const char* name, const std::vector<double>& got, const std::vector<double>& single_all,
+                     const std::vector<double>& ref_all, const std::vector<double>& ref_rows, DType t, double factor) {
+        const double e_single = test::max_abs_err(single_all, ref_all).err;
+        const double e_dist = test::max_abs_err(got, ref_rows).err;
+        const double bound = factor * e_single + floor_for(t, ref_all);
+        EXPECT_LE(e_dist, bound) << name << ": distributed error " << e_dist << ", single-process error " << e_single
+                                 << ", floor " << floor_for(t, ref_all);
+    };
+    std::vector<std::int64_t> local(pos.size());
+    std::iota(local.begin(), local.end(), 0);
+    check("O", rows_f64(a.o.v, local), rows_f64(o.v, all), rf.o, pick_rows(rf.o, s.B, s.N, HqD, pos), s.dtype,
+          test::kForwardFactor);
+    check("LSE", test::to_f64(a.lse), test::to_f64(lse), rf.lse, lse_rows(rf.lse, s.B * s.Hq, s.N, pos), DType::f32,
+          test::kForwardFactor);
+    check("dQ", rows_f64(a.dq.v, local), rows_f64(dq.v, all), rb.dq, pick_rows(rb.dq, s.B, s.N, HqD, pos), DType::f32,
+          test::kGradFactor);
+    check("dK", rows_f64(a.dk.v, local), rows_f64(dk.v, all), rb.dk, pick_rows(rb.dk, s.B, s.N, HkD, pos), DType::f32,
+          test::kGradFactor);
+    check("dV", rows_f64(a.dv.v, local), rows_f64(dv.v, all), rb.dv, pick_rows(rb.dv, s.B, s.N, HkD, pos), DType::f32,
+          test::kGradFactor);
+    EXPECT_EQ(a.o.mem, b.o.mem) << "forward rerun differs";
+    EXPECT_EQ(0, std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * 4)) << "LSE rerun differs";
+    EXPECT_EQ(a.dq.mem, b.dq.mem) << "dQ rerun differs";
+    EXPECT_EQ(a.dk.mem, b.dk.mem) << "dK rerun differs";
+    EXPECT_EQ(a.dv.mem, b.dv.mem) << "dV rerun differs";
+}
+
+// Pattern families, over n tokens, for `heads` query heads.
+std::vector<test::NamedSpec> families(std::int64_t n, std::int64_t heads) {
+    std::vector<test::NamedSpec> out;
+    for (auto& z : test::pattern_zoo(n, heads))
+        for (const char* keep : {"dense", "causal", "causal_window_5_7", "causal_documents_window", "causal_global_list",
+                                 "causal_block_mask_strided", "window_global_random", "causal_softcap_alibi"})
+            if (z.name == keep) out.push_back(z);
+    return out;
+}
+
+void run_strategy(DistOptions opt) {
+    const int P = g_comm->size();
+    // Uneven lengths (never a multiple of 2P), odd head dims, GQA with heads not dividing P, MQA.
+    const Shape shapes[] = {{12 * P + 29, 1, 4, 2, 19, DType::f32}, {6 * P + 13, 2, 3, 1, 8, DType::bf16}};
+    int i = 0;
+    for (LayoutKind lk : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped})
+        for (const Shape& s : shapes)
+            for (const auto& f : families(s.N, s.Hq)) {
+                // bf16 runs a rotating third of the families to keep the suite fast.
+                if (s.dtype == DType::bf16 && (i++ % 3) != 0) continue;
+                run_case(opt, lk, f.name, f.spec, s);
+            }
+}
+
+TEST(Distributed, Ring) {
+    DistOptions opt;
+    opt.strategy = StrategyKind::ring;
+    opt.threads = 1;
+    opt.progress_chunks = 2;
+    run_strategy(opt);
+}
+
+TEST(Distributed, Ulysses) {
+    DistOptions opt;
+    opt.strategy = StrategyKind::ulysses;
+    opt.threads = 1;
+    run_strategy(opt);
+}
+
+TEST(Distributed, HybridEveryDegree) {
+    const int P = g_comm->size();
+    for (int u = 1; u <= P; ++u) {
+        if (P % u != 0 || u == P || u == 1) continue;  // u = 1 and u = P are the ring and Ulysses tests
+        DistOptions opt;
+        opt.strategy = StrategyKind::hybrid;
+        opt.ulysses_degree = u;
+        opt.threads = 1;
+        run_strategy(opt);
+    }
+}
+
+TEST(Distributed, AllGatherInHeadChunks) {
+    DistOptions opt;
+    opt.strategy = StrategyKind::allgather;
+    opt.kv_head_chunk = 1;
+    opt.threads = 1;
+    run_strategy(opt);
+}
+
+TEST(Distributed, MismatchedShapesFailOnEveryRank) {
+    comm::Communicator& comm = *g_comm;
+    if (comm.size() == 1) GTEST_SKIP() << "needs two ranks";
+    const std::int64_t D = comm.rank() == 0 ? 8 : 16;  // ranks disagree on the head dim
+    Buf q(DType::f32, 1, 4, 2, D), k(DType::f32, 1, 4, 2, D), v(DType::f32, 1, 4, 2, D), o(DType::f32, 1, 4, 2, D);
+    std::vector<float> lse(8);
+    std::vector<std::int64_t> pos = {0, 1, 2, 3};
+    Pattern pat;
+    DistForwardArgs fa;
+    fa.q = q.v, fa.k = k.v, fa.v = v.v, fa.o = o.v, fa.lse = lse.data(), fa.pos = pos.data(), fa.pattern = &pat;
+    try {
+        attention_forward(comm, DistOptions{}, fa);
+        ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("q.shape[3] (head dim)"), std::string::npos) << e.what();
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int provided = 0;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    int rc = 0;
+    {
+        comm::MpiCommunicator comm(MPI_COMM_WORLD);
+        g_comm = &comm;
+        ::testing::InitGoogleTest(&argc, argv);
+        if (comm.rank() != 0) {
+            // Only rank 0 prints the progress; failures of any rank still print through gtest's
+            // failure output because the default printer is replaced by a minimal one.
+            auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+            delete listeners.Release(listeners.default_result_printer());
+            struct FailurePrinter : ::testing::EmptyTestEventListener {
+                int rank;
+                explicit FailurePrinter(int r) : rank(r) {}
+                void OnTestPartResult(const ::testing::TestPartResult& r) override {
+                    if (r.failed()) std::fprintf(stderr, "[rank %d] %s:%d: %s\n", rank, r.file_name(), r.line_number(), r.summary());
+                }
+            };
+            listeners.Append(new FailurePrinter(comm.rank()));
+        }
+        rc = RUN_ALL_TESTS();
+        int worst = rc;
+        MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        rc = worst;
+        g_comm = nullptr;
+    }
+    MPI_Finalize();
+    return rc;
+}
