@@ -5,7 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "longattn/distributed.hpp"
 #include "longattn/dtype.hpp"
+#include "longattn/layout.hpp"
 #include "longattn/pattern.hpp"
 
 namespace longattn::bench {
@@ -27,9 +29,27 @@ struct Job {
     PatternSpec pattern;                 // seq_len is filled in per length
     std::int64_t docs = 0;               // split into this many equal documents (0 = none)
     std::vector<std::int64_t> doc_lens;  // or these lengths, repeated to cover the sequence
+    // Distributed runs (strategy other than "kernel").
+    bool distributed = false;
+    DistOptions dist;
+    LayoutKind layout = LayoutKind::zigzag;
+    bool per_rank = false;               // print every rank's kernel, wait, bytes and memory
 };
 
-// Runs the single-process kernel benchmark and prints the table; returns the number of wrong checks.
+// The job's pattern for one sequence length (documents laid out, random part sized).
+PatternSpec spec_for_length(const Job& job, std::int64_t L);
+
+// Single-process kernel benchmark; prints the table and returns 0 when every check passed.
 int run_kernel_bench(const Job& job);
+
+}  // namespace longattn::bench
+
+namespace longattn::comm {
+class Communicator;
+}
+
+namespace longattn::bench {
+// Distributed benchmark under mpirun; the same return convention.
+int run_dist_bench(const Job& job, comm::Communicator& comm);
 
 }  // namespace longattn::bench

@@ -275,6 +275,8 @@ CheckResult check(const Job& job, Problem& pr, const Pattern& pat, bool grads) {
     return res;
 }
 
+}  // namespace
+
 PatternSpec spec_for_length(const Job& job, std::int64_t L) {
     PatternSpec s = job.pattern;
     s.seq_len = L;
@@ -289,8 +291,6 @@ PatternSpec spec_for_length(const Job& job, std::int64_t L) {
     }
     return s;
 }
-
-}  // namespace
 
 int run_kernel_bench(const Job& job) {
     const char* mode = job.mode == Mode::fwd ? "fwd" : job.mode == Mode::bwd ? "bwd" : "fwd+bwd";

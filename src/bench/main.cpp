@@ -7,6 +7,11 @@
 
 #include "bench/bench.hpp"
 #include "longattn/error.hpp"
+#ifdef LONGATTN_HAVE_MPI
+#include <mpi.h>
+
+#include "comm/mpi/mpi_communicator.hpp"
+#endif
 
 namespace po = boost::program_options;
 using namespace longattn;
@@ -47,8 +52,9 @@ std::vector<T> parse_list(const std::string& s, const char* key) {
     return out;
 }
 
-Job parse(int argc, char** argv, bool& help) {
-    std::string mode, dtype, window, doc_lens, threads, minlen, maxlen, config;
+// Fills help_text (and returns a default job) when --help is given.
+Job parse(int argc, char** argv, std::string& help_text) {
+    std::string mode, dtype, window, doc_lens, threads, minlen, maxlen, config, strategy, layout;
     double factor = 2;
     Job j;
     po::options_description general("General");
@@ -76,6 +82,16 @@ Job parse(int argc, char** argv, bool& help) {
         ("kv-heads", po::value(&j.kv_heads)->default_value(0), "key/value heads (0 = heads; GQA/MQA when fewer)")
         ("head-dim", po::value(&j.head_dim)->default_value(128), "head dimension (1..256)")
         ("seed", po::value(&j.seed)->default_value(1), "seed of the synthetic inputs");
+    po::options_description dist("Distribution (under mpirun)");
+    dist.add_options()
+        ("strategy", po::value(&strategy)->default_value("kernel"),
+         "kernel (single process) | ring | ulysses | hybrid | allgather")
+        ("layout", po::value(&layout)->default_value("zigzag"), "contiguous | zigzag | striped")
+        ("ulysses-degree", po::value(&j.dist.ulysses_degree)->default_value(1), "hybrid: ranks per Ulysses group")
+        ("kv-head-chunk", po::value(&j.dist.kv_head_chunk)->default_value(0), "allgather: kv heads gathered at once (0 = all)")
+        ("progress-chunks", po::value(&j.dist.progress_chunks)->default_value(4),
+         "ring: kernel calls per step, with transfer progress between them")
+        ("per-rank", po::value(&j.per_rank)->default_value(false), "print every rank's time, wait, bytes and memory");
     po::options_description pat("Pattern");
     pat.add_options()
         ("causal", po::value(&j.pattern.causal)->default_value(false), "causal mask")
@@ -88,7 +104,7 @@ Job parse(int argc, char** argv, bool& help) {
         ("random", po::value(&j.pattern.random_blocks)->default_value(0), "random key blocks per query block")
         ("softcap", po::value(&j.pattern.softcap)->default_value(0.0f), "tanh softcap of scores (0 = off)");
     po::options_description all;
-    all.add(general).add(sweep).add(shape).add(pat);
+    all.add(general).add(sweep).add(shape).add(dist).add(pat);
 
     po::variables_map vm;
     try {
@@ -104,9 +120,10 @@ Job parse(int argc, char** argv, bool& help) {
     } catch (const po::error& e) {
         throw Error(std::string("option: ") + e.what());
     }
-    help = vm.count("help") > 0;
-    if (help) {
-        std::cout << "usage: longattn-bench [options]\n" << all << '\n';
+    if (vm.count("help")) {
+        std::ostringstream os;
+        os << "usage: longattn-bench [options]   (under mpirun for the distributed strategies)\n" << all << '\n';
+        help_text = os.str();
         return j;
     }
     if (mode == "fwd") j.mode = bench::Mode::fwd;
@@ -126,8 +143,16 @@ Job parse(int argc, char** argv, bool& help) {
         j.lengths.push_back(static_cast<std::int64_t>(L));
         if (lo == hi) break;
     }
+    j.distributed = strategy != "kernel";
+    if (j.distributed) j.dist.strategy = parse_strategy(strategy);
+    j.layout = parse_layout(layout);
+    require(j.dist.ulysses_degree >= 1, "ulysses-degree", "must be >= 1, got ", j.dist.ulysses_degree);
+    require(j.dist.kv_head_chunk >= 0, "kv-head-chunk", "must be >= 0, got ", j.dist.kv_head_chunk);
+    require(j.dist.progress_chunks >= 1, "progress-chunks", "must be >= 1, got ", j.dist.progress_chunks);
     j.threads.clear();
     for (std::int64_t t : parse_list<std::int64_t>(threads, "threads")) j.threads.push_back(static_cast<int>(t));
+    require(!j.distributed || j.threads.size() == 1, "threads", "takes one value per rank in distributed runs");
+    j.dist.threads = j.threads.front();
     require(j.iters >= 1, "iters", "must be >= 1, got ", j.iters);
     require(j.warmup >= 0, "warmup", "must be >= 0, got ", j.warmup);
     require(j.check_rows >= 1, "check-rows", "must be >= 1, got ", j.check_rows);
@@ -158,17 +183,60 @@ Job parse(int argc, char** argv, bool& help) {
 
 }  // namespace
 
+// Every rank parses the same arguments, so bad input fails everywhere alike (exit 2, message from
+// rank 0). A failure after that may hit one rank only: it prints and aborts the whole job.
 int main(int argc, char** argv) {
+    int rank = 0, size = 1;
+#ifdef LONGATTN_HAVE_MPI
+    int provided = 0;
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+#endif
+    auto finish = [&](int rc) {
+#ifdef LONGATTN_HAVE_MPI
+        MPI_Finalize();
+#endif
+        return rc;
+    };
+    auto fail = [&](const char* kind, const char* what, int code) {
+        std::fprintf(stderr, "longattn-bench: %s%s%s\n", size > 1 ? ("rank " + std::to_string(rank) + ": ").c_str() : "",
+                     kind, what);
+#ifdef LONGATTN_HAVE_MPI
+        if (size > 1) MPI_Abort(MPI_COMM_WORLD, code);
+#endif
+        return code;
+    };
+    Job job;
     try {
-        bool help = false;
-        const Job job = parse(argc, argv, help);
-        if (help) return 0;
-        return bench::run_kernel_bench(job) == 0 ? 0 : 1;
+        std::string help;
+        job = parse(argc, argv, help);
+        if (!help.empty()) {
+            if (rank == 0) std::cout << help;
+            return finish(0);
+        }
+        require(job.distributed || size == 1, "strategy",
+                "'kernel' runs in one process; under mpirun choose ring, ulysses, hybrid or allgather");
     } catch (const Error& e) {
-        std::cerr << "longattn-bench: error: " << e.what() << '\n';
-        return 2;
-    } catch (const std::exception& e) {
-        std::cerr << "longattn-bench: runtime failure: " << e.what() << '\n';
-        return 1;
+        if (rank == 0) std::fprintf(stderr, "longattn-bench: error: %s\n", e.what());
+        return finish(2);
     }
+    int rc = 0;
+    try {
+        if (!job.distributed) {
+            rc = bench::run_kernel_bench(job);
+        } else {
+#ifdef LONGATTN_HAVE_MPI
+            comm::MpiCommunicator comm(MPI_COMM_WORLD);
+            rc = bench::run_dist_bench(job, comm);
+#else
+            throw Error("strategy: this build has no MPI (configure with -DLONGATTN_WITH_MPI=ON)");
+#endif
+        }
+    } catch (const Error& e) {
+        return finish(fail("error: ", e.what(), 2));
+    } catch (const std::exception& e) {
+        return finish(fail("runtime failure: ", e.what(), 1));
+    }
+    return finish(rc);
 }
