@@ -34,6 +34,7 @@ struct Job {
     DistOptions dist;
     LayoutKind layout = LayoutKind::zigzag;
     bool per_rank = false;               // print every rank's kernel, wait, bytes and memory
+    int inject_failure = -1;             // this rank throws mid-run (tests the abort path)
 };
 
 // The job's pattern for one sequence length (documents laid out, random part sized).

@@ -158,6 +158,7 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         std::vector<DistStats> fs, bs;
         for (int it = 0; it < job.warmup + job.iters; ++it) {
             comm.barrier();
+            if (job.inject_failure == me) throw std::runtime_error("injected failure");
             DistStats f, b;
             attention_forward(comm, job.dist, fa, &f);
             if (grads) attention_backward(comm, job.dist, ba, &b);

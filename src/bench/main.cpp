@@ -103,8 +103,13 @@ Job parse(int argc, char** argv, std::string& help_text) {
         ("stride", po::value(&j.pattern.stride)->default_value(0), "every s-th key block column (0 = off)")
         ("random", po::value(&j.pattern.random_blocks)->default_value(0), "random key blocks per query block")
         ("softcap", po::value(&j.pattern.softcap)->default_value(0.0f), "tanh softcap of scores (0 = off)");
+    po::options_description hidden("Hidden");
+    hidden.add_options()("inject-failure", po::value(&j.inject_failure)->default_value(-1),
+                         "this rank throws while the others are inside a collective");
+    po::options_description visible;
+    visible.add(general).add(sweep).add(shape).add(dist).add(pat);
     po::options_description all;
-    all.add(general).add(sweep).add(shape).add(dist).add(pat);
+    all.add(visible).add(hidden);
 
     po::variables_map vm;
     try {
@@ -122,7 +127,7 @@ Job parse(int argc, char** argv, std::string& help_text) {
     }
     if (vm.count("help")) {
         std::ostringstream os;
-        os << "usage: longattn-bench [options]   (under mpirun for the distributed strategies)\n" << all << '\n';
+        os << "usage: longattn-bench [options]   (under mpirun for the distributed strategies)\n" << visible << '\n';
         help_text = os.str();
         return j;
     }

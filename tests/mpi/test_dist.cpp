@@ -215,6 +215,45 @@ TEST(Distributed, AllGatherInHeadChunks) {
     run_strategy(opt);
 }
 
+// The communicator's own operations, with exact values.
+TEST(Communicator, CollectivesAndSplitsGiveExactValues) {
+    comm::Communicator& comm = *g_comm;
+    const int P = comm.size(), r = comm.rank();
+    double sum[2] = {double(r), 1.0};
+    comm.all_reduce_sum(sum, 2);
+    EXPECT_EQ(sum[0], P * (P - 1) / 2.0);
+    EXPECT_EQ(sum[1], double(P));
+    std::int64_t isum = r + 1;
+    comm.all_reduce_sum(&isum, 1);
+    EXPECT_EQ(isum, std::int64_t{P} * (P + 1) / 2);
+    // Uneven all-gather: rank j contributes j+1 bytes of value j.
+    std::vector<std::size_t> bytes(static_cast<std::size_t>(P)), off(static_cast<std::size_t>(P));
+    for (int j = 0; j < P; ++j) {
+        bytes[static_cast<std::size_t>(j)] = static_cast<std::size_t>(j + 1);
+        off[static_cast<std::size_t>(j)] = static_cast<std::size_t>(j * (j + 1) / 2);
+    }
+    std::vector<unsigned char> mine(static_cast<std::size_t>(r + 1), static_cast<unsigned char>(r)),
+        all(static_cast<std::size_t>(P * (P + 1) / 2), 255);
+    comm.all_gather_v(mine.data(), all.data(), bytes.data(), off.data());
+    for (int j = 0, k = 0; j < P; ++j)
+        for (int e = 0; e <= j; ++e, ++k) EXPECT_EQ(all[static_cast<std::size_t>(k)], j);
+    // Broadcast from the last rank.
+    std::int64_t value = r == P - 1 ? 4242 : -1;
+    comm.broadcast(&value, sizeof(value), P - 1);
+    EXPECT_EQ(value, 4242);
+    // Split into even and odd ranks, ordered by descending old rank.
+    auto sub = comm.split(r % 2, -r);
+    EXPECT_EQ(sub->size(), (P - r % 2 + 1) / 2);
+    EXPECT_EQ(sub->rank(), (sub->size() - 1) - r / 2);
+    // A ring exchange with non-blocking pairs.
+    std::int64_t out = r, in = -1;
+    comm::Request rx = comm.irecv(&in, sizeof(in), (r - 1 + P) % P, 7), tx = comm.isend(&out, sizeof(out), (r + 1) % P, 7);
+    comm.wait(rx);
+    comm.wait(tx);
+    EXPECT_EQ(in, (r - 1 + P) % P);
+    EXPECT_FALSE(rx.active());
+}
+
 TEST(Distributed, MismatchedShapesFailOnEveryRank) {
     comm::Communicator& comm = *g_comm;
     if (comm.size() == 1) GTEST_SKIP() << "needs two ranks";
