@@ -1,1 +1,480 @@
+// CPU flash-attention backward, deterministic for any thread count.
+//
+// P is recomputed from the forward's final LSE, delta_i = rowsum(dO_i * O_i), dS = P * (dP - delta),
+// and five block products give dV += P^T dO, dK += dS^T Q, dQ += dS K (scale folded into dS).
+//
+// Work partition (a function of shapes and pattern only, never of the thread count):
+//   Query rows are processed in chunks of whole query blocks, one chunk after another, so that the
+//   scratch below stays bounded (about kScratchFloats floats) whatever the sequence length.
+//   Within a chunk, the key blocks that some row of the chunk may attend are split into `nsplit`
+//   contiguous ranges of about equal work; a unit is (batch, kv head, split). A unit owns its key
+//   blocks' dK/dV for this chunk exclusively: it sweeps every query head of its GQA group in a fixed
+//   order, keeps the block's dK/dV in a private accumulator and adds it to the output once per chunk.
+//   Its dQ contributions go to a private fp32 scratch slice; after all units finish, dQ rows are
+//   reduced over splits in split order, in parallel over rows.
+// So every sum has a fixed order: dK/dV over (chunk, head, query block), dQ over (split, key block).
+//
+// Layouts: per chunk, Q and dO are converted once to fp32 rows padded to Dp (a multiple of 16) with
+// zeros. Per key block a unit packs K^T and V^T ([D][bk], keys the vector axis of S = Q K^T and
+// dP = dO V^T) and K ([bk][Dp], dims the vector axis of dQ += dS K). P^T dO and dS^T Q read the stored
+// P and dS transposed, which the ColA microkernel does without a copy.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <new>
+#include <vector>
+
 #include "kernels/attention.hpp"
+#include "kernels/cpu/bwd_kernels.hpp"
+
+namespace longattn::kernels {
+namespace {
+
+using bwd::ALayout;
+using bwd::kLanes;
+using bwd::load;
+using bwd::splat;
+using bwd::store;
+using bwd::vf;
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+// Units wanted per chunk: enough for dynamic scheduling to balance a few dozen threads.
+constexpr std::int64_t kTargetUnits = 32;
+// Bound on the per-chunk buffers (Q, dO, dQ slices), in floats: 64 MiB.
+constexpr std::int64_t kScratchFloats = std::int64_t{16} << 20;
+
+std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
+std::int64_t ceil_div(std::int64_t x, std::int64_t m) { return (x + m - 1) / m; }
+
+// 64-byte aligned fp32 buffer.
+class Buffer {
+public:
+    Buffer() = default;
+    explicit Buffer(std::int64_t n) {
+        if (n > 0) p_ = static_cast<float*>(::operator new(static_cast<std::size_t>(n) * sizeof(float), std::align_val_t{64}));
+    }
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+    ~Buffer() {
+        if (p_) ::operator delete(p_, std::align_val_t{64});
+    }
+    float* get() const { return p_; }
+
+private:
+    float* p_ = nullptr;
+};
+
+// out[0, n) = row converted to fp32.
+void load_row(const void* base, DType t, std::int64_t off, std::int64_t n, float* out) {
+    switch (t) {
+        case DType::f32: {
+            const float* p = static_cast<const float*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = p[i];
+            break;
+        }
+        case DType::bf16: {
+            const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(p[i]);
+            break;
+        }
+        default: {
+            const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(p[i]);
+            break;
+        }
+    }
+}
+
+struct QBlock {
+    std::int64_t qb;
+    BlockClass cls;
+};
+
+struct Problem {
+    const BwdParams* p = nullptr;
+    std::int64_t B = 0, Sq = 0, Sk = 0, Hq = 0, Hkv = 0, G = 0, D = 0, Dp = 0;
+    std::int64_t bq = 0, bk = 0, nqb = 0, nkb = 0;
+    float scale = 1.0f, softcap = 0.0f;
+    bool general = false;  // softcap or ALiBi: scores need more than one FMA before the exponent
+    std::vector<std::int64_t> k_lo, k_hi;      // position hull of each key block
+    std::vector<std::int64_t> tree_lo, tree_hi;  // hulls of query blocks as a segment tree, root 1
+};
+
+void build_tree(Problem& pr, std::size_t node, std::int64_t lo, std::int64_t hi) {
+    if (hi - lo == 1) {
+        const std::int64_t i0 = lo * pr.bq, n = std::min(pr.bq, pr.Sq - i0);
+        const auto [mn, mx] = std::minmax_element(pr.p->q_pos + i0, pr.p->q_pos + i0 + n);
+        pr.tree_lo[node] = *mn;
+        pr.tree_hi[node] = *mx;
+        return;
+    }
+    const std::int64_t mid = (lo + hi) / 2;
+    build_tree(pr, 2 * node, lo, mid);
+    build_tree(pr, 2 * node + 1, mid, hi);
+    pr.tree_lo[node] = std::min(pr.tree_lo[2 * node], pr.tree_lo[2 * node + 1]);
+    pr.tree_hi[node] = std::max(pr.tree_hi[2 * node], pr.tree_hi[2 * node + 1]);
+}
+
+// Appends the query blocks of [lo, hi) ∩ [qa, qb) that may attend key block kb, in order. EMPTY and FULL
+// are exact for a hull, so they hold for every block inside it and only PARTIAL hulls are split: a
+// window over a long sequence costs a few classifications per key block.
+void collect(const Problem& pr, std::int64_t kb, std::int64_t qa, std::int64_t qb, std::size_t node, std::int64_t lo,
+             std::int64_t hi, std::vector<QBlock>& out) {
+    if (hi <= qa || lo >= qb) return;
+    const BlockClass c = pr.p->pattern->classify(pr.tree_lo[node], pr.tree_hi[node] + 1, pr.k_lo[static_cast<std::size_t>(kb)],
+                                                 pr.k_hi[static_cast<std::size_t>(kb)] + 1);
+    if (c == BlockClass::empty) return;
+    if (c == BlockClass::full || hi - lo == 1) {
+        for (std::int64_t q = std::max(lo, qa); q < std::min(hi, qb); ++q) out.push_back({q, c});
+        return;
+    }
+    const std::int64_t mid = (lo + hi) / 2;
+    collect(pr, kb, qa, qb, 2 * node, lo, mid, out);
+    collect(pr, kb, qa, qb, 2 * node + 1, mid, hi, out);
+}
+
+// One chunk of query blocks [qb0, qb1) and its per-row inputs, shared read-only by the units.
+struct Chunk {
+    std::int64_t qb0 = 0, qb1 = 0, row0 = 0, rows = 0;
+    float* q = nullptr;     // [B][Hq][rows][Dp]
+    float* dout = nullptr;  // [B][Hq][rows][Dp]
+    float* lse2 = nullptr;  // [B][Hq][rows]: lse * log2(e); +inf for a row without keys, so P = 0
+    float* delta = nullptr; // [B][Hq][rows]
+    float* dq = nullptr;    // [nsplit][B][Hq][rows][Dp]
+    std::vector<std::int64_t> kbs;                 // key blocks some row of the chunk may attend
+    std::vector<std::vector<QBlock>> pairs;        // per entry of kbs: its query blocks
+    std::vector<std::int64_t> split_begin;         // nsplit + 1 offsets into kbs
+    std::int64_t nsplit = 0;
+
+    std::int64_t row_index(const Problem& pr, std::int64_t b, std::int64_t h, std::int64_t r) const {
+        return (b * pr.Hq + h) * rows + r;
+    }
+};
+
+// Per-thread buffers of one unit.
+struct Scratch {
+    Buffer kt, vt, kr, dk, dv, s, dp, bias, tcap, kposf;
+    std::vector<std::uint8_t> mask;
+
+    explicit Scratch(const Problem& pr)
+        : kt(pr.D * pr.bk), vt(pr.D * pr.bk), kr(pr.bk * pr.Dp), dk(pr.bk * pr.Dp), dv(pr.bk * pr.Dp),
+          s(pr.bq * pr.bk), dp(pr.bq * pr.bk), bias(pr.bq * pr.bk), tcap(pr.bq * pr.bk), kposf(pr.bk),
+          mask(static_cast<std::size_t>(pr.bk)) {}
+};
+
+void pack_key_block(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
+    const BwdParams& p = *pr.p;
+    const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.bk;
+    const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
+    float* kt = sc.kt.get();
+    float* vt = sc.vt.get();
+    float* kr = sc.kr.get();
+    for (std::int64_t j = 0; j < bk; ++j) {
+        if (j < n) {
+            load_row(p.k.data, p.k.dtype, p.k.offset(b, j0 + j, hk, 0), D, row);
+            std::fill(row + D, row + Dp, 0.0f);
+        } else {
+            std::fill(row, row + Dp, 0.0f);
+        }
+        std::copy(row, row + Dp, kr + j * Dp);
+        for (std::int64_t d = 0; d < D; ++d) kt[d * bk + j] = row[d];
+        if (j < n)
+            load_row(p.v.data, p.v.dtype, p.v.offset(b, j0 + j, hk, 0), D, row);
+        else
+            std::fill(row, row + D, 0.0f);
+        for (std::int64_t d = 0; d < D; ++d) vt[d * bk + j] = row[d];
+    }
+}
+
+// Turns S (raw q.k) into P and dP into scale * dS for one query block against one key block, in place.
+// bias (when given) is 0 for allowed pairs and -inf for masked ones, row stride bk.
+void softmax_grad(const Problem& pr, Scratch& sc, const Chunk& ch, std::int64_t b, std::int64_t h, std::int64_t r0,
+                  std::int64_t nq, std::int64_t ncols, const float* bias, const std::int64_t* qpos, float slope,
+                  std::int64_t pos_base) {
+    const std::int64_t bk = pr.bk;
+    float* S = sc.s.get();
+    float* dP = sc.dp.get();
+    const float* lse2 = ch.lse2 + ch.row_index(pr, b, h, r0);
+    const float* delta = ch.delta + ch.row_index(pr, b, h, r0);
+    const float scale = pr.scale;
+    if (!pr.general) {
+        const vf c2 = splat(scale * kLog2e);
+        for (std::int64_t r = 0; r < nq; ++r) {
+            float* srow = S + r * bk;
+            float* drow = dP + r * bk;
+            const vf l = splat(lse2[r]), dl = splat(delta[r]);
+            const float* brow = bias ? bias + r * bk : nullptr;
+            for (std::int64_t j = 0; j < ncols; j += kLanes) {
+                vf x = load(srow + j) * c2 - l;
+                if (brow) x += load(brow + j);
+                const vf pv = bwd::exp2v(x);
+                store(srow + j, pv);
+                store(drow + j, (pv * scale) * (load(drow + j) - dl));
+            }
+        }
+        return;
+    }
+    const float cap = pr.softcap;
+    const float* kposf = sc.kposf.get();
+    for (std::int64_t r = 0; r < nq; ++r) {
+        float* srow = S + r * bk;
+        float* drow = dP + r * bk;
+        const vf l = splat(lse2[r]), dl = splat(delta[r]);
+        const float* brow = bias ? bias + r * bk : nullptr;
+        const float qposf = static_cast<float>(qpos[r] - pos_base);
+        for (std::int64_t j = 0; j < ncols; j += kLanes) {
+            vf s = load(srow + j) * scale;
+            vf gate = splat(scale);
+            if (cap > 0.0f) {
+                // tanh(y) = (e^{2y} - 1) / (e^{2y} + 1); |y| >= 9 is +-1 in fp32 already.
+                const vf y = bwd::vmax(splat(-9.0f), bwd::vmin(s * (1.0f / cap), splat(9.0f)));
+                const vf e = bwd::exp2v(y * (2.0f * kLog2e));
+                const vf t = (e - 1.0f) / (e + 1.0f);
+                s = cap * t;
+                gate *= 1.0f - t * t;  // d(cap tanh(s / cap)) / ds
+            }
+            if (slope != 0.0f) {
+                const vf dist = qposf - load(kposf + j);
+                s -= slope * (dist < 0.0f ? -dist : dist);
+            }
+            vf x = s * kLog2e - l;
+            if (brow) x += load(brow + j);
+            const vf pv = bwd::exp2v(x);
+            store(srow + j, pv);
+            store(drow + j, (pv * gate) * (load(drow + j) - dl));
+        }
+    }
+}
+
+void run_unit(const Problem& pr, const Chunk& ch, Scratch& sc, std::int64_t b, std::int64_t hk, std::int64_t split,
+              float* row) {
+    const BwdParams& p = *pr.p;
+    const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.bk, G = pr.G;
+    const std::int64_t h0 = hk * G;
+    float* dqs = ch.dq + split * pr.B * pr.Hq * ch.rows * Dp;
+    for (std::int64_t h = h0; h < h0 + G; ++h) {
+        float* z = dqs + ch.row_index(pr, b, h, 0) * Dp;
+        std::fill(z, z + ch.rows * Dp, 0.0f);
+    }
+    float* S = sc.s.get();
+    float* dP = sc.dp.get();
+    float* dK = sc.dk.get();
+    float* dV = sc.dv.get();
+    float* bias = sc.bias.get();
+
+    for (std::int64_t e = ch.split_begin[static_cast<std::size_t>(split)];
+         e < ch.split_begin[static_cast<std::size_t>(split) + 1]; ++e) {
+        const std::int64_t kb = ch.kbs[static_cast<std::size_t>(e)];
+        const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
+        const std::int64_t ncols = round_up(n, kLanes), nv = ncols / kLanes;
+        pack_key_block(pr, sc, b, hk, kb, row);
+        std::fill(dK, dK + bk * Dp, 0.0f);
+        std::fill(dV, dV + bk * Dp, 0.0f);
+        const std::int64_t pos_base = p.k_pos[j0];
+        if (pr.general)
+            for (std::int64_t j = 0; j < ncols; ++j)
+                sc.kposf.get()[j] = j < n ? static_cast<float>(p.k_pos[j0 + j] - pos_base) : 0.0f;
+
+        for (const QBlock& qbk : ch.pairs[static_cast<std::size_t>(e)]) {
+            const std::int64_t i0 = qbk.qb * pr.bq, nq = std::min(pr.bq, pr.Sq - i0);
+            const std::int64_t r0 = i0 - ch.row0;  // row inside the chunk
+            const std::int64_t* qpos = p.q_pos + i0;
+            // Additive mask: -inf on disallowed pairs and on the zero-padded key columns.
+            const bool masked = qbk.cls == BlockClass::partial || n < ncols;
+            if (masked) {
+                for (std::int64_t r = 0; r < nq; ++r) {
+                    float* brow = bias + r * bk;
+                    if (qbk.cls == BlockClass::partial) {
+                        p.pattern->mask_row(qpos[r], p.k_pos + j0, n, sc.mask.data());
+                        for (std::int64_t j = 0; j < n; ++j) brow[j] = sc.mask[static_cast<std::size_t>(j)] ? 0.0f : -kInf;
+                    } else {
+                        std::fill(brow, brow + n, 0.0f);
+                    }
+                    std::fill(brow + n, brow + ncols, -kInf);
+                }
+            }
+            for (std::int64_t h = h0; h < h0 + G; ++h) {
+                const float* Q = ch.q + ch.row_index(pr, b, h, r0) * Dp;
+                const float* dO = ch.dout + ch.row_index(pr, b, h, r0) * Dp;
+                float* dQ = dqs + ch.row_index(pr, b, h, r0) * Dp;
+                const float slope = p.pattern->has_alibi() ? p.pattern->alibi_slope(p.head_offset + h) : 0.0f;
+                bwd::gemm<ALayout::row>(nq, nv, D, Q, Dp, sc.kt.get(), bk, S, bk, false);
+                bwd::gemm<ALayout::row>(nq, nv, D, dO, Dp, sc.vt.get(), bk, dP, bk, false);
+                softmax_grad(pr, sc, ch, b, h, r0, nq, ncols, masked ? bias : nullptr, qpos, slope, pos_base);
+                bwd::gemm<ALayout::col>(n, Dp / kLanes, nq, S, bk, dO, Dp, dV, Dp, true);
+                bwd::gemm<ALayout::col>(n, Dp / kLanes, nq, dP, bk, Q, Dp, dK, Dp, true);
+                bwd::gemm<ALayout::row>(nq, Dp / kLanes, n, dP, bk, sc.kr.get(), Dp, dQ, Dp, true);
+            }
+        }
+        for (std::int64_t j = 0; j < n; ++j) {
+            float* ok = p.dk.ptr<float>() + p.dk.offset(b, j0 + j, hk, 0);
+            float* ov = p.dv.ptr<float>() + p.dv.offset(b, j0 + j, hk, 0);
+            for (std::int64_t d = 0; d < D; ++d) {
+                ok[d] += dK[j * Dp + d];
+                ov[d] += dV[j * Dp + d];
+            }
+        }
+    }
+}
+
+// Splits the chunk's key blocks into nsplit contiguous ranges of about equal work (query blocks
+// attending them), by prefix sums: a function of the pattern and shapes only.
+void plan_splits(Chunk& ch, std::int64_t units_per_split) {
+    const std::int64_t nk = static_cast<std::int64_t>(ch.kbs.size());
+    ch.nsplit = nk == 0 ? 0 : std::clamp<std::int64_t>(ceil_div(kTargetUnits, units_per_split), 1, nk);
+    ch.split_begin.assign(static_cast<std::size_t>(ch.nsplit + 1), nk);
+    if (ch.nsplit == 0) return;
+    std::vector<std::int64_t> prefix(static_cast<std::size_t>(nk + 1), 0);
+    for (std::int64_t e = 0; e < nk; ++e)
+        prefix[static_cast<std::size_t>(e + 1)] =
+            prefix[static_cast<std::size_t>(e)] + static_cast<std::int64_t>(ch.pairs[static_cast<std::size_t>(e)].size());
+    const std::int64_t total = prefix.back();
+    ch.split_begin[0] = 0;
+    for (std::int64_t s = 1; s < ch.nsplit; ++s) {
+        const std::int64_t want = total * s / ch.nsplit;
+        // Each split keeps at least one key block, and leaves one for each later split.
+        std::int64_t e = ch.split_begin[static_cast<std::size_t>(s - 1)] + 1;
+        while (e < nk - (ch.nsplit - s) && prefix[static_cast<std::size_t>(e)] < want) ++e;
+        ch.split_begin[static_cast<std::size_t>(s)] = e;
+    }
+}
+
+}  // namespace
+
+void flash_backward_cpu(const BwdParams& p) {
+    validate(p);
+    Problem pr;
+    pr.p = &p;
+    pr.B = p.q.shape[0];
+    pr.Sq = p.q.shape[1];
+    pr.Hq = p.q.shape[2];
+    pr.D = p.q.shape[3];
+    pr.Sk = p.k.shape[1];
+    pr.Hkv = p.k.shape[2];
+    pr.G = pr.Hq / pr.Hkv;
+    pr.Dp = round_up(pr.D, kLanes);
+    pr.bq = 64;
+    pr.bk = 64;
+    pr.nqb = ceil_div(pr.Sq, pr.bq);
+    pr.nkb = ceil_div(pr.Sk, pr.bk);
+    pr.scale = p.pattern->softmax_scale(pr.D);
+    pr.softcap = p.pattern->has_softcap() ? p.pattern->spec().softcap : 0.0f;
+    pr.general = p.pattern->has_softcap() || p.pattern->has_alibi();
+    const int nt = p.threads > 0 ? p.threads : omp_get_max_threads();
+
+    // Gradients of keys nobody attends are exactly 0; the chunks below only add.
+    if (!p.accumulate && pr.B > 0 && pr.Sk > 0) {
+        const std::int64_t rows = pr.B * pr.Sk * pr.Hkv;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (std::int64_t t = 0; t < rows; ++t) {
+            const std::int64_t b = t / (pr.Sk * pr.Hkv), j = (t / pr.Hkv) % pr.Sk, hk = t % pr.Hkv;
+            std::fill_n(p.dk.ptr<float>() + p.dk.offset(b, j, hk, 0), pr.D, 0.0f);
+            std::fill_n(p.dv.ptr<float>() + p.dv.offset(b, j, hk, 0), pr.D, 0.0f);
+        }
+    }
+    if (pr.B == 0 || pr.Sq == 0 || pr.Hq == 0) return;
+
+    pr.tree_lo.assign(static_cast<std::size_t>(4 * pr.nqb), 0);
+    pr.tree_hi.assign(static_cast<std::size_t>(4 * pr.nqb), 0);
+    build_tree(pr, 1, 0, pr.nqb);
+    pr.k_lo.resize(static_cast<std::size_t>(pr.nkb));
+    pr.k_hi.resize(static_cast<std::size_t>(pr.nkb));
+    for (std::int64_t kb = 0; kb < pr.nkb; ++kb) {
+        const std::int64_t j0 = kb * pr.bk, n = std::min(pr.bk, pr.Sk - j0);
+        const auto [mn, mx] = std::minmax_element(p.k_pos + j0, p.k_pos + j0 + n);
+        pr.k_lo[static_cast<std::size_t>(kb)] = *mn;
+        pr.k_hi[static_cast<std::size_t>(kb)] = *mx;
+    }
+
+    // Chunk height: Q, dO and up to max_split dQ slices per row of every (batch, head) fit the bound.
+    const std::int64_t units_per_split = pr.B * pr.Hkv;
+    const std::int64_t max_split = std::clamp<std::int64_t>(ceil_div(kTargetUnits, units_per_split), 1, std::max<std::int64_t>(pr.nkb, 1));
+    const std::int64_t per_row = (max_split + 2) * pr.B * pr.Hq * pr.Dp;
+    const std::int64_t chunk_qb = std::clamp<std::int64_t>(kScratchFloats / (per_row * pr.bq), 1, pr.nqb);
+    const std::int64_t chunk_rows = std::min(chunk_qb * pr.bq, pr.Sq);
+    const std::int64_t row_elems = pr.B * pr.Hq * chunk_rows;
+    Buffer qbuf(row_elems * pr.Dp), dobuf(row_elems * pr.Dp), lse2buf(row_elems), deltabuf(row_elems);
+    Buffer dqbuf(max_split * row_elems * pr.Dp);
+
+    for (std::int64_t qb0 = 0; qb0 < pr.nqb; qb0 += chunk_qb) {
+        Chunk ch;
+        ch.qb0 = qb0;
+        ch.qb1 = std::min(pr.nqb, qb0 + chunk_qb);
+        ch.row0 = qb0 * pr.bq;
+        ch.rows = std::min(pr.Sq, ch.qb1 * pr.bq) - ch.row0;
+        ch.q = qbuf.get();
+        ch.dout = dobuf.get();
+        ch.lse2 = lse2buf.get();
+        ch.delta = deltabuf.get();
+        ch.dq = dqbuf.get();
+        ch.pairs.resize(static_cast<std::size_t>(pr.nkb));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
+        for (std::int64_t kb = 0; kb < pr.nkb; ++kb) {
+            auto& out = ch.pairs[static_cast<std::size_t>(kb)];
+            collect(pr, kb, ch.qb0, ch.qb1, 1, 0, pr.nqb, out);
+        }
+        {
+            std::int64_t w = 0;
+            for (std::int64_t kb = 0; kb < pr.nkb; ++kb) {
+                if (ch.pairs[static_cast<std::size_t>(kb)].empty()) continue;
+                ch.kbs.push_back(kb);
+                if (w != kb) ch.pairs[static_cast<std::size_t>(w)] = std::move(ch.pairs[static_cast<std::size_t>(kb)]);
+                ++w;
+            }
+            ch.pairs.resize(static_cast<std::size_t>(w));
+        }
+        plan_splits(ch, units_per_split);
+        const std::int64_t nrows = pr.B * pr.Hq * ch.rows;
+        const std::int64_t nunits = units_per_split * ch.nsplit;
+
+#pragma omp parallel num_threads(nt)
+        {
+            Buffer row(pr.Dp);
+            Buffer orow(pr.Dp);
+            if (nunits > 0) {
+#pragma omp for schedule(static)
+                for (std::int64_t t = 0; t < nrows; ++t) {
+                    const std::int64_t b = t / (pr.Hq * ch.rows), h = (t / ch.rows) % pr.Hq, r = t % ch.rows;
+                    const std::int64_t i = ch.row0 + r;
+                    float* qd = ch.q + t * pr.Dp;
+                    float* dod = ch.dout + t * pr.Dp;
+                    load_row(p.q.data, p.q.dtype, p.q.offset(b, i, h, 0), pr.D, qd);
+                    load_row(p.dout.data, p.dout.dtype, p.dout.offset(b, i, h, 0), pr.D, dod);
+                    load_row(p.o.data, p.o.dtype, p.o.offset(b, i, h, 0), pr.D, orow.get());
+                    std::fill(qd + pr.D, qd + pr.Dp, 0.0f);
+                    std::fill(dod + pr.D, dod + pr.Dp, 0.0f);
+                    float delta = 0.0f;
+                    for (std::int64_t d = 0; d < pr.D; ++d) delta = std::fma(dod[d], orow.get()[d], delta);
+                    const float lse = p.lse[(b * pr.Hq + h) * pr.Sq + i];
+                    // A row without keys has lse = -inf: +inf in the exponent's offset makes its P exactly 0.
+                    ch.lse2[t] = lse == -kInf ? kInf : lse * kLog2e;
+                    ch.delta[t] = delta;
+                }
+                Scratch sc(pr);
+#pragma omp for schedule(dynamic, 1)
+                for (std::int64_t u = 0; u < nunits; ++u) {
+                    const std::int64_t split = u % ch.nsplit, bh = u / ch.nsplit;
+                    run_unit(pr, ch, sc, bh / pr.Hkv, bh % pr.Hkv, split, row.get());
+                }
+            }
+            // dQ rows: the splits' slices summed in split order.
+#pragma omp for schedule(static)
+            for (std::int64_t t = 0; t < nrows; ++t) {
+                const std::int64_t b = t / (pr.Hq * ch.rows), h = (t / ch.rows) % pr.Hq, r = t % ch.rows;
+                float* out = p.dq.ptr<float>() + p.dq.offset(b, ch.row0 + r, h, 0);
+                if (!p.accumulate) std::fill_n(out, pr.D, 0.0f);
+                for (std::int64_t s = 0; s < ch.nsplit; ++s) {
+                    const float* src = ch.dq + (s * nrows + t) * pr.Dp;
+                    for (std::int64_t d = 0; d < pr.D; ++d) out[d] += src[d];
+                }
+            }
+        }
+    }
+}
+
+}  // namespace longattn::kernels

@@ -1,1 +1,566 @@
+// CPU flash-attention forward: tiled online softmax in fp32.
+//
+// Per (batch, kv head) K and V are packed once, in parallel, into fp32 blocks of kBk keys:
+//   K transposed, [panel of 64 keys][D][64]: keys are the vector axis of S = Q K^T, and a 64-key panel
+//     (D x 256 bytes) is contiguous, so it stays in L1 without set conflicts while every row group of
+//     the query block sweeps over it;
+//   V as [panel of 64 dims][kBk][64] (the last panel narrower): dims are the vector axis of O += P V.
+// Each task is one (batch, query head, query block). Q is converted to fp32 and pre-scaled by
+// scale * log2(e), so the softmax runs on exp2 of a fast polynomial; with softcap or ALiBi the scores
+// are first transformed in the natural scale and then multiplied by log2(e). Key blocks are chosen by
+// classifying hulls of positions through the Pattern, coarse to fine, so a window over a long sequence
+// costs a few classifications per query block instead of one per key block.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <new>
+#include <vector>
+#ifdef FWD_PROFILE
+#include <cstdio>
+#include <cstdlib>
+#endif
+
 #include "kernels/attention.hpp"
+#include "kernels/cpu/simd.hpp"
+
+namespace longattn::kernels {
+namespace {
+
+using cpu::hmax;
+using cpu::kLanes;
+using cpu::load;
+using cpu::splat;
+using cpu::store;
+using cpu::vf;
+using cpu::vmax;
+
+constexpr int kRows = 6;     // query rows per register tile
+constexpr int kPanel = 64;   // keys per K panel and dims per V panel: 4 vectors of 16
+constexpr int kPanelVecs = kPanel / kLanes;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Query rows per task and keys per block. The query block is a multiple of kRows; the key block is a
+// multiple of kPanel. Sparse patterns use smaller blocks so that partial blocks waste less.
+struct Blocking {
+    std::int64_t bq, bk;
+};
+Blocking choose_blocking(const Pattern& pat) {
+#ifdef FWD_PROFILE
+    if (std::getenv("FWD_BQ")) return {std::atoll(std::getenv("FWD_BQ")), std::atoll(std::getenv("FWD_BK"))};
+#endif
+    if (pat.has_sparse_part()) return {48, 64};
+    return {96, 128};
+}
+
+std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
+
+// Aligned fp32 scratch. Large buffers are 2 MiB aligned and offered to transparent huge pages, which
+// cuts the page faults of a fresh multi-megabyte K/V copy by a factor of 512.
+class Buffer {
+public:
+    Buffer() = default;
+    explicit Buffer(std::size_t n) : n_(n) {
+        if (!n) return;
+        const std::size_t bytes = n * sizeof(float);
+        align_ = bytes >= kHuge ? kHuge : 64;
+        p_ = static_cast<float*>(::operator new(bytes, std::align_val_t{align_}));
+    }
+    Buffer(const Buffer&) = delete;
+    Buffer& operator=(const Buffer&) = delete;
+    ~Buffer() { release(); }
+    void release() {
+        if (p_) ::operator delete(p_, std::align_val_t{align_});
+        p_ = nullptr;
+        n_ = 0;
+    }
+    // Grows to at least n floats; contents are not kept.
+    float* reserve(std::size_t n) {
+        if (n > n_) {
+            release();
+            new (this) Buffer(n);
+        }
+        return p_;
+    }
+    float* get() const { return p_; }
+    std::size_t size() const { return n_; }
+
+private:
+    static constexpr std::size_t kHuge = std::size_t{2} << 20;
+    float* p_ = nullptr;
+    std::size_t n_ = 0;
+    std::size_t align_ = 64;
+};
+
+// The packed K/V copy is kept per calling thread between calls up to this size: sparse and
+// short-query calls are otherwise dominated by faulting in fresh pages.
+constexpr std::size_t kKeepPackFloats = std::size_t{64} << 20;  // 256 MiB
+
+// out[0, n) = mul * row[0, n) converted to fp32.
+void load_row(const void* base, DType t, std::int64_t off, std::int64_t n, float mul, float* out) {
+    switch (t) {
+        case DType::f32: {
+            const float* p = static_cast<const float*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = mul * p[i];
+            break;
+        }
+        case DType::bf16: {
+            const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = mul * bf16_to_f32(p[i]);
+            break;
+        }
+        default: {
+            const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = mul * f16_to_f32(p[i]);
+            break;
+        }
+    }
+}
+
+void store_row(void* base, DType t, std::int64_t off, std::int64_t n, float mul, const float* in) {
+    switch (t) {
+        case DType::f32: {
+            float* p = static_cast<float*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) p[i] = mul * in[i];
+            break;
+        }
+        case DType::bf16: {
+            std::uint16_t* p = static_cast<std::uint16_t*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(mul * in[i]);
+            break;
+        }
+        default: {
+            std::uint16_t* p = static_cast<std::uint16_t*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) p[i] = f32_to_f16(mul * in[i]);
+            break;
+        }
+    }
+}
+
+// S[r][0, 16C) = sum_d Q[r][d] * KT[d][0, 16C) for kRows rows, KT with rows of kPanel floats; rmax[r]
+// (one vector per row) takes the lane-wise max so that unmasked blocks need no separate max pass.
+template <int C>
+inline void score_tile(std::int64_t D, const float* q, std::int64_t q_rs, const float* kt, float* s,
+                       std::int64_t s_rs, float* rmax) {
+    vf acc[kRows][C] = {};
+    for (std::int64_t d = 0; d < D; ++d) {
+        vf b[C];
+        for (int c = 0; c < C; ++c) b[c] = load(kt + d * kPanel + c * kLanes);
+        for (int r = 0; r < kRows; ++r) {
+            const float a = q[r * q_rs + d];
+            for (int c = 0; c < C; ++c) acc[r][c] += a * b[c];
+        }
+    }
+    for (int r = 0; r < kRows; ++r) {
+        vf m = load(rmax + r * kLanes);
+        for (int c = 0; c < C; ++c) {
+            store(s + r * s_rs + c * kLanes, acc[r][c]);
+            m = vmax(m, acc[r][c]);
+        }
+        store(rmax + r * kLanes, m);
+    }
+}
+
+// O[r][0, 16C) = alpha[r] * O[r][0, 16C) + sum_{k < n} P[r][k] * V[k][0, 16C) for kRows rows: the
+// online-softmax rescale rides on the load of the O tile.
+template <int C>
+inline void pv_tile(std::int64_t n, const float* p, std::int64_t p_rs, const float* v, float* o, std::int64_t o_rs,
+                    const float* alpha) {
+    vf acc[kRows][C];
+    for (int r = 0; r < kRows; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = alpha[r] * load(o + r * o_rs + c * kLanes);
+    for (std::int64_t k = 0; k < n; ++k) {
+        vf b[C];
+        for (int c = 0; c < C; ++c) b[c] = load(v + k * (C * kLanes) + c * kLanes);
+        for (int r = 0; r < kRows; ++r) {
+            const float a = p[r * p_rs + k];
+            for (int c = 0; c < C; ++c) acc[r][c] += a * b[c];
+        }
+    }
+    for (int r = 0; r < kRows; ++r)
+        for (int c = 0; c < C; ++c) store(o + r * o_rs + c * kLanes, acc[r][c]);
+}
+
+// Everything a task reads; built once per call.
+struct Problem {
+    const FwdParams* p = nullptr;
+    std::int64_t B = 0, Sq = 0, Sk = 0, Hq = 0, Hkv = 0, D = 0, Dp = 0;
+    Blocking blk{};
+    std::int64_t nqb = 0, nkb = 0;              // query blocks, key blocks
+    float qmul = 1.0f;                          // multiplier applied to Q while converting it
+    bool general = false;                       // softcap or ALiBi: transform scores before the softmax
+    float softcap = 0.0f;
+    float* kpack = nullptr;
+    float* vpack = nullptr;
+    std::int64_t kblock_sz = 0, vblock_sz = 0;  // floats per packed key block
+    // Position hulls of key blocks as a segment tree over [0, nkb): node 1 is the root.
+    std::vector<std::int64_t> tree_lo, tree_hi;
+
+    float* kblock(std::int64_t b, std::int64_t hk, std::int64_t kb) const {
+        return kpack + ((b * Hkv + hk) * nkb + kb) * kblock_sz;
+    }
+    float* vblock(std::int64_t b, std::int64_t hk, std::int64_t kb) const {
+        return vpack + ((b * Hkv + hk) * nkb + kb) * vblock_sz;
+    }
+};
+
+void build_tree(Problem& pr, std::size_t node, std::int64_t lo, std::int64_t hi) {
+    if (hi - lo == 1) {
+        const std::int64_t j0 = lo * pr.blk.bk, n = std::min(pr.blk.bk, pr.Sk - j0);
+        const auto [mn, mx] = std::minmax_element(pr.p->k_pos + j0, pr.p->k_pos + j0 + n);
+        pr.tree_lo[node] = *mn;
+        pr.tree_hi[node] = *mx;
+        return;
+    }
+    const std::int64_t mid = (lo + hi) / 2;
+    build_tree(pr, 2 * node, lo, mid);
+    build_tree(pr, 2 * node + 1, mid, hi);
+    pr.tree_lo[node] = std::min(pr.tree_lo[2 * node], pr.tree_lo[2 * node + 1]);
+    pr.tree_hi[node] = std::max(pr.tree_hi[2 * node], pr.tree_hi[2 * node + 1]);
+}
+
+struct KeyBlock {
+    std::int64_t kb;
+    BlockClass cls;
+};
+
+// Appends the non-empty key blocks of [lo, hi) for the query hull [q_lo, q_hi], in key order. A class
+// found for a hull holds for every block inside it (EMPTY and FULL are exact), so only partial hulls
+// are split.
+void collect_blocks(const Problem& pr, std::int64_t q_lo, std::int64_t q_hi, std::size_t node, std::int64_t lo,
+                    std::int64_t hi, std::vector<KeyBlock>& out) {
+    const BlockClass c = pr.p->pattern->classify(q_lo, q_hi + 1, pr.tree_lo[node], pr.tree_hi[node] + 1);
+    if (c == BlockClass::empty) return;
+    if (c == BlockClass::full || hi - lo == 1) {
+        for (std::int64_t kb = lo; kb < hi; ++kb) out.push_back({kb, c});
+        return;
+    }
+    const std::int64_t mid = (lo + hi) / 2;
+    collect_blocks(pr, q_lo, q_hi, 2 * node, lo, mid, out);
+    collect_blocks(pr, q_lo, q_hi, 2 * node + 1, mid, hi, out);
+}
+
+void pack_key_block(const Problem& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
+    const FwdParams& p = *pr.p;
+    const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.blk.bk;
+    const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
+    float* kt = pr.kblock(b, hk, kb);
+    float* vp = pr.vblock(b, hk, kb);
+    for (std::int64_t j = 0; j < bk; ++j) {
+        float* kpan = kt + (j / kPanel) * D * kPanel + j % kPanel;
+        if (j < n) {
+            load_row(p.k.data, p.k.dtype, p.k.offset(b, j0 + j, hk, 0), D, 1.0f, row);
+            for (std::int64_t d = 0; d < D; ++d) kpan[d * kPanel] = row[d];
+        } else {
+            for (std::int64_t d = 0; d < D; ++d) kpan[d * kPanel] = 0.0f;
+        }
+        if (j < n) {
+            load_row(p.v.data, p.v.dtype, p.v.offset(b, j0 + j, hk, 0), D, 1.0f, row);
+            for (std::int64_t d = D; d < Dp; ++d) row[d] = 0.0f;
+        } else {
+            for (std::int64_t d = 0; d < Dp; ++d) row[d] = 0.0f;
+        }
+        for (std::int64_t c0 = 0; c0 < Dp; c0 += kPanel) {
+            const std::int64_t w = std::min<std::int64_t>(kPanel, Dp - c0);
+            std::copy(row + c0, row + c0 + w, vp + c0 * bk + j * w);
+        }
+    }
+}
+
+// Per-thread scratch for one query block.
+struct Scratch {
+    Buffer q, s, o, rmax, alpha, kposf, tmp;
+    std::vector<float> m, l;
+    std::vector<std::uint8_t> mask;
+    std::vector<std::int64_t> vlo, vhi;  // per row group: key vectors [vlo, vhi) of the block it needs
+    std::vector<KeyBlock> blocks;
+
+    explicit Scratch(const Problem& pr)
+        : q(static_cast<std::size_t>(pr.blk.bq * pr.D)),
+          s(static_cast<std::size_t>(pr.blk.bq * pr.blk.bk)),
+          o(static_cast<std::size_t>(pr.blk.bq * pr.Dp)),
+          rmax(static_cast<std::size_t>(pr.blk.bq * kLanes)),
+          alpha(static_cast<std::size_t>(pr.blk.bq)),
+          kposf(static_cast<std::size_t>(pr.blk.bk)),
+          tmp(static_cast<std::size_t>(pr.Dp)),
+          m(static_cast<std::size_t>(pr.blk.bq)),
+          l(static_cast<std::size_t>(pr.blk.bq)),
+          mask(static_cast<std::size_t>(pr.blk.bq * pr.blk.bk)),
+          vlo(static_cast<std::size_t>(pr.blk.bq / kRows)),
+          vhi(static_cast<std::size_t>(pr.blk.bq / kRows)) {}
+};
+
+// Softcap and ALiBi in the natural scale, then conversion to the log2 scale of the softmax.
+void transform_row(const Problem& pr, float* s, std::int64_t ncols, float slope, float qposf, const float* kposf) {
+    const float cap = pr.softcap;
+    for (std::int64_t j = 0; j < ncols; j += kLanes) {
+        vf x = load(s + j);
+        if (cap > 0.0f) {
+            // tanh(y) = (e^{2y} - 1) / (e^{2y} + 1); |y| <= 9 already gives tanh = +-1 in fp32.
+            vf y = x * (1.0f / cap);
+            y = vmax(splat(-9.0f), y < 9.0f ? y : splat(9.0f));
+            const vf e = cpu::exp2v(y * (2.0f * kLog2e));
+            x = cap * ((e - 1.0f) / (e + 1.0f));
+        }
+        if (slope != 0.0f) {
+            const vf dist = qposf - load(kposf + j);
+            x -= slope * (dist < 0.0f ? -dist : dist);
+        }
+        store(s + j, x * kLog2e);
+    }
+}
+
+void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, std::int64_t qb) {
+    const FwdParams& p = *pr.p;
+    const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.blk.bk;
+    const std::int64_t i0 = qb * pr.blk.bq, nq = std::min(pr.blk.bq, pr.Sq - i0);
+    const std::int64_t nq_pad = round_up(nq, kRows);
+    const std::int64_t hk = h / (pr.Hq / pr.Hkv);
+    const std::int64_t ldq = D, lds = bk, ldo = Dp;
+    float* Q = sc.q.get();
+    float* S = sc.s.get();
+    float* O = sc.o.get();
+    float* rmax = sc.rmax.get();
+    float* alpha = sc.alpha.get();
+
+    for (std::int64_t r = 0; r < nq_pad; ++r) {
+        if (r < nq)
+            load_row(p.q.data, p.q.dtype, p.q.offset(b, i0 + r, h, 0), D, pr.qmul, Q + r * ldq);
+        else
+            std::fill(Q + r * ldq, Q + (r + 1) * ldq, 0.0f);
+    }
+    std::fill(O, O + nq_pad * ldo, 0.0f);
+    std::fill(sc.m.begin(), sc.m.end(), kNegInf);
+    std::fill(sc.l.begin(), sc.l.end(), 0.0f);
+
+    const std::int64_t* qpos = p.q_pos + i0;
+    const auto [qmn, qmx] = std::minmax_element(qpos, qpos + nq);
+    sc.blocks.clear();
+    if (pr.nkb > 0) collect_blocks(pr, *qmn, *qmx, 1, 0, pr.nkb, sc.blocks);
+
+    const float slope = p.pattern->has_alibi() ? p.pattern->alibi_slope(p.head_offset + h) : 0.0f;
+    const std::int64_t pos_base = qpos[0];
+
+    const std::int64_t ngroups = nq_pad / kRows;
+    for (const KeyBlock& kbk : sc.blocks) {
+        const std::int64_t j0 = kbk.kb * bk, n = std::min(bk, pr.Sk - j0);
+        const std::int64_t nvec = (n + kLanes - 1) / kLanes;
+        const float* kt = pr.kblock(b, hk, kbk.kb);
+        const float* vp = pr.vblock(b, hk, kbk.kb);
+        const bool partial = kbk.cls == BlockClass::partial;
+        const bool fix = pr.general || partial || n % kLanes != 0;
+
+        // A partial block is masked row by row before any arithmetic: each group of kRows rows then
+        // computes only the key vectors between its first and last allowed key, which on a window's
+        // edge or the causal diagonal is about half the block.
+        for (std::int64_t g = 0; g < ngroups; ++g) {
+            sc.vlo[g] = 0;
+            sc.vhi[g] = nvec;
+        }
+        if (partial) {
+            for (std::int64_t g = 0; g < ngroups; ++g) {
+                std::int64_t lo = n, hi = 0;
+                for (std::int64_t r = g * kRows; r < std::min(nq, (g + 1) * kRows); ++r) {
+                    std::uint8_t* mk = sc.mask.data() + r * bk;
+                    p.pattern->mask_row(qpos[r], p.k_pos + j0, n, mk);
+                    std::int64_t a = 0, z = n;
+                    while (a < n && !mk[a]) ++a;
+                    while (z > a && !mk[z - 1]) --z;
+                    if (a < z) {
+                        lo = std::min(lo, a);
+                        hi = std::max(hi, z);
+                    }
+                }
+                sc.vlo[g] = lo < hi ? lo / kLanes : 0;
+                sc.vhi[g] = lo < hi ? (hi + kLanes - 1) / kLanes : 0;
+            }
+        }
+
+        for (std::int64_t r = 0; r < nq_pad; ++r) store(rmax + r * kLanes, splat(kNegInf));
+        for (std::int64_t pn = 0; pn * kPanelVecs < nvec; ++pn) {
+            const float* kpan = kt + pn * D * kPanel;
+            for (std::int64_t g = 0; g < ngroups; ++g) {
+                const std::int64_t v0 = std::max(sc.vlo[g], pn * kPanelVecs);
+                const std::int64_t v1 = std::min(sc.vhi[g], (pn + 1) * kPanelVecs);
+                if (v0 >= v1) continue;
+                const std::int64_t r = g * kRows;
+                const float* ktv = kpan + (v0 - pn * kPanelVecs) * kLanes;
+                float* sv = S + r * lds + v0 * kLanes;
+                switch (v1 - v0) {
+                    case 4: score_tile<4>(D, Q + r * ldq, ldq, ktv, sv, lds, rmax + r * kLanes); break;
+                    case 3: score_tile<3>(D, Q + r * ldq, ldq, ktv, sv, lds, rmax + r * kLanes); break;
+                    case 2: score_tile<2>(D, Q + r * ldq, ldq, ktv, sv, lds, rmax + r * kLanes); break;
+                    default: score_tile<1>(D, Q + r * ldq, ldq, ktv, sv, lds, rmax + r * kLanes); break;
+                }
+            }
+        }
+
+        if (slope != 0.0f) {
+            float* kf = sc.kposf.get();
+            for (std::int64_t j = 0; j < n; ++j) kf[j] = static_cast<float>(p.k_pos[j0 + j] - pos_base);
+            for (std::int64_t j = n; j < nvec * kLanes; ++j) kf[j] = 0.0f;
+        }
+
+        for (std::int64_t r = 0; r < nq_pad; ++r) {
+            const std::int64_t g = r / kRows;
+            const std::int64_t c0 = sc.vlo[g] * kLanes, c1 = sc.vhi[g] * kLanes;
+            alpha[r] = 1.0f;
+            if (c0 >= c1) continue;
+            float* srow = S + r * lds;
+            float mblk;
+            if (fix && r < nq) {
+                if (pr.general)
+                    transform_row(pr, srow + c0, c1 - c0, slope, static_cast<float>(qpos[r] - pos_base),
+                                  sc.kposf.get() + c0);
+                if (partial) {
+                    const std::uint8_t* mk = sc.mask.data() + r * bk;
+                    for (std::int64_t j = c0; j < std::min(c1, n); ++j) srow[j] = mk[j] ? srow[j] : kNegInf;
+                }
+                for (std::int64_t j = std::max(c0, n); j < c1; ++j) srow[j] = kNegInf;
+                vf mv = splat(kNegInf);
+                for (std::int64_t j = c0; j < c1; j += kLanes) mv = vmax(mv, load(srow + j));
+                mblk = hmax(mv);
+            } else {
+                mblk = hmax(load(rmax + r * kLanes));
+            }
+            const float mold = sc.m[r];
+            const float mnew = std::max(mold, mblk);
+            if (mnew == kNegInf) {
+                // Nothing allowed so far in this row: P = 0 keeps O = 0 and l = 0.
+                std::fill(srow + c0, srow + c1, 0.0f);
+                continue;
+            }
+            alpha[r] = std::exp2(mold - mnew);
+            const vf mv = splat(mnew);
+            vf sum0{}, sum1{};
+            std::int64_t j = c0;
+            for (; j + 2 * kLanes <= c1; j += 2 * kLanes) {
+                const vf e0 = cpu::exp2v(load(srow + j) - mv);
+                const vf e1 = cpu::exp2v(load(srow + j + kLanes) - mv);
+                store(srow + j, e0);
+                store(srow + j + kLanes, e1);
+                sum0 += e0;
+                sum1 += e1;
+            }
+            if (j < c1) {
+                const vf e0 = cpu::exp2v(load(srow + j) - mv);
+                store(srow + j, e0);
+                sum0 += e0;
+            }
+            sc.l[r] = sc.l[r] * alpha[r] + cpu::hsum(sum0 + sum1);
+            sc.m[r] = mnew;
+        }
+
+        for (std::int64_t d0 = 0; d0 < Dp; d0 += kPanel) {
+            const std::int64_t w = std::min<std::int64_t>(kPanel, Dp - d0);
+            const float* vpan = vp + d0 * bk;
+            for (std::int64_t g = 0; g < ngroups; ++g) {
+                const std::int64_t k0 = sc.vlo[g] * kLanes, k1 = std::min(sc.vhi[g] * kLanes, n);
+                if (k0 >= k1) continue;
+                const std::int64_t r = g * kRows;
+                const float* pg = S + r * lds + k0;
+                const float* vg = vpan + k0 * w;
+                float* og = O + r * ldo + d0;
+                switch (w / kLanes) {
+                    case 4: pv_tile<4>(k1 - k0, pg, lds, vg, og, ldo, alpha + r); break;
+                    case 3: pv_tile<3>(k1 - k0, pg, lds, vg, og, ldo, alpha + r); break;
+                    case 2: pv_tile<2>(k1 - k0, pg, lds, vg, og, ldo, alpha + r); break;
+                    default: pv_tile<1>(k1 - k0, pg, lds, vg, og, ldo, alpha + r); break;
+                }
+            }
+        }
+    }
+
+    for (std::int64_t r = 0; r < nq; ++r) {
+        const float l = sc.l[r];
+        float* lse = p.lse + (b * pr.Hq + h) * pr.Sq + i0 + r;
+        if (l > 0.0f) {
+            store_row(p.o.data, p.o.dtype, p.o.offset(b, i0 + r, h, 0), D, 1.0f / l, O + r * ldo);
+            *lse = (sc.m[r] + std::log2(l)) * kLn2;
+        } else {
+            store_row(p.o.data, p.o.dtype, p.o.offset(b, i0 + r, h, 0), D, 0.0f, O + r * ldo);
+            *lse = kNegInf;
+        }
+    }
+}
+
+}  // namespace
+
+void flash_forward_cpu(const FwdParams& p) {
+    validate(p);
+    Problem pr;
+    pr.p = &p;
+    pr.B = p.q.shape[0];
+    pr.Sq = p.q.shape[1];
+    pr.Hq = p.q.shape[2];
+    pr.D = p.q.shape[3];
+    pr.Sk = p.k.shape[1];
+    pr.Hkv = p.k.shape[2];
+    if (pr.B == 0 || pr.Sq == 0 || pr.Hq == 0) return;
+    pr.Dp = round_up(pr.D, kLanes);
+    pr.blk = choose_blocking(*p.pattern);
+    pr.nqb = (pr.Sq + pr.blk.bq - 1) / pr.blk.bq;
+    pr.nkb = (pr.Sk + pr.blk.bk - 1) / pr.blk.bk;
+    pr.general = p.pattern->has_softcap() || p.pattern->has_alibi();
+    pr.softcap = p.pattern->has_softcap() ? p.pattern->spec().softcap : 0.0f;
+    const float scale = p.pattern->softmax_scale(pr.D);
+    pr.qmul = pr.general ? scale : scale * kLog2e;
+    pr.kblock_sz = pr.blk.bk * pr.D;
+    pr.vblock_sz = pr.blk.bk * pr.Dp;
+
+#ifdef FWD_PROFILE
+    double tpa = omp_get_wtime();
+#endif
+    const std::int64_t nkv = pr.B * pr.Hkv * pr.nkb;
+    thread_local Buffer pack;
+    const auto pack_floats = static_cast<std::size_t>(nkv * (pr.kblock_sz + pr.vblock_sz));
+    pr.kpack = pack.reserve(pack_floats);
+    pr.vpack = pr.kpack + nkv * pr.kblock_sz;
+    struct Trim {
+        Buffer& b;
+        ~Trim() {
+            if (b.size() > kKeepPackFloats) b.release();
+        }
+    } trim{pack};
+    if (pr.nkb > 0) {
+        pr.tree_lo.assign(static_cast<std::size_t>(4 * pr.nkb), 0);
+        pr.tree_hi.assign(static_cast<std::size_t>(4 * pr.nkb), 0);
+        build_tree(pr, 1, 0, pr.nkb);
+    }
+
+    const int nt = p.threads > 0 ? p.threads : omp_get_max_threads();
+    const std::int64_t ntasks = pr.B * pr.Hq * pr.nqb;
+#ifdef FWD_PROFILE
+    double tp0 = omp_get_wtime(), tp1 = 0;
+#endif
+#pragma omp parallel num_threads(nt)
+    {
+        {
+            Buffer row(static_cast<std::size_t>(pr.Dp));
+#pragma omp for schedule(static)
+            for (std::int64_t t = 0; t < nkv; ++t)
+                pack_key_block(pr, t / (pr.Hkv * pr.nkb), (t / pr.nkb) % pr.Hkv, t % pr.nkb, row.get());
+        }
+#ifdef FWD_PROFILE
+#pragma omp master
+        tp1 = omp_get_wtime();
+#endif
+        Scratch sc(pr);
+        // Later query blocks see more keys under a causal mask: hand them out first.
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t t = 0; t < ntasks; ++t) {
+            const std::int64_t bh = t / pr.nqb, qb = pr.nqb - 1 - t % pr.nqb;
+            run_task(pr, sc, bh / pr.Hq, bh % pr.Hq, qb);
+        }
+    }
+#ifdef FWD_PROFILE
+    std::fprintf(stderr, "alloc+tree %.4f pack %.4f main %.4f\n", tp0 - tpa, tp1 - tp0, omp_get_wtime() - tp1);
+#endif
+}
+
+}  // namespace longattn::kernels

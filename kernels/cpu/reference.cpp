@@ -57,7 +57,7 @@ inline std::size_t at(std::int64_t b, std::int64_t s, std::int64_t h, std::int64
 // One query row's scores and probabilities. tanh_term keeps tanh(raw / cap) for the softcap gradient.
 template <class Real>
 struct Row {
-    std::vector<Real> p, tanh_term;
+    std::vector<Real> s, p, tanh_term;
     std::vector<bool> allowed;
     bool any = false;
     Real lse = -std::numeric_limits<Real>::infinity();
@@ -69,6 +69,7 @@ struct Problem {
     const Pattern* pattern;
     const std::int64_t* q_pos;
     const std::int64_t* k_pos;
+    std::int64_t head_offset;  // global index of local query head 0: ALiBi slopes are per global head
     Arith<Real> ar;
     Real scale;
     std::vector<Real> q, k, v;
@@ -83,7 +84,8 @@ struct Problem {
         r.tanh_term.assign(static_cast<std::size_t>(d.Sk), Real(0));
         r.allowed.assign(static_cast<std::size_t>(d.Sk), false);
         r.any = false;
-        std::vector<Real> s(static_cast<std::size_t>(d.Sk), Real(0));
+        std::vector<Real>& s = r.s;
+        s.assign(static_cast<std::size_t>(d.Sk), Real(0));
         Real m = -std::numeric_limits<Real>::infinity();
         for (std::int64_t j = 0; j < d.Sk; ++j) {
             const auto jj = static_cast<std::size_t>(j);
@@ -98,7 +100,7 @@ struct Problem {
             }
             if (pattern->has_alibi()) {
                 const Real dist = static_cast<Real>(std::llabs(q_pos[i] - k_pos[j]));
-                x = ar.round(x - static_cast<Real>(pattern->alibi_slope(h)) * dist);
+                x = ar.round(x - static_cast<Real>(pattern->alibi_slope(head_offset + h)) * dist);
             }
             s[jj] = x;
             r.allowed[jj] = true;
@@ -138,10 +140,10 @@ struct Problem {
 
 template <class Real>
 Problem<Real> make_problem(const TensorView& q, const TensorView& k, const TensorView& v, const Pattern* pattern,
-                           const std::int64_t* q_pos, const std::int64_t* k_pos, RefPrecision prec,
-                           DType storage) {
+                           const std::int64_t* q_pos, const std::int64_t* k_pos, std::int64_t head_offset,
+                           RefPrecision prec, DType storage) {
     require(pattern != nullptr, "pattern", "is null");
-    Problem<Real> pr{dims_of(q, k), pattern, q_pos, k_pos,
+    Problem<Real> pr{dims_of(q, k), pattern, q_pos, k_pos, head_offset,
                      Arith<Real>{prec == RefPrecision::bf16 || prec == RefPrecision::f16, storage},
                      static_cast<Real>(pattern->softmax_scale(q.shape[3])), load<Real>(q), load<Real>(k),
                      load<Real>(v)};
@@ -154,7 +156,8 @@ DType storage_of(RefPrecision prec) {
 
 template <class Real>
 RefForward forward(const FwdParams& p, RefPrecision prec) {
-    const auto pr = make_problem<Real>(p.q, p.k, p.v, p.pattern, p.q_pos, p.k_pos, prec, storage_of(prec));
+    const auto pr =
+        make_problem<Real>(p.q, p.k, p.v, p.pattern, p.q_pos, p.k_pos, p.head_offset, prec, storage_of(prec));
     const Dims& d = pr.d;
     RefForward out;
     out.o.assign(static_cast<std::size_t>(d.B * d.Sq * d.Hq * d.D), 0.0);
@@ -177,8 +180,9 @@ RefForward forward(const FwdParams& p, RefPrecision prec) {
 // derivative 1 - tanh^2; dQ = scale * dS K; dK = scale * dS^T Q. Gradients of kv heads shared by a
 // group of query heads are summed over the group.
 template <class Real>
-RefBackward backward(const BwdParams& p, RefPrecision prec) {
-    const auto pr = make_problem<Real>(p.q, p.k, p.v, p.pattern, p.q_pos, p.k_pos, prec, storage_of(prec));
+RefBackward backward(const BwdParams& p, RefPrecision prec, RefSource source) {
+    const auto pr =
+        make_problem<Real>(p.q, p.k, p.v, p.pattern, p.q_pos, p.k_pos, p.head_offset, prec, storage_of(prec));
     const Dims& d = pr.d;
     const std::vector<Real> dout = load<Real>(p.dout);
     std::vector<Real> dq(static_cast<std::size_t>(d.B * d.Sq * d.Hq * d.D), Real(0));
@@ -192,7 +196,16 @@ RefBackward backward(const BwdParams& p, RefPrecision prec) {
             for (std::int64_t i = 0; i < d.Sq; ++i) {
                 pr.row(b, h, i, r);
                 if (!r.any) continue;  // no allowed key: every gradient through this row is 0
-                pr.out_row(b, h, r, o);
+                if (source == RefSource::saved) {
+                    const Real lse = static_cast<Real>(p.lse[(b * d.Hq + h) * d.Sq + i]);
+                    for (std::size_t j = 0; j < r.p.size(); ++j)
+                        if (r.allowed[j]) r.p[j] = pr.ar.round(std::exp(r.s[j] - lse));
+                    o.resize(static_cast<std::size_t>(d.D));
+                    for (std::int64_t c = 0; c < d.D; ++c)
+                        o[static_cast<std::size_t>(c)] = static_cast<Real>(load_as_f32(p.o.data, p.o.dtype, p.o.offset(b, i, h, c)));
+                } else {
+                    pr.out_row(b, h, r, o);
+                }
                 const auto dO = [&](std::int64_t c) { return dout[at(b, i, h, c, d.Sq, d.Hq, d.D)]; };
                 Real delta = 0;
                 for (std::int64_t c = 0; c < d.D; ++c) delta += dO(c) * o[static_cast<std::size_t>(c)];
@@ -234,8 +247,9 @@ RefForward reference_forward(const FwdParams& p, RefPrecision prec) {
     return prec == RefPrecision::f64 ? forward<double>(p, prec) : forward<float>(p, prec);
 }
 
-RefBackward reference_backward(const BwdParams& p, RefPrecision prec) {
-    return prec == RefPrecision::f64 ? backward<double>(p, prec) : backward<float>(p, prec);
+RefBackward reference_backward(const BwdParams& p, RefPrecision prec, RefSource source) {
+    require(source == RefSource::recompute || p.lse != nullptr, "lse", "is null but RefSource::saved reads it");
+    return prec == RefPrecision::f64 ? backward<double>(p, prec, source) : backward<float>(p, prec, source);
 }
 
 }  // namespace longattn::kernels

@@ -23,7 +23,15 @@ struct RefBackward {
 
 // Reads q, k, v (and dout) through their views; ignores p.o, p.lse and the outputs.
 RefForward reference_forward(const FwdParams& p, RefPrecision prec = RefPrecision::f64);
-// Recomputes P and O itself (delta = rowsum(dO * O) from its own O).
-RefBackward reference_backward(const BwdParams& p, RefPrecision prec = RefPrecision::f64);
+// Where the backward takes P and O from:
+//   recompute: its own softmax (row maximum subtracted) and its own O; the exact fp64 reference.
+//   saved:     P = exp(S - lse) from the given p.lse and delta = rowsum(dO * O) from the given p.o, as
+//              every flash backward must (it keeps no row maximum). At fp32 this is the plain
+//              same-precision backward a flash kernel is judged against: with the recomputed softmax
+//              a one-hot row gets P = 1 exactly, which no implementation reading a stored fp32 LSE
+//              can match once |LSE| is large (softmax scale 1e3).
+enum class RefSource { recompute, saved };
+RefBackward reference_backward(const BwdParams& p, RefPrecision prec = RefPrecision::f64,
+                               RefSource source = RefSource::recompute);
 
 }  // namespace longattn::kernels

@@ -2,8 +2,13 @@
 // Small fp32 building blocks shared by the CPU flash kernels and the benchmark's unfused baseline.
 // Written with GCC vector extensions so that one source compiles to AVX-512 (zmm), AVX2 (ymm pairs)
 // or SSE, whatever -march says; hot loops are shaped so the compiler emits broadcast-FMAs.
+#include <bit>
 #include <cstdint>
 #include <cstring>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace longattn::kernels::cpu {
 
@@ -14,6 +19,57 @@ typedef float vf_u __attribute__((vector_size(64), aligned(4), may_alias));
 inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
 inline void store(float* p, vf x) { *reinterpret_cast<vf_u*>(p) = x; }
 inline vf splat(float s) { return vf{} + s; }
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+typedef std::int32_t vi __attribute__((vector_size(64)));
+
+inline float hsum(vf x) {
+    float s = 0.0f;
+    for (int i = 0; i < kLanes; ++i) s += x[i];
+    return s;
+}
+inline float hmax(vf x) {
+    float m = x[0];
+    for (int i = 1; i < kLanes; ++i) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+// 2^x lane-wise for x < 128, relative error about 1e-7. x = -inf (a masked score) gives exactly 0,
+// which the softmax relies on. 2^x = 2^n * 2^f with n = round(x), f in [-0.5, 0.5]; 2^f is a degree-6
+// near-minimax polynomial (Chebyshev-node fit, 2e-8 before fp32 rounding).
+inline vf exp2_poly(vf f) {
+    vf p = splat(1.5461444854736328e-4f);
+    p = p * f + 1.3400427997112274e-3f;
+    p = p * f + 9.618056938052177e-3f;
+    p = p * f + 5.550327152013779e-2f;
+    p = p * f + 0.24022650718688965f;
+    p = p * f + 0.6931471824645996f;
+    p = p * f + 1.0f;
+    return p;
+}
+
+inline vf exp2v(vf x) {
+#if defined(__AVX512F__)
+    // Below -200 the scaled result underflows to exactly 0; the clamp also turns -inf into a finite n.
+    // The all-lanes mask forms keep GCC 12 from warning about the unmasked forms' undefined pass-through.
+    x = vmax(x, splat(-200.0f));
+    const __m512 xm = std::bit_cast<__m512>(x);
+    const __m512 n = _mm512_mask_roundscale_ps(xm, 0xffff, xm, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 p = std::bit_cast<__m512>(exp2_poly(x - std::bit_cast<vf>(n)));
+    return std::bit_cast<vf>(_mm512_mask_scalef_ps(p, 0xffff, p, n));
+#else
+    // Without vscalefps 2^n is built in the exponent field, valid for n >= -126; smaller inputs flush to 0.
+    const vf lo = splat(-126.0f);
+    const vf xc = x < lo ? lo : x;
+    const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+    const vf t = xc + magic;
+    const vf n = t - magic;
+    const vf p = exp2_poly(xc - n);
+    const vi e = (std::bit_cast<vi>(t) - std::bit_cast<vi>(magic) + 127) << 23;
+    const vf r = p * std::bit_cast<vf>(e);
+    return x < lo ? vf{} : r;
+#endif
+}
 
 // C[M x N] (+)= A[M x K] * B[K x N] with
 //   A(i, k) = a[i * a_rs + k * a_ks]   (any strides: A or A^T)

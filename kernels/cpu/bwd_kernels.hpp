@@ -1,0 +1,123 @@
+#pragma once
+// fp32 building blocks of the CPU flash backward kernel: a 16-lane vector type (GCC vector extensions,
+// so one source becomes zmm under AVX-512, ymm pairs under AVX2 and xmm quads on plain x86-64), a fast
+// 2^x, and register-blocked broadcast-FMA products with a compile-time choice of which operand axis is
+// contiguous. Kept apart from simd.hpp so that the forward kernel's tuning cannot move these bits.
+#include <bit>
+#include <cstdint>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace longattn::kernels::bwd {
+
+constexpr int kLanes = 16;
+typedef float vf __attribute__((vector_size(64)));
+typedef float vf_u __attribute__((vector_size(64), aligned(4), may_alias));
+typedef std::int32_t vi __attribute__((vector_size(64)));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
+inline void store(float* p, vf x) { *reinterpret_cast<vf_u*>(p) = x; }
+inline vf splat(float s) { return vf{} + s; }
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+inline vf vmin(vf a, vf b) { return a < b ? a : b; }
+
+// 2^f for f in [-0.5, 0.5]: the Taylor series of e^{f ln 2} to degree 7; the first omitted term is
+// below 6e-9 relative, under half an fp32 ulp.
+inline vf exp2_frac(vf f) {
+    vf p = splat(1.5252733804059841e-5f);
+    p = p * f + 1.5403530393381606e-4f;
+    p = p * f + 1.3333558146428443e-3f;
+    p = p * f + 9.6181291076284772e-3f;
+    p = p * f + 5.5504108664821580e-2f;
+    p = p * f + 0.24022650695910071f;
+    p = p * f + 0.69314718055994531f;
+    p = p * f + 1.0f;
+    return p;
+}
+
+// 2^x lane-wise for x < 128. -inf, and anything small enough to underflow, gives exactly 0: masked
+// scores and rows without keys rely on that to contribute nothing.
+inline vf exp2v(vf x) {
+#if defined(__AVX512F__)
+    // 2^-200 already rounds to 0 in fp32; the clamp keeps n finite for -inf. The all-lanes masked
+    // forms avoid GCC 12's maybe-uninitialized false positive on the unmasked intrinsics.
+    x = vmax(x, splat(-200.0f));
+    const __m512 xm = std::bit_cast<__m512>(x);
+    const __m512 n = _mm512_mask_roundscale_ps(xm, 0xffff, xm, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 p = std::bit_cast<__m512>(exp2_frac(x - std::bit_cast<vf>(n)));
+    return std::bit_cast<vf>(_mm512_mask_scalef_ps(p, 0xffff, p, n));
+#else
+    // 2^n is assembled in the exponent field, which covers n >= -126; below that the result is 0.
+    const vf lo = splat(-126.0f);
+    const vf xc = vmax(x, lo);
+    const vf magic = splat(12582912.0f);  // 1.5 * 2^23: the sum holds round(xc) in its low mantissa bits
+    const vf t = xc + magic;
+    const vf n = t - magic;
+    const vf p = exp2_frac(xc - n);
+    const vi e = (std::bit_cast<vi>(t) - std::bit_cast<vi>(magic) + 127) << 23;
+    const vf r = p * std::bit_cast<vf>(e);
+    return x < lo ? vf{} : r;
+#endif
+}
+
+// Operand layouts of C[M x 16 nv] (+)= A[M x K] B[K x 16 nv]; B rows and C rows are contiguous.
+//   RowA:  A(i, k) = a[i * lda + k]  (Q K^T, dO V^T, dS K)
+//   ColA:  A(i, k) = a[k * lda + i]  (P^T dO, dS^T Q: the stored matrix read transposed, so the R
+//          broadcasts of one k step are neighbours in memory)
+enum class ALayout { row, col };
+
+template <ALayout L, int R, int C>
+inline void tile(std::int64_t K, const float* a, std::int64_t lda, const float* b, std::int64_t ldb, float* c,
+                 std::int64_t ldc, bool accumulate) {
+    vf acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < C; ++v) acc[r][v] = accumulate ? load(c + r * ldc + v * kLanes) : vf{};
+    for (std::int64_t k = 0; k < K; ++k) {
+        vf bv[C];
+        for (int v = 0; v < C; ++v) bv[v] = load(b + k * ldb + v * kLanes);
+        for (int r = 0; r < R; ++r) {
+            const float s = L == ALayout::row ? a[r * lda + k] : a[k * lda + r];
+            for (int v = 0; v < C; ++v) acc[r][v] += s * bv[v];
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < C; ++v) store(c + r * ldc + v * kLanes, acc[r][v]);
+}
+
+template <ALayout L, int C>
+inline void row_panel(std::int64_t M, std::int64_t K, const float* a, std::int64_t lda, const float* b,
+                      std::int64_t ldb, float* c, std::int64_t ldc, bool accumulate) {
+    constexpr int R = 6;
+    const std::int64_t a_step = L == ALayout::row ? lda : 1;
+    std::int64_t i = 0;
+    for (; i + R <= M; i += R) tile<L, R, C>(K, a + i * a_step, lda, b, ldb, c + i * ldc, ldc, accumulate);
+    const float* ai = a + i * a_step;
+    float* ci = c + i * ldc;
+    switch (M - i) {
+        case 5: tile<L, 5, C>(K, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 4: tile<L, 4, C>(K, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 3: tile<L, 3, C>(K, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 2: tile<L, 2, C>(K, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        case 1: tile<L, 1, C>(K, ai, lda, b, ldb, ci, ldc, accumulate); break;
+        default: break;
+    }
+}
+
+// C[M x 16 nv] (+)= A B, nv vectors per row; accumulate = false overwrites C.
+template <ALayout L>
+inline void gemm(std::int64_t M, std::int64_t nv, std::int64_t K, const float* a, std::int64_t lda, const float* b,
+                 std::int64_t ldb, float* c, std::int64_t ldc, bool accumulate) {
+    std::int64_t v = 0;
+    for (; v + 4 <= nv; v += 4)
+        row_panel<L, 4>(M, K, a, lda, b + v * kLanes, ldb, c + v * kLanes, ldc, accumulate);
+    switch (nv - v) {
+        case 3: row_panel<L, 3>(M, K, a, lda, b + v * kLanes, ldb, c + v * kLanes, ldc, accumulate); break;
+        case 2: row_panel<L, 2>(M, K, a, lda, b + v * kLanes, ldb, c + v * kLanes, ldc, accumulate); break;
+        case 1: row_panel<L, 1>(M, K, a, lda, b + v * kLanes, ldb, c + v * kLanes, ldc, accumulate); break;
+        default: break;
+    }
+}
+
+}  // namespace longattn::kernels::bwd
