@@ -1,7 +1,6 @@
 #pragma once
 // longattn-bench: the job description shared by the option parser and the runners.
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,32 +12,61 @@
 namespace longattn::bench {
 
 enum class Mode { fwd, bwd, fwd_bwd };
+const char* mode_name(Mode m);
+
+// How packed documents are laid out over a sequence of any length.
+struct DocSpec {
+    enum class Kind { none, equal, lens, uniform, exponential, lognormal } kind = Kind::none;
+    std::int64_t count = 0;              // equal: this many documents of near-equal length
+    std::vector<std::int64_t> lens;      // lens: repeated to cover the sequence
+    double a = 0, b = 0;                 // uniform [a, b]; exponential mean a; lognormal mean a, sigma b
+    std::uint64_t seed = 1;              // of the drawn lengths (the same on every rank)
+    std::string describe() const;
+};
+// cu_seqlens for a sequence of n tokens: 0 = b0 < b1 < ... = n; empty when kind is none.
+std::vector<std::int64_t> doc_bounds(const DocSpec& d, std::int64_t n);
 
 struct Job {
     Mode mode = Mode::fwd;
-    std::vector<std::int64_t> lengths;   // sequence lengths of the sweep
+    std::vector<std::int64_t> lengths;   // sequence lengths of the sweep (per rank when weak)
+    bool weak = false;                   // weak scaling: lengths are tokens per rank
     std::vector<int> threads;            // thread counts of the sweep (0 = all)
     std::int64_t batch = 1, heads = 4, kv_heads = 0, head_dim = 128;
     DType dtype = DType::f32;
     int iters = 5, warmup = 1;
     bool check = true;
-    bool baseline = false;               // also time the unfused GEMM-softmax-GEMM baseline
-    bool peak = true;                    // measure this CPU's FMA peak first
+    int check_rows = 16;                 // sampled query rows (and key rows) per rank for -c
+    bool baseline = false;               // kernel mode: also time the unfused GEMM-softmax-GEMM baseline
+    bool peak = true;                    // kernel mode: measure this CPU's FMA peak first
     std::uint64_t seed = 1;
-    int check_rows = 16;                 // sampled query rows (and key rows) per head for -c
-    PatternSpec pattern;                 // seq_len is filled in per length
-    std::int64_t docs = 0;               // split into this many equal documents (0 = none)
-    std::vector<std::int64_t> doc_lens;  // or these lengths, repeated to cover the sequence
+    PatternSpec pattern;                 // documents and seq_len are filled in per length
+    bool alibi = false;                  // ALiBi slopes 2^(-8 (h+1) / heads)
+    DocSpec docs;
     // Distributed runs (strategy other than "kernel").
     bool distributed = false;
     DistOptions dist;
     LayoutKind layout = LayoutKind::zigzag;
     bool per_rank = false;               // print every rank's kernel, wait, bytes and memory
-    int inject_failure = -1;             // this rank throws mid-run (tests the abort path)
+    // Inputs and outputs.
+    std::string load_dir;                // q.npy, k.npy, v.npy [S, H, D] (and dout.npy) instead of synthetic inputs
+    std::string save_dir;                // out.npy [S, H, D], lse.npy [H, S] (and dq/dk/dv.npy) in global order
+    std::string json_path, csv_path;     // the table for scripts
+    std::string command_line;            // as given, for the reports
+    // Fault injection for the tests.
+    int inject_failure = -1;             // this rank throws mid-run (the abort path)
+    bool corrupt = false;                // perturb one output element before the check (the check must fail)
 };
 
-// The job's pattern for one sequence length (documents laid out, random part sized).
-PatternSpec spec_for_length(const Job& job, std::int64_t L);
+// Parses argv (and --config); throws Error naming the option for bad input. help_text is filled when
+// --help is given (and the returned job is not to be run).
+Job parse_job(int argc, char** argv, std::string& help_text);
+// Checks what depends on the rank count (degrees, shard files); throws Error naming the option.
+void validate_for_ranks(const Job& job, int ranks);
+
+// Sequence length of sweep entry L on `ranks` ranks.
+inline std::int64_t total_tokens(const Job& job, std::int64_t L, int ranks) { return job.weak ? L * ranks : L; }
+// The job's pattern for a sequence of n tokens (documents laid out, random part sized, ALiBi slopes).
+PatternSpec spec_for_length(const Job& job, std::int64_t n);
 
 // Single-process kernel benchmark; prints the table and returns 0 when every check passed.
 int run_kernel_bench(const Job& job);

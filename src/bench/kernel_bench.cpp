@@ -6,12 +6,16 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <sstream>
 #include <vector>
 
 #include "bench/bench.hpp"
+#include "bench/check.hpp"
+#include "bench/inputs.hpp"
+#include "bench/report.hpp"
+#include "bench/save.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/cpu/simd.hpp"
-#include "longattn/synth.hpp"
 
 namespace longattn::bench {
 namespace {
@@ -50,8 +54,8 @@ struct Problem {
     std::vector<std::int64_t> pos;
     TensorView qv, kv, vv, ov, dov, dqv, dkv, dvv;
 
-    Problem(const Job& job, std::int64_t L_) : B(job.batch), L(L_), H(job.heads), Hkv(job.kv_heads), D(job.head_dim),
-                                               dtype(job.dtype) {
+    Problem(const Job& job, const Inputs& in, std::int64_t L_, bool grads)
+        : B(job.batch), L(L_), H(job.heads), Hkv(job.kv_heads), D(job.head_dim), dtype(job.dtype) {
         const std::size_t es = dtype_size(dtype);
         auto alloc = [&](std::vector<std::uint8_t>& buf, std::int64_t heads) {
             buf.assign(static_cast<std::size_t>(B * L * heads * D) * es, 0);
@@ -61,16 +65,15 @@ struct Problem {
         kv = alloc(k, Hkv);
         vv = alloc(v, Hkv);
         ov = alloc(o, H);
-        dov = alloc(dout, H);
         lse.assign(static_cast<std::size_t>(B * H * L), 0.0f);
         pos.resize(static_cast<std::size_t>(L));
         for (std::int64_t i = 0; i < L; ++i) pos[static_cast<std::size_t>(i)] = i;
-        fill_synth(qv, job.seed, SynthTensor::q, pos.data());
-        fill_synth(kv, job.seed, SynthTensor::k, pos.data());
-        fill_synth(vv, job.seed, SynthTensor::v, pos.data());
-    }
-    void alloc_grads(std::uint64_t seed) {
-        fill_synth(dov, seed, SynthTensor::dout, pos.data());
+        in.fill(SynthTensor::q, qv, pos.data());
+        in.fill(SynthTensor::k, kv, pos.data());
+        in.fill(SynthTensor::v, vv, pos.data());
+        if (!grads) return;
+        dov = alloc(dout, H);
+        in.fill(SynthTensor::dout, dov, pos.data());
         dq.assign(static_cast<std::size_t>(B * L * H * D), 0.0f);
         dk.assign(static_cast<std::size_t>(B * L * Hkv * D), 0.0f);
         dv.assign(dk.size(), 0.0f);
@@ -94,6 +97,12 @@ struct Problem {
         b.pattern = &p;
         b.threads = threads;
         return b;
+    }
+    RankRows rows() const {
+        RankRows r;
+        r.pos = pos.data(), r.S = L, r.o = ov, r.lse = lse.data();
+        if (!dq.empty()) r.dq = dqv, r.dk = dkv, r.dv = dvv;
+        return r;
     }
     float at(const TensorView& t, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d) const {
         return load_as_f32(t.data, t.dtype, t.offset(b, s, h, d));
@@ -119,7 +128,7 @@ double time_median(const Job& job, F&& run) {
 void unfused_forward(Problem& pr, const Pattern& pat, int threads) {
     const std::int64_t L = pr.L, D = pr.D, G = pr.H / pr.Hkv;
     constexpr std::int64_t kPanel = 256;
-    const float scale = pat.softmax_scale(D);
+    const float scale = pat.softmax_scale(D) * 1.4426950408889634f;  // scores in the log2 scale
 #pragma omp parallel num_threads(threads)
     {
         std::vector<float> kt(static_cast<std::size_t>(D * L)), vf32(static_cast<std::size_t>(L * D));
@@ -142,6 +151,7 @@ void unfused_forward(Problem& pr, const Pattern& pat, int threads) {
                             qp[static_cast<std::size_t>(i * D + d)] = scale * pr.at(pr.qv, b, i0 + i, h, d);
                     kernels::cpu::gemm(m, L, D, qp.data(), D, 1, kt.data(), L, s.data(), L, false);
                     for (std::int64_t i = 0; i < m; ++i) {
+                        // The flash kernels' softmax arithmetic: scores in the log2 scale, the same exp2.
                         float* row = s.data() + i * L;
                         pat.mask_row(i0 + i, pr.pos.data(), L, mask.data());
                         float mx = -INFINITY;
@@ -149,14 +159,20 @@ void unfused_forward(Problem& pr, const Pattern& pat, int threads) {
                             if (!mask[static_cast<std::size_t>(j)]) row[j] = -INFINITY;
                             mx = std::max(mx, row[j]);
                         }
-                        float sum = 0;
-                        for (std::int64_t j = 0; j < L; ++j) {
-                            row[j] = mx == -INFINITY ? 0.0f : std::exp(row[j] - mx);
-                            sum += row[j];
+                        const float base = mx == -INFINITY ? 0.0f : mx;
+                        vf acc{};
+                        std::int64_t j = 0;
+                        for (; j + kernels::cpu::kLanes <= L; j += kernels::cpu::kLanes) {
+                            const vf e = kernels::cpu::exp2v(kernels::cpu::load(row + j) - base);
+                            kernels::cpu::store(row + j, e);
+                            acc += e;
                         }
+                        float sum = kernels::cpu::hsum(acc);
+                        for (; j < L; ++j) sum += row[j] = std::exp2(row[j] - base);
                         const float inv = sum > 0 ? 1.0f / sum : 0.0f;
-                        for (std::int64_t j = 0; j < L; ++j) row[j] *= inv;
-                        pr.lse[static_cast<std::size_t>((b * pr.H + h) * L + i0 + i)] = mx + std::log(sum);
+                        for (j = 0; j < L; ++j) row[j] *= inv;
+                        pr.lse[static_cast<std::size_t>((b * pr.H + h) * L + i0 + i)] =
+                            sum > 0 ? (mx + std::log2(sum)) * 0.6931471805599453f : -INFINITY;
                     }
                     kernels::cpu::gemm(m, D, L, s.data(), L, 1, vf32.data(), D, op.data(), D, false);
                     for (std::int64_t i = 0; i < m; ++i)
@@ -168,149 +184,37 @@ void unfused_forward(Problem& pr, const Pattern& pat, int threads) {
     }
 }
 
-struct CheckResult {
-    double max_err = 0;
-    std::int64_t wrong = 0;
-};
-
-double tolerance(DType t) { return t == DType::f32 ? 1.0 / 8192 : t == DType::bf16 ? 1.0 / 128 : 1.0 / 1024; }
-
-// fp64 reference of sampled query rows (O, LSE, and with gradients dQ) and sampled key rows (dK, dV).
-// The key-row gradients sum over every query row and take that row's LSE and O from the kernel
-// (checked on the sampled rows); everything else is recomputed here.
-CheckResult check(const Job& job, Problem& pr, const Pattern& pat, bool grads) {
-    const std::int64_t L = pr.L, D = pr.D, G = pr.H / pr.Hkv;
-    const double scale = pat.softmax_scale(D), cap = pat.spec().softcap;
-    const double tol = tolerance(pr.dtype);
-    std::vector<std::int64_t> rows;
-    for (int r = 0; r < job.check_rows; ++r) rows.push_back(std::min(L - 1, r * L / job.check_rows + r % 7));
-    rows.push_back(L - 1);
-    auto score = [&](std::int64_t b, std::int64_t i, std::int64_t h, std::int64_t j) {
-        double s = 0;
-        for (std::int64_t d = 0; d < D; ++d) s += double(pr.at(pr.qv, b, i, h, d)) * pr.at(pr.kv, b, j, h / G, d);
-        s *= scale;
-        return cap > 0 ? cap * std::tanh(s / cap) : s;
-    };
-    // dS/ds_raw factor of the softcap.
-    auto dcap = [&](double s_capped) { return cap > 0 ? 1.0 - (s_capped / cap) * (s_capped / cap) : 1.0; };
-    CheckResult res;
-    auto compare = [&](CheckResult& r, double want, double got) {
-        const double e = std::isinf(want) && want == got ? 0.0 : std::fabs(want - got);
-        r.max_err = std::max(r.max_err, e);
-        r.wrong += !(e <= tol * std::max(1.0, std::fabs(want)));
-    };
-#pragma omp parallel for collapse(2) schedule(dynamic)
-    for (std::int64_t b = 0; b < pr.B; ++b)
-        for (std::int64_t h = 0; h < pr.H; ++h) {
-            CheckResult local;
-            std::vector<double> s(static_cast<std::size_t>(L)), o(static_cast<std::size_t>(D));
-            for (std::int64_t i : rows) {
-                double mx = -INFINITY;
-                for (std::int64_t j = 0; j < L; ++j) {
-                    s[j] = pat.allowed(i, j) ? score(b, i, h, j) : -INFINITY;
-                    mx = std::max(mx, s[j]);
-                }
-                double sum = 0;
-                for (std::int64_t j = 0; j < L; ++j) sum += mx == -INFINITY ? 0 : std::exp(s[j] - mx);
-                const double lse = mx == -INFINITY ? -INFINITY : mx + std::log(sum);
-                std::fill(o.begin(), o.end(), 0.0);
-                for (std::int64_t j = 0; j < L; ++j) {
-                    if (s[j] == -INFINITY) continue;
-                    const double p = std::exp(s[j] - lse);
-                    for (std::int64_t d = 0; d < D; ++d) o[d] += p * pr.at(pr.vv, b, j, h / G, d);
-                }
-                compare(local, lse, pr.lse[static_cast<std::size_t>((b * pr.H + h) * L + i)]);
-                for (std::int64_t d = 0; d < D; ++d) compare(local, o[d], pr.at(pr.ov, b, i, h, d));
-                if (grads) {
-                    double delta = 0;
-                    for (std::int64_t d = 0; d < D; ++d) delta += o[d] * pr.at(pr.dov, b, i, h, d);
-                    std::vector<double> dq(static_cast<std::size_t>(D), 0.0);
-                    for (std::int64_t j = 0; j < L; ++j) {
-                        if (s[j] == -INFINITY) continue;
-                        const double p = std::exp(s[j] - lse);
-                        double dp = 0;
-                        for (std::int64_t d = 0; d < D; ++d)
-                            dp += double(pr.at(pr.dov, b, i, h, d)) * pr.at(pr.vv, b, j, h / G, d);
-                        const double ds = p * (dp - delta) * dcap(s[j]) * scale;
-                        for (std::int64_t d = 0; d < D; ++d) dq[d] += ds * pr.at(pr.kv, b, j, h / G, d);
-                    }
-                    for (std::int64_t d = 0; d < D; ++d)
-                        compare(local, dq[d], pr.dq[static_cast<std::size_t>(((b * L + i) * pr.H + h) * D + d)]);
-                }
-            }
-#pragma omp critical
-            {
-                res.max_err = std::max(res.max_err, local.max_err);
-                res.wrong += local.wrong;
-            }
-        }
-    if (grads) {
-        // Key rows: dV_j = sum_i P_ij dO_i, dK_j = sum_i dS_ij Q_i over every query head of the group.
-        for (std::int64_t b = 0; b < pr.B; ++b)
-            for (std::int64_t hk = 0; hk < pr.Hkv; ++hk)
-                for (std::int64_t j : rows) {
-                    std::vector<double> dk(static_cast<std::size_t>(D), 0.0), dv(static_cast<std::size_t>(D), 0.0);
-                    for (std::int64_t h = hk * G; h < (hk + 1) * G; ++h)
-                        for (std::int64_t i = 0; i < L; ++i) {
-                            if (!pat.allowed(i, j)) continue;
-                            const double sc = score(b, i, h, j);
-                            const double p = std::exp(sc - pr.lse[static_cast<std::size_t>((b * pr.H + h) * L + i)]);
-                            double dp = 0, delta = 0;
-                            for (std::int64_t d = 0; d < D; ++d) {
-                                dp += double(pr.at(pr.dov, b, i, h, d)) * pr.at(pr.vv, b, j, hk, d);
-                                delta += double(pr.at(pr.dov, b, i, h, d)) * pr.at(pr.ov, b, i, h, d);
-                            }
-                            const double ds = p * (dp - delta) * dcap(sc) * scale;
-                            for (std::int64_t d = 0; d < D; ++d) {
-                                dv[d] += p * pr.at(pr.dov, b, i, h, d);
-                                dk[d] += ds * pr.at(pr.qv, b, i, h, d);
-                            }
-                        }
-                    for (std::int64_t d = 0; d < D; ++d) {
-                        compare(res, dk[d], pr.dk[static_cast<std::size_t>(((b * L + j) * pr.Hkv + hk) * D + d)]);
-                        compare(res, dv[d], pr.dv[static_cast<std::size_t>(((b * L + j) * pr.Hkv + hk) * D + d)]);
-                    }
-                }
-    }
-    return res;
-}
-
 }  // namespace
 
-PatternSpec spec_for_length(const Job& job, std::int64_t L) {
-    PatternSpec s = job.pattern;
-    s.seq_len = L;
-    if (job.docs > 0) {
-        s.doc_bounds = {0};
-        for (std::int64_t d = 1; d <= job.docs; ++d) s.doc_bounds.push_back(std::max(d * L / job.docs, s.doc_bounds.back() + 1));
-        s.doc_bounds.back() = std::max(L, s.doc_bounds.back());
-    } else if (!job.doc_lens.empty()) {
-        s.doc_bounds = {0};
-        for (std::size_t i = 0; s.doc_bounds.back() < L; ++i)
-            s.doc_bounds.push_back(std::min(L, s.doc_bounds.back() + job.doc_lens[i % job.doc_lens.size()]));
-    }
-    return s;
-}
-
 int run_kernel_bench(const Job& job) {
-    const char* mode = job.mode == Mode::fwd ? "fwd" : job.mode == Mode::bwd ? "bwd" : "fwd+bwd";
     const double peak = job.peak ? measure_fma_peak() : 0.0;
     const bool do_bwd = job.mode != Mode::fwd;
-    std::printf("# longattn-bench kernel mode=%s dtype=%s batch=%lld heads=%lld kv_heads=%lld head_dim=%lld\n", mode,
-                std::string(dtype_name(job.dtype)).c_str(), static_cast<long long>(job.batch),
-                static_cast<long long>(job.heads), static_cast<long long>(job.kv_heads),
-                static_cast<long long>(job.head_dim));
-    std::printf("# pattern %s, iters %d (median), warmup %d, check %s\n",
-                Pattern(spec_for_length(job, 1 << 20)).describe().c_str(), job.iters, job.warmup, job.check ? "on" : "off");
-    if (job.peak) std::printf("# FMA peak of one core (measured): %.1f GFLOP/s fp32\n", peak);
-    std::printf("# FLOPs: fwd 4*D*pairs, bwd 2.5x that (pairs counted exactly from the pattern)\n");
-    std::printf("#%9s %4s %8s %10s %9s %6s %10s %9s %6s %10s %7s %10s %6s\n", "tokens", "thr", "density", "fwd_ms",
-                "fwd_GF/s", "%peak", "bwd_ms", "bwd_GF/s", "%peak", "unfused_ms", "speedup", "max_err", "#wrong");
+    const Inputs in(job);
+    Report rep(job, true);
+    {
+        std::ostringstream os;
+        os << "longattn-bench kernel mode=" << mode_name(job.mode) << " dtype=" << dtype_name(job.dtype)
+           << " batch=" << job.batch << " heads=" << job.heads << " kv_heads=" << job.kv_heads
+           << " head_dim=" << job.head_dim;
+        rep.note(os.str());
+    }
+    rep.note("pattern " + Pattern(spec_for_length(job, job.lengths.back())).describe() + ", documents " +
+             job.docs.describe() + ", inputs " + (in.loaded() ? job.load_dir : "synthetic") + "; median of " +
+             std::to_string(job.iters) + " iterations after " + std::to_string(job.warmup) + " warmup");
+    if (job.peak) {
+        char line[96];
+        std::snprintf(line, sizeof(line), "FMA peak of one core (measured): %.1f GFLOP/s fp32", peak);
+        rep.note(line);
+    }
+    rep.note("FLOPs: fwd 4*D*pairs, bwd 2.5x that (pairs counted exactly from the pattern); unfused: GEMM, softmax, "
+             "GEMM with the same products and exp, speedup = unfused_ms / fwd_ms");
+    rep.columns({{"tokens", 10, -1}, {"thr", 4, -1}, {"density", 8, 5}, {"fwd_ms", 10, 2}, {"fwd_GF/s", 9, 1},
+                 {"fwd_%peak", 9, 1}, {"bwd_ms", 10, 2}, {"bwd_GF/s", 9, 1}, {"bwd_%peak", 9, 1}, {"unfused_ms", 10, 2},
+                 {"speedup", 7, 2}, {"max_err", 10, 2, true}, {"#wrong", 6, -1}});
     std::int64_t wrong_total = 0;
     for (std::int64_t L : job.lengths) {
         const Pattern pat(spec_for_length(job, L));
-        Problem pr(job, L);
-        if (do_bwd) pr.alloc_grads(job.seed);
+        Problem pr(job, in, L, do_bwd);
         const double pairs = static_cast<double>(pat.count_allowed(0, L, 0, L));
         const double flops = 4.0 * static_cast<double>(job.head_dim) * pairs * static_cast<double>(job.batch * job.heads);
         for (int thr : job.threads) {
@@ -323,20 +227,27 @@ int run_kernel_bench(const Job& job) {
                 t_base = time_median(job, [&] { unfused_forward(pr, pat, t); });
                 kernels::flash_forward_cpu(pr.fwd(pat, t));  // the check reads the fused result
             }
+            if (job.corrupt) store_from_f32(pr.ov.data, pr.dtype, 0, load_as_f32(pr.ov.data, pr.dtype, 0) + 0.5f);
+            RankRows rows = pr.rows();
+            std::vector<float> delta;
             CheckResult c;
-            if (job.check) c = check(job, pr, pat, do_bwd);
+            if (job.check) {
+                if (do_bwd) {
+                    delta = row_delta(pr.ov, pr.dov);
+                    rows.lse_all = pr.lse.data();
+                    rows.delta_all = delta.data();
+                }
+                c = check_rows(job, in, pat, L, rows, t);
+            }
             wrong_total += c.wrong;
+            if (!job.save_dir.empty()) save_outputs(job, L, rows, nullptr);
             auto pct = [&](double gf) { return peak > 0 ? 100.0 * gf / (peak * t) : 0.0; };
             const double gf_fwd = flops / t_fwd * 1e-9, gf_bwd = t_bwd > 0 ? 2.5 * flops / t_bwd * 1e-9 : 0;
-            std::printf(" %9lld %4d %8.5f %10.2f %9.1f %6.1f %10.2f %9.1f %6.1f %10.2f %7.2f %10.2e %6lld\n",
-                        static_cast<long long>(L), t, pairs / (double(L) * double(L)), t_fwd * 1e3, gf_fwd, pct(gf_fwd),
-                        t_bwd * 1e3, gf_bwd, pct(gf_bwd), t_base * 1e3, t_base > 0 ? t_base / t_fwd : 0.0,
-                        c.max_err, static_cast<long long>(c.wrong));
-            std::fflush(stdout);
+            rep.row({double(L), double(t), pairs / (double(L) * double(L)), t_fwd * 1e3, gf_fwd, pct(gf_fwd), t_bwd * 1e3,
+                     gf_bwd, pct(gf_bwd), t_base * 1e3, t_base > 0 ? t_base / t_fwd : 0.0, c.max_err, double(c.wrong)});
         }
     }
-    std::printf("# Out of bounds values : %lld %s\n", static_cast<long long>(wrong_total), wrong_total ? "FAILED" : "OK");
-    return static_cast<int>(std::min<std::int64_t>(wrong_total, 1));
+    return rep.finish(wrong_total);
 }
 
 }  // namespace longattn::bench

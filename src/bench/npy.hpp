@@ -1,0 +1,72 @@
+#pragma once
+// NumPy .npy files (format versions 1-3, little-endian, C order): reading rows of float32 / float16
+// arrays at any offset, and writing float32 arrays in pieces from several processes into a temporary
+// file that is renamed to its final name only once complete.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "longattn/dtype.hpp"
+
+namespace longattn::bench {
+
+struct NpyHeader {
+    DType dtype = DType::f32;          // f32 ('<f4') or f16 ('<f2')
+    std::vector<std::int64_t> shape;
+    std::size_t data_offset = 0;       // bytes before the first element
+    std::int64_t numel() const;
+};
+
+// Throws Error naming `what` (the option) and the path for anything but a C-order float32/float16 array.
+NpyHeader npy_read_header(const std::string& path, const char* what);
+
+// Random-access reader of contiguous element runs.
+class NpyReader {
+public:
+    NpyReader(const std::string& path, const char* what);
+    ~NpyReader();
+    NpyReader(const NpyReader&) = delete;
+    NpyReader& operator=(const NpyReader&) = delete;
+    const NpyHeader& header() const { return h_; }
+    // out[0, n) = elements [first, first + n) as fp32.
+    void read(std::int64_t first, std::int64_t n, float* out) const;
+
+private:
+    std::string path_, what_;
+    NpyHeader h_;
+    int fd_ = -1;
+};
+
+// A float32 (or float16) .npy being written at `path` + a temporary suffix. create() (one process) writes the header
+// and sizes the file; any process may then open() it and write(); commit() (one process, after every
+// writer is done) renames it to its final name. Until then the final name does not exist.
+class NpyWriter {
+public:
+    NpyWriter(std::string path, std::vector<std::int64_t> shape, const std::string& tmp_suffix,
+              DType dtype = DType::f32);
+    ~NpyWriter();
+    NpyWriter(const NpyWriter&) = delete;
+    NpyWriter& operator=(const NpyWriter&) = delete;
+    void create();
+    void open();
+    // Elements [first, first + n) = data[0, n), rounded to the file's dtype.
+    void write(std::int64_t first, std::int64_t n, const float* data);
+    void commit();
+    const std::string& temp_path() const { return tmp_; }
+
+private:
+    void close();
+    std::string path_, tmp_;
+    std::vector<std::int64_t> shape_;
+    DType dtype_;
+    std::size_t data_offset_ = 0;
+    int fd_ = -1;
+};
+
+// Paths of temporary files this process created and has not committed: removed on any exit path,
+// a termination signal (how MPI_Abort ends the other ranks) included.
+void register_temp_file(const std::string& path);
+void unregister_temp_file(const std::string& path);
+void remove_temp_files();
+
+}  // namespace longattn::bench

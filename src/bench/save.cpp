@@ -1,0 +1,78 @@
+#include "bench/save.hpp"
+
+#include <unistd.h>
+
+#include <memory>
+#include <vector>
+
+#include "bench/npy.hpp"
+#include "comm/communicator.hpp"
+
+namespace longattn::bench {
+namespace {
+
+// Runs of consecutive global positions among the local rows: (first local row, length).
+std::vector<std::pair<std::int64_t, std::int64_t>> runs(const std::int64_t* pos, std::int64_t S) {
+    std::vector<std::pair<std::int64_t, std::int64_t>> out;
+    for (std::int64_t s = 0; s < S;) {
+        std::int64_t n = 1;
+        while (s + n < S && pos[s + n] == pos[s] + n) ++n;
+        out.emplace_back(s, n);
+        s += n;
+    }
+    return out;
+}
+
+// Rows [B=1, S, H, D] of view t to file elements (pos * H + h) * D + d.
+void write_rows(NpyWriter& w, const TensorView& t, const RankRows& r) {
+    const std::int64_t H = t.shape[2], D = t.shape[3];
+    std::vector<float> buf;
+    for (const auto& [s0, n] : runs(r.pos, r.S)) {
+        buf.resize(static_cast<std::size_t>(n * H * D));
+        for (std::int64_t i = 0; i < n; ++i)
+            for (std::int64_t h = 0; h < H; ++h)
+                for (std::int64_t d = 0; d < D; ++d)
+                    buf[static_cast<std::size_t>((i * H + h) * D + d)] = load_as_f32(t.data, t.dtype, t.offset(0, s0 + i, h, d));
+        w.write(r.pos[s0] * H * D, n * H * D, buf.data());
+    }
+}
+
+}  // namespace
+
+void save_outputs(const Job& job, std::int64_t N, const RankRows& r, comm::Communicator* comm) {
+    const bool root = comm == nullptr || comm->rank() == 0;
+    std::int64_t tag = ::getpid();  // one temporary name for all ranks: the creating rank's pid
+    if (comm) comm->broadcast(&tag, sizeof(tag), 0);
+    const std::string dir = job.save_dir + "/", suffix = std::to_string(tag);
+    const std::int64_t H = job.heads, Hkv = job.kv_heads, D = job.head_dim;
+    struct File {
+        std::unique_ptr<NpyWriter> w;
+        const TensorView* rows;  // null: the LSE
+    };
+    std::vector<File> files;
+    files.push_back({std::make_unique<NpyWriter>(dir + "out.npy", std::vector<std::int64_t>{N, H, D}, suffix), &r.o});
+    files.push_back({std::make_unique<NpyWriter>(dir + "lse.npy", std::vector<std::int64_t>{H, N}, suffix), nullptr});
+    if (r.dq.data) {
+        files.push_back({std::make_unique<NpyWriter>(dir + "dq.npy", std::vector<std::int64_t>{N, H, D}, suffix), &r.dq});
+        files.push_back({std::make_unique<NpyWriter>(dir + "dk.npy", std::vector<std::int64_t>{N, Hkv, D}, suffix), &r.dk});
+        files.push_back({std::make_unique<NpyWriter>(dir + "dv.npy", std::vector<std::int64_t>{N, Hkv, D}, suffix), &r.dv});
+    }
+    if (root)
+        for (auto& f : files) f.w->create();
+    if (comm) comm->barrier();
+    for (auto& f : files) {
+        f.w->open();
+        if (f.rows) {
+            write_rows(*f.w, *f.rows, r);
+            continue;
+        }
+        for (std::int64_t h = 0; h < H; ++h)
+            for (const auto& [s0, n] : runs(r.pos, r.S)) f.w->write(h * N + r.pos[s0], n, r.lse + h * r.S + s0);
+    }
+    if (comm) comm->barrier();
+    if (root)
+        for (auto& f : files) f.w->commit();
+    if (comm) comm->barrier();
+}
+
+}  // namespace longattn::bench

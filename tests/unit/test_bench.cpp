@@ -1,0 +1,301 @@
+// The bench driver's parts with exact values: .npy files, --save in global order, document layouts,
+// and the option parser (INI sections, precedence, errors naming the key).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+
+#include "bench/bench.hpp"
+#include "bench/npy.hpp"
+#include "bench/save.hpp"
+#include "longattn/error.hpp"
+
+using namespace longattn;
+using namespace longattn::bench;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh directory under the system's temporary directory, removed at the end of the test.
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        path = fs::temp_directory_path() / ("longattn-test-" + std::to_string(::getpid()) + "-" +
+                                            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+        fs::remove_all(path);
+        fs::create_directories(path);
+    }
+    ~TempDir() { fs::remove_all(path); }
+    std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+    std::ofstream f(path, std::ios::binary);
+    f << bytes;
+}
+
+// A .npy file with a hand-written header.
+std::string npy_bytes(const std::string& dict, const std::string& data, int major = 1) {
+    std::string h = dict;
+    const std::size_t pre = major == 1 ? 10 : 12;
+    while ((pre + h.size() + 1) % 64 != 0) h += ' ';
+    h += '\n';
+    std::string out = "\x93NUMPY";
+    out += static_cast<char>(major);
+    out += '\0';
+    out += static_cast<char>(h.size() & 0xff);
+    out += static_cast<char>((h.size() >> 8) & 0xff);
+    if (major != 1) out += std::string(2, '\0');
+    return out + h + data;
+}
+
+std::string error_of(const std::function<void()>& f) {
+    try {
+        f();
+    } catch (const Error& e) {
+        return e.what();
+    }
+    return "(no error)";
+}
+
+Job parse(std::vector<std::string> args) {
+    args.insert(args.begin(), "longattn-bench");
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    std::string help;
+    return parse_job(static_cast<int>(argv.size()), argv.data(), help);
+}
+
+}  // namespace
+
+TEST(Npy, WriterPiecesInAnyOrderReadBackExactly) {
+    TempDir dir;
+    const std::string path = dir.file("a.npy");
+    NpyWriter w(path, {5, 3}, "t");
+    w.create();
+    EXPECT_FALSE(fs::exists(path)) << "the final name must not exist before commit";
+    const float hi[] = {9, 10, 11, 12, 13, 14}, lo[] = {0, 1, 2}, mid[] = {3, 4, 5, 6, 7, 8};
+    w.write(9, 6, hi);
+    w.write(0, 3, lo);
+    w.write(3, 6, mid);
+    w.commit();
+    EXPECT_TRUE(fs::exists(path));
+    EXPECT_FALSE(fs::exists(w.temp_path()));
+    const NpyHeader h = npy_read_header(path, "load");
+    EXPECT_EQ(h.shape, (std::vector<std::int64_t>{5, 3}));
+    EXPECT_EQ(h.dtype, DType::f32);
+    EXPECT_EQ(h.data_offset % 64, 0u);
+    NpyReader r(path, "load");
+    std::vector<float> all(15);
+    r.read(0, 15, all.data());
+    for (int i = 0; i < 15; ++i) EXPECT_EQ(all[static_cast<std::size_t>(i)], float(i));
+    float two[2];
+    r.read(7, 2, two);
+    EXPECT_EQ(two[0], 7.0f);
+    EXPECT_EQ(two[1], 8.0f);
+}
+
+TEST(Npy, ReadsFloat16AndVersion2Headers) {
+    TempDir dir;
+    std::string data;
+    for (float x : {1.5f, -2.0f, 65504.0f, 0.0009765625f}) {
+        const std::uint16_t u = f32_to_f16(x);
+        data += static_cast<char>(u & 0xff);
+        data += static_cast<char>(u >> 8);
+    }
+    write_bytes(dir.file("h.npy"), npy_bytes("{'descr': '<f2', 'fortran_order': False, 'shape': (2, 2), }", data, 2));
+    NpyReader r(dir.file("h.npy"), "load");
+    EXPECT_EQ(r.header().dtype, DType::f16);
+    float out[4];
+    r.read(0, 4, out);
+    EXPECT_EQ(out[0], 1.5f);
+    EXPECT_EQ(out[1], -2.0f);
+    EXPECT_EQ(out[2], 65504.0f);
+    EXPECT_EQ(out[3], 0.0009765625f);
+}
+
+TEST(Npy, BadFilesNameTheOptionAndTheProblem) {
+    TempDir dir;
+    write_bytes(dir.file("text.npy"), "hello, not numpy");
+    EXPECT_NE(error_of([&] { npy_read_header(dir.file("text.npy"), "load"); }).find("load: '"), std::string::npos);
+    EXPECT_NE(error_of([&] { npy_read_header(dir.file("text.npy"), "load"); }).find("not a .npy file"), std::string::npos);
+    write_bytes(dir.file("f8.npy"), npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }", std::string(8, '\0')));
+    EXPECT_NE(error_of([&] { npy_read_header(dir.file("f8.npy"), "load"); }).find("allowed: float32 ('<f4') or float16"),
+              std::string::npos);
+    write_bytes(dir.file("fo.npy"), npy_bytes("{'descr': '<f4', 'fortran_order': True, 'shape': (1,), }", std::string(4, '\0')));
+    EXPECT_NE(error_of([&] { npy_read_header(dir.file("fo.npy"), "load"); }).find("Fortran order"), std::string::npos);
+    write_bytes(dir.file("short.npy"), npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 4), }", std::string(8, '\0')));
+    EXPECT_NE(error_of([&] { npy_read_header(dir.file("short.npy"), "load"); }).find("truncated"), std::string::npos);
+    EXPECT_NE(error_of([&] { npy_read_header(dir.file("missing.npy"), "load"); }).find("cannot open"), std::string::npos);
+}
+
+TEST(Save, RowsLandInGlobalOrderWhateverTheLayout) {
+    TempDir dir;
+    Job job;
+    job.save_dir = dir.path.string();
+    job.heads = 2;
+    job.kv_heads = 1;
+    job.head_dim = 3;
+    const std::int64_t N = 7;
+    // Two "ranks" holding zigzag-like rows: {0, 1, 5, 6} and {2, 3, 4}; written by one process in turn
+    // would need two calls, so the local rows here are all of them in a shuffled order.
+    const std::vector<std::int64_t> pos = {5, 6, 0, 1, 2, 3, 4};
+    std::vector<float> o(static_cast<std::size_t>(N * 2 * 3)), lse(static_cast<std::size_t>(2 * N)),
+        dq(o.size()), dk(static_cast<std::size_t>(N * 3)), dv(dk.size());
+    for (std::int64_t s = 0; s < N; ++s)
+        for (std::int64_t h = 0; h < 2; ++h) {
+            for (std::int64_t d = 0; d < 3; ++d) {
+                o[static_cast<std::size_t>((s * 2 + h) * 3 + d)] = float(100 * pos[static_cast<std::size_t>(s)] + 10 * h + d);
+                dq[static_cast<std::size_t>((s * 2 + h) * 3 + d)] = -o[static_cast<std::size_t>((s * 2 + h) * 3 + d)];
+            }
+            lse[static_cast<std::size_t>(h * N + s)] = float(pos[static_cast<std::size_t>(s)] + 0.5 * h);
+        }
+    for (std::int64_t s = 0; s < N; ++s)
+        for (std::int64_t d = 0; d < 3; ++d) {
+            dk[static_cast<std::size_t>(s * 3 + d)] = float(1000 + 10 * pos[static_cast<std::size_t>(s)] + d);
+            dv[static_cast<std::size_t>(s * 3 + d)] = float(2000 + 10 * pos[static_cast<std::size_t>(s)] + d);
+        }
+    RankRows r;
+    r.pos = pos.data();
+    r.S = N;
+    r.o = contiguous_view(o.data(), DType::f32, 1, N, 2, 3);
+    r.lse = lse.data();
+    r.dq = contiguous_view(dq.data(), DType::f32, 1, N, 2, 3);
+    r.dk = contiguous_view(dk.data(), DType::f32, 1, N, 1, 3);
+    r.dv = contiguous_view(dv.data(), DType::f32, 1, N, 1, 3);
+    save_outputs(job, N, r, nullptr);
+
+    std::vector<float> got(static_cast<std::size_t>(N * 2 * 3));
+    NpyReader(dir.file("out.npy"), "t").read(0, N * 6, got.data());
+    for (std::int64_t g = 0; g < N; ++g)
+        for (std::int64_t h = 0; h < 2; ++h)
+            for (std::int64_t d = 0; d < 3; ++d) EXPECT_EQ(got[static_cast<std::size_t>((g * 2 + h) * 3 + d)], float(100 * g + 10 * h + d));
+    NpyReader(dir.file("dq.npy"), "t").read(0, N * 6, got.data());
+    EXPECT_EQ(got[static_cast<std::size_t>((4 * 2 + 1) * 3 + 2)], -412.0f);
+    std::vector<float> l(static_cast<std::size_t>(2 * N));
+    NpyReader lr(dir.file("lse.npy"), "t");
+    EXPECT_EQ(lr.header().shape, (std::vector<std::int64_t>{2, N}));
+    lr.read(0, 2 * N, l.data());
+    for (std::int64_t h = 0; h < 2; ++h)
+        for (std::int64_t g = 0; g < N; ++g) EXPECT_EQ(l[static_cast<std::size_t>(h * N + g)], float(g + 0.5 * h));
+    std::vector<float> k(static_cast<std::size_t>(N * 3));
+    NpyReader(dir.file("dv.npy"), "t").read(0, N * 3, k.data());
+    for (std::int64_t g = 0; g < N; ++g) EXPECT_EQ(k[static_cast<std::size_t>(g * 3 + 1)], float(2000 + 10 * g + 1));
+    // Only the final files remain: no temporary left behind.
+    int files = 0;
+    for (const auto& e : fs::directory_iterator(dir.path)) {
+        EXPECT_EQ(e.path().filename().string().find(".partial"), std::string::npos) << e.path();
+        ++files;
+    }
+    EXPECT_EQ(files, 5);
+}
+
+TEST(Docs, ExactBoundsForEqualAndGivenLengths) {
+    DocSpec eq;
+    eq.kind = DocSpec::Kind::equal;
+    eq.count = 3;
+    EXPECT_EQ(doc_bounds(eq, 10), (std::vector<std::int64_t>{0, 3, 6, 10}));
+    eq.count = 20;  // more documents than tokens: one token each
+    EXPECT_EQ(doc_bounds(eq, 4), (std::vector<std::int64_t>{0, 1, 2, 3, 4}));
+    DocSpec lens;
+    lens.kind = DocSpec::Kind::lens;
+    lens.lens = {3, 5};
+    EXPECT_EQ(doc_bounds(lens, 20), (std::vector<std::int64_t>{0, 3, 8, 11, 16, 19, 20}));
+    EXPECT_TRUE(doc_bounds(DocSpec{}, 100).empty());
+}
+
+TEST(Docs, DrawnLengthsAreDeterministicAndHaveTheirMean) {
+    for (auto kind : {DocSpec::Kind::uniform, DocSpec::Kind::exponential, DocSpec::Kind::lognormal}) {
+        DocSpec d;
+        d.kind = kind;
+        d.a = kind == DocSpec::Kind::uniform ? 100 : 500;
+        d.b = kind == DocSpec::Kind::uniform ? 900 : 1.0;
+        d.seed = 42;
+        const std::int64_t n = 2'000'000;
+        const auto b = doc_bounds(d, n);
+        EXPECT_EQ(b, doc_bounds(d, n)) << "the same on every call (and so on every rank)";
+        ASSERT_GE(b.size(), 2u);
+        EXPECT_EQ(b.front(), 0);
+        EXPECT_EQ(b.back(), n);
+        for (std::size_t i = 1; i < b.size(); ++i) ASSERT_GT(b[i], b[i - 1]);
+        const double mean = double(n) / double(b.size() - 1);
+        EXPECT_NEAR(mean, 500.0, 25.0) << d.describe();
+        d.seed = 43;
+        EXPECT_NE(b, doc_bounds(d, n)) << "another seed, other documents";
+    }
+}
+
+TEST(Options, IniSectionsTopLevelKeysAndCommandLinePrecedence) {
+    TempDir dir;
+    const std::string ini = dir.file("job.ini");
+    write_bytes(ini,
+                "# comment\nmode = fwd+bwd\n[sweep]\nminlen = 2K\nmaxlen = 8K\niters = 3\n[shape]\nheads = 8\nkv-heads = 2\n"
+                "head-dim = 64\n[dist]\nstrategy = ring\nlayout = striped\n[pattern]\ncausal = true\nwindow = 128,0\n"
+                "doc-dist = exp:512\ndoc-seed = 9\n");
+    const Job j = parse({"--config", ini, "--heads", "4", "-n", "7"});
+    EXPECT_EQ(j.mode, Mode::fwd_bwd);
+    EXPECT_EQ(j.lengths, (std::vector<std::int64_t>{2048, 4096, 8192}));
+    EXPECT_EQ(j.iters, 7) << "the command line wins";
+    EXPECT_EQ(j.heads, 4) << "the command line wins";
+    EXPECT_EQ(j.kv_heads, 2);
+    EXPECT_EQ(j.head_dim, 64);
+    EXPECT_TRUE(j.distributed);
+    EXPECT_EQ(j.dist.strategy, StrategyKind::ring);
+    EXPECT_EQ(j.layout, LayoutKind::striped);
+    EXPECT_TRUE(j.pattern.causal);
+    ASSERT_TRUE(j.pattern.window.has_value());
+    EXPECT_EQ(j.pattern.window->left, 128);
+    EXPECT_EQ(j.pattern.window->right, 0);
+    EXPECT_EQ(j.docs.kind, DocSpec::Kind::exponential);
+    EXPECT_EQ(j.docs.a, 512.0);
+    EXPECT_EQ(j.docs.seed, 9u);
+}
+
+TEST(Options, BadInputNamesTheKeyAndWhatIsAllowed) {
+    TempDir dir;
+    auto ini = [&](const std::string& text) {
+        write_bytes(dir.file("bad.ini"), text);
+        return error_of([&] { parse({"--config", dir.file("bad.ini")}); });
+    };
+    std::string e = ini("[pattern]\ncausl = true\n");
+    EXPECT_NE(e.find("pattern.causl"), std::string::npos) << e;
+    EXPECT_NE(e.find("allowed in [pattern]:"), std::string::npos) << e;
+    EXPECT_NE(e.find(" causal"), std::string::npos) << e;
+    e = ini("[shape]\ncausal = true\n");
+    EXPECT_NE(e.find("belongs in section [pattern]"), std::string::npos) << e;
+    e = ini("[pattern]\ncausal = maybe\n");
+    EXPECT_NE(e.find("causal"), std::string::npos) << e;
+    EXPECT_NE(e.find("maybe"), std::string::npos) << e;
+    e = ini("[nonsense]\nx = 1\n");
+    EXPECT_NE(e.find("sections are [run], [sweep]"), std::string::npos) << e;
+    e = ini("causl = 1\n");
+    EXPECT_NE(e.find("causl: unknown key"), std::string::npos) << e;
+    EXPECT_NE(e.find("not an option of longattn-bench"), std::string::npos) << e;
+    e = ini("help = 1\n");
+    EXPECT_NE(e.find("cannot be set from a config file"), std::string::npos) << e;
+
+    EXPECT_NE(error_of([] { parse({"--heads", "6", "--kv-heads", "4"}); }).find("kv-heads: must divide heads (6)"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { parse({"-d", "fp8"}); }).find("dtype: must be fp32, bf16 or fp16, got 'fp8'"), std::string::npos);
+    EXPECT_NE(error_of([] { parse({"--doc-dist", "zipf:3"}); }).find("doc-dist: unknown distribution 'zipf'"), std::string::npos);
+    EXPECT_NE(error_of([] { parse({"--docs", "3", "--doc-lens", "5"}); }).find("docs: give one of"), std::string::npos);
+    EXPECT_NE(error_of([] { parse({"--save", "/nonexistent/dir"}); }).find("save: '/nonexistent/dir' is not a writable"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { parse({"--json", "/nonexistent/dir/r.json"}); }).find("json: the directory"), std::string::npos);
+    EXPECT_NE(error_of([&] { parse({"--save", dir.path.string(), "-b", "1K", "-e", "4K"}); }).find("save: needs one sequence length"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { parse({"--load", "/nonexistent"}); }).find("load: cannot open '/nonexistent/q.npy'"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { parse({"--scaling", "linear"}); }).find("scaling: must be strong or weak"), std::string::npos);
+
+    const Job j = parse({"--strategy", "hybrid", "--ulysses-degree", "3", "-b", "1K"});
+    EXPECT_NE(error_of([&] { validate_for_ranks(j, 4); }).find("ulysses-degree: must divide the number of ranks (4)"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] { validate_for_ranks(parse({"-b", "1K", "--window", "2000,0"}), 1); }).find("window: each side"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] { validate_for_ranks(parse({"-b", "1K"}), 2); }).find("strategy: 'kernel' runs in one process"),
+              std::string::npos);
+}
