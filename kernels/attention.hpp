@@ -21,6 +21,9 @@ struct FwdParams {
     const std::int64_t* k_pos = nullptr;  // Sk global positions
     const Pattern* pattern = nullptr;
     std::int64_t head_offset = 0;  // global index of query head 0 (ALiBi slopes are per global head)
+    // Merge these keys into the partial result already in (o, lse) instead of overwriting it: the same
+    // as merge_partial of a separate call, without its buffer or pass. o must be fp32.
+    bool accumulate = false;
     int threads = 0;      // 0: all hardware threads
 };
 

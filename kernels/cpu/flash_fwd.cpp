@@ -19,10 +19,6 @@
 #include <limits>
 #include <new>
 #include <vector>
-#ifdef FWD_PROFILE
-#include <cstdio>
-#include <cstdlib>
-#endif
 
 #include "kernels/attention.hpp"
 #include "kernels/cpu/simd.hpp"
@@ -51,9 +47,6 @@ struct Blocking {
     std::int64_t bq, bk;
 };
 Blocking choose_blocking(const Pattern& pat) {
-#ifdef FWD_PROFILE
-    if (std::getenv("FWD_BQ")) return {std::atoll(std::getenv("FWD_BQ")), std::atoll(std::getenv("FWD_BK"))};
-#endif
     if (pat.has_sparse_part()) return {48, 64};
     return {96, 128};
 }
@@ -100,6 +93,10 @@ private:
 // The packed K/V copy is kept per calling thread between calls up to this size: sparse and
 // short-query calls are otherwise dominated by faulting in fresh pages.
 constexpr std::size_t kKeepPackFloats = std::size_t{64} << 20;  // 256 MiB
+// Kv heads are packed and attended a group at a time, as many as fit in this many floats (at least
+// one): a long sequence then holds one head's fp32 copy instead of all of them, while short calls
+// keep every (head, query block) task of the call in one parallel loop.
+constexpr std::int64_t kGroupPackFloats = std::int64_t{8} << 20;  // 32 MiB
 
 // out[0, n) = mul * row[0, n) converted to fp32.
 void load_row(const void* base, DType t, std::int64_t off, std::int64_t n, float mul, float* out) {
@@ -198,14 +195,15 @@ struct Problem {
     float* kpack = nullptr;
     float* vpack = nullptr;
     std::int64_t kblock_sz = 0, vblock_sz = 0;  // floats per packed key block
+    std::int64_t group0 = 0;                    // first (batch, kv head) of the packed group, as b * Hkv + hk
     // Position hulls of key blocks as a segment tree over [0, nkb): node 1 is the root.
     std::vector<std::int64_t> tree_lo, tree_hi;
 
     float* kblock(std::int64_t b, std::int64_t hk, std::int64_t kb) const {
-        return kpack + ((b * Hkv + hk) * nkb + kb) * kblock_sz;
+        return kpack + ((b * Hkv + hk - group0) * nkb + kb) * kblock_sz;
     }
     float* vblock(std::int64_t b, std::int64_t hk, std::int64_t kb) const {
-        return vpack + ((b * Hkv + hk) * nkb + kb) * vblock_sz;
+        return vpack + ((b * Hkv + hk - group0) * nkb + kb) * vblock_sz;
     }
 };
 
@@ -337,6 +335,17 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
     std::fill(O, O + nq_pad * ldo, 0.0f);
     std::fill(sc.m.begin(), sc.m.end(), kNegInf);
     std::fill(sc.l.begin(), sc.l.end(), 0.0f);
+    if (p.accumulate) {
+        // Continue the online softmax from the given partial: a normalized O with its LSE is the state
+        // (m = LSE in the log2 scale of the scores, l = 1); a row without keys so far stays empty.
+        for (std::int64_t r = 0; r < nq; ++r) {
+            const float lse = p.lse[(b * pr.Hq + h) * pr.Sq + i0 + r];
+            if (lse == kNegInf) continue;
+            sc.m[static_cast<std::size_t>(r)] = lse * kLog2e;
+            sc.l[static_cast<std::size_t>(r)] = 1.0f;
+            std::copy_n(p.o.ptr<float>() + p.o.offset(b, i0 + r, h, 0), D, O + r * ldo);
+        }
+    }
 
     const std::int64_t* qpos = p.q_pos + i0;
     const auto [qmn, qmx] = std::minmax_element(qpos, qpos + nq);
@@ -502,6 +511,7 @@ void flash_forward_cpu(const FwdParams& p) {
     pr.Sk = p.k.shape[1];
     pr.Hkv = p.k.shape[2];
     if (pr.B == 0 || pr.Sq == 0 || pr.Hq == 0) return;
+    if (p.accumulate && pr.Sk == 0) return;  // nothing to merge in
     pr.Dp = round_up(pr.D, kLanes);
     pr.blk = choose_blocking(*p.pattern);
     pr.nqb = (pr.Sq + pr.blk.bq - 1) / pr.blk.bq;
@@ -513,14 +523,12 @@ void flash_forward_cpu(const FwdParams& p) {
     pr.kblock_sz = pr.blk.bk * pr.D;
     pr.vblock_sz = pr.blk.bk * pr.Dp;
 
-#ifdef FWD_PROFILE
-    double tpa = omp_get_wtime();
-#endif
-    const std::int64_t nkv = pr.B * pr.Hkv * pr.nkb;
+    const std::int64_t head_floats = pr.nkb * (pr.kblock_sz + pr.vblock_sz);
+    const std::int64_t heads = pr.B * pr.Hkv;
+    const std::int64_t group = std::clamp<std::int64_t>(kGroupPackFloats / std::max<std::int64_t>(head_floats, 1), 1, heads);
     thread_local Buffer pack;
-    const auto pack_floats = static_cast<std::size_t>(nkv * (pr.kblock_sz + pr.vblock_sz));
-    pr.kpack = pack.reserve(pack_floats);
-    pr.vpack = pr.kpack + nkv * pr.kblock_sz;
+    pr.kpack = pack.reserve(static_cast<std::size_t>(group * head_floats));
+    pr.vpack = pr.kpack + group * pr.nkb * pr.kblock_sz;
     struct Trim {
         Buffer& b;
         ~Trim() {
@@ -534,33 +542,31 @@ void flash_forward_cpu(const FwdParams& p) {
     }
 
     const int nt = p.threads > 0 ? p.threads : omp_get_max_threads();
-    const std::int64_t ntasks = pr.B * pr.Hq * pr.nqb;
-#ifdef FWD_PROFILE
-    double tp0 = omp_get_wtime(), tp1 = 0;
-#endif
+    const std::int64_t G = pr.Hq / pr.Hkv;
 #pragma omp parallel num_threads(nt)
     {
-        {
-            Buffer row(static_cast<std::size_t>(pr.Dp));
-#pragma omp for schedule(static)
-            for (std::int64_t t = 0; t < nkv; ++t)
-                pack_key_block(pr, t / (pr.Hkv * pr.nkb), (t / pr.nkb) % pr.Hkv, t % pr.nkb, row.get());
-        }
-#ifdef FWD_PROFILE
-#pragma omp master
-        tp1 = omp_get_wtime();
-#endif
         Scratch sc(pr);
-        // Later query blocks see more keys under a causal mask: hand them out first.
+        Buffer row(static_cast<std::size_t>(pr.Dp));
+        for (std::int64_t g0 = 0; g0 < heads; g0 += group) {
+            const std::int64_t g1 = std::min(heads, g0 + group);
+            // Every thread reads pr.group0 only between the loops' barriers.
+#pragma omp single
+            pr.group0 = g0;
+#pragma omp for schedule(static)
+            for (std::int64_t t = 0; t < (g1 - g0) * pr.nkb; ++t) {
+                const std::int64_t bh = g0 + t / pr.nkb;
+                pack_key_block(pr, bh / pr.Hkv, bh % pr.Hkv, t % pr.nkb, row.get());
+            }
+            // Later query blocks see more keys under a causal mask: hand them out first.
+            const std::int64_t ntasks = (g1 - g0) * G * pr.nqb;
 #pragma omp for schedule(dynamic, 1)
-        for (std::int64_t t = 0; t < ntasks; ++t) {
-            const std::int64_t bh = t / pr.nqb, qb = pr.nqb - 1 - t % pr.nqb;
-            run_task(pr, sc, bh / pr.Hq, bh % pr.Hq, qb);
+            for (std::int64_t t = 0; t < ntasks; ++t) {
+                const std::int64_t bh = g0 + t / (G * pr.nqb), qb = pr.nqb - 1 - t % pr.nqb;
+                const std::int64_t b = bh / pr.Hkv, h = (bh % pr.Hkv) * G + (t / pr.nqb) % G;
+                run_task(pr, sc, b, h, qb);
+            }
         }
     }
-#ifdef FWD_PROFILE
-    std::fprintf(stderr, "alloc+tree %.4f pack %.4f main %.4f\n", tp0 - tpa, tp1 - tp0, omp_get_wtime() - tp1);
-#endif
 }
 
 }  // namespace longattn::kernels

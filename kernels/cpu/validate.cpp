@@ -58,6 +58,7 @@ void validate(const FwdParams& p) {
     check_view(p.o, "o");
     check_same_shape(p.o, "o", p.q, "q");
     require(p.q.numel() == 0 || p.lse != nullptr, "lse", "is null");
+    require(!p.accumulate || p.o.dtype == DType::f32, "o", "must be fp32 to accumulate into, got ", dtype_name(p.o.dtype));
     require(p.threads >= 0, "threads", "must be >= 0 (0 = all), got ", p.threads);
 }
 

@@ -112,7 +112,7 @@ void lse_rows(float* full, float* part, std::int64_t B, std::int64_t H, std::int
 
 void forward_chunked(Ctx& cx, comm::Communicator& comm, const TensorView& q, const TensorView& k, const TensorView& v,
                      const std::int64_t* q_pos, const std::int64_t* k_pos, const Pattern& pat, std::int64_t head_offset,
-                     const TensorView& o, float* lse) {
+                     const TensorView& o, float* lse, bool accumulate) {
     const std::int64_t B = q.shape[0], S = q.shape[1], H = q.shape[2];
     const auto bounds = chunk_bounds(S, cx.opt.progress_chunks);
     const bool one = bounds.size() == 2;
@@ -129,7 +129,9 @@ void forward_chunked(Ctx& cx, comm::Communicator& comm, const TensorView& q, con
         p.k_pos = k_pos;
         p.pattern = &pat;
         p.head_offset = head_offset;
+        p.accumulate = accumulate;
         p.threads = cx.opt.threads;
+        if (!one && accumulate) lse_rows(lse, part.data(), B, H, S, i0, n, false);
         run_forward(cx, p);
         if (!one) lse_rows(lse, part.data(), B, H, S, i0, n, true);
         comm.progress();

@@ -84,13 +84,11 @@ void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
     copy(a.k, buf[0].k(S));
     copy(a.v, buf[0].v(S));
 
-    // Running result in fp32: the caller's O when it is fp32, else a scratch copy.
+    // Running result in fp32: the caller's O when it is fp32, else a scratch copy. Each shard's keys are
+    // merged into it by the kernel itself (FwdParams::accumulate): no partial buffer, no merge pass.
     const bool own_acc = a.o.dtype != DType::f32;
     Scratch acc_mem(cx, own_acc ? static_cast<std::size_t>(B * S * H * D) * 4 : 0);
     const TensorView acc = own_acc ? acc_mem.view(DType::f32, B, S, H, D) : a.o;
-    Scratch part_mem(cx, static_cast<std::size_t>(B * S * H * D) * 4);
-    const TensorView part = part_mem.view(DType::f32, B, S, H, D);
-    std::vector<float> part_lse(static_cast<std::size_t>(B * H * S));
     bool any = false;
 
     int cur = 0;
@@ -106,8 +104,7 @@ void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
         if (plan.needs(o) && plan.rows(o) > 0 && S > 0) {
             const std::int64_t rows = plan.rows(o);
             forward_chunked(cx, comm, a.q, buf[cur].k(rows), buf[cur].v(rows), a.pos, plan.sh.pos_of(o), *a.pattern,
-                            a.head_offset, any ? part : acc, any ? part_lse.data() : a.lse);
-            if (any) kernels::merge_partial(acc, a.lse, part, part_lse.data(), cx.opt.threads);
+                            a.head_offset, acc, a.lse, any);
             any = true;
         } else {
             ++cx.st.skipped_blocks;

@@ -7,6 +7,7 @@
 #include <limits>
 #include <numeric>
 
+#include "longattn/error.hpp"
 #include "testing.hpp"
 
 namespace longattn::test {
@@ -103,6 +104,21 @@ FwdOut sharded_forward(const Problem& full, const std::vector<std::vector<std::i
     return acc;
 }
 
+// The same through FwdParams::accumulate: every shard after the first continues the online softmax
+// from the (O, LSE) already in the fp32 output, with no separate partial or merge pass.
+FwdOut accumulated_forward(const Problem& full, const std::vector<std::vector<std::int64_t>>& shards,
+                           const std::vector<std::size_t>& order) {
+    FwdOut acc{Tensor(DType::f32, {full.c.B, full.c.Sq, full.c.Hq, full.c.D}),
+               std::vector<float>(static_cast<std::size_t>(full.c.B * full.c.Hq * full.c.Sq))};
+    for (std::size_t i = 0; i < order.size(); ++i) {
+        const Problem shard = key_shard(full, shards[order[i]]);
+        kernels::FwdParams p = shard.fwd_params(acc.o, acc.lse.data());
+        p.accumulate = i > 0;
+        kernels::flash_forward_cpu(p);
+    }
+    return acc;
+}
+
 std::vector<std::int64_t> range(std::int64_t lo, std::int64_t hi) { return positions(hi - lo, lo); }
 
 std::vector<std::int64_t> every(std::int64_t n, std::int64_t r, std::int64_t p) {
@@ -187,6 +203,36 @@ TEST(MergeShards, Bf16Partials) {
     const Problem full(c);
     const auto merged = sharded_forward(full, {range(0, 90), range(90, 197)}, {0, 1}, DType::bf16);
     expect_merged_matches(full, merged, DType::bf16);
+}
+
+TEST(AccumulateShards, MatchesTheSingleCallInEveryCase) {
+    const Problem full(merge_case());
+    expect_merged_matches(full, accumulated_forward(full, {range(0, 100), range(100, 197)}, {0, 1}), DType::f32);
+    expect_merged_matches(full, accumulated_forward(full, {every(197, 0, 3), every(197, 1, 3), every(197, 2, 3)}, {2, 0, 1}),
+                          DType::f32);
+    Case c = merge_case();
+    c.spec.window = Window{20, 0};
+    c.spec.doc_bounds = {0, 60, 197};
+    const Problem windowed(c);
+    expect_merged_matches(windowed, accumulated_forward(windowed, {range(0, 70), range(70, 140), range(140, 197)}, {0, 1, 2}),
+                          DType::f32);
+    // A shard entirely in the future of every query, first or last: LSE -inf rows must stay exact.
+    c = merge_case();
+    c.Sq = 100;
+    c.Sk = 150;
+    const Problem future(c);
+    for (const std::vector<std::size_t>& order : {std::vector<std::size_t>{0, 1}, std::vector<std::size_t>{1, 0}})
+        expect_merged_matches(future, accumulated_forward(future, {range(0, 100), range(100, 150)}, order), DType::f32);
+}
+
+TEST(AccumulateShards, NeedsAnFp32Output) {
+    Case c = merge_case();
+    c.o_dtype = DType::bf16;
+    const Problem pb(c);
+    FwdOut out{Tensor(DType::bf16, {c.B, c.Sq, c.Hq, c.D}), std::vector<float>(static_cast<std::size_t>(c.B * c.Hq * c.Sq))};
+    kernels::FwdParams p = pb.fwd_params(out.o, out.lse.data());
+    p.accumulate = true;
+    EXPECT_THROW(kernels::flash_forward_cpu(p), longattn::Error);
 }
 
 TEST(MergeShards, OrderIndependence) {
