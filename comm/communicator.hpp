@@ -4,6 +4,20 @@
 // be called by every rank of the communicator in the same order; point-to-point transfers are
 // non-blocking and progress whenever progress(), test() or wait() is called (strategies call
 // progress() between kernel tiles so a transfer moves while a kernel runs).
+//
+// Batches. The point-to-point operations posted since the last flush() form one batch, and a
+// backend may hold them back until flush() (NCCL launches a batch as one group on a stream, where a
+// lone send would block that stream until its peer's matching receive is launched; MPI starts every
+// operation when it is posted and flush() does nothing). So, for every backend:
+//   1. post all transfers of a step (irecv and isend, any order), then call flush(), then compute;
+//   2. a send and its receive must be launched in the same step's batch on their two ranks: a
+//      receive launched steps ahead of its send, or a send launched in a batch of its own, can
+//      deadlock NCCL although MPI accepts it;
+//   3. within a step, messages between two ranks pair up by tag: give them distinct tags;
+//   4. a request may complete only when its whole batch has.
+// flush(), progress(), every collective, and test() or wait() on a request not launched yet launch
+// the pending batch; test() or wait() on a launched request launches nothing, so a send posted after
+// a step's compute joins the next step's batch.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -29,6 +43,8 @@ public:
     virtual bool test(Request& r) = 0;  // true (and r reset) once complete
     virtual void wait(Request& r) = 0;  // no-op for an inactive request
     virtual void progress() = 0;        // advances every outstanding request
+    // Launches the point-to-point operations posted since the last flush (see "Batches" above).
+    virtual void flush() {}
 
     // recv[src] (recv_bytes[src] at recv_off[src]) receives what src sent to this rank.
     virtual void all_to_all_v(const void* send, const std::size_t* send_bytes, const std::size_t* send_off, void* recv,

@@ -6,6 +6,11 @@
 
 #include "longattn/error.hpp"
 
+#ifdef LONGATTN_HAVE_CUDA
+#include "comm/mpi/device_memory.hpp"
+#include "comm/mpi/device_staging.hpp"
+#endif
+
 namespace longattn::comm {
 namespace {
 
@@ -22,6 +27,14 @@ void check(int rc, const char* what) {
 
 }  // namespace
 
+void DeviceStagingDeleter::operator()(DeviceStaging* p) const {
+#ifdef LONGATTN_HAVE_CUDA
+    delete p;
+#else
+    (void)p;  // never allocated without CUDA
+#endif
+}
+
 MpiCommunicator::MpiCommunicator(MPI_Comm parent) {
     int init = 0;
     MPI_Initialized(&init);
@@ -30,6 +43,10 @@ MpiCommunicator::MpiCommunicator(MPI_Comm parent) {
     check(MPI_Comm_dup(parent, &comm_), "Comm_dup");
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
+#ifdef LONGATTN_HAVE_CUDA
+    // Without a visible device no buffer can be device memory: the host path stays as it is.
+    if (cuda_device_count() > 0) device_.reset(new DeviceStaging());
+#endif
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -42,6 +59,10 @@ Request MpiCommunicator::post(bool send, void* buf, std::size_t bytes, int peer,
     std::size_t id = 0;
     while (id < slots_.size() && slots_[id].in_use) ++id;
     if (id == slots_.size()) slots_.emplace_back();
+#ifdef LONGATTN_HAVE_CUDA
+    if (device_) buf = send ? device_->stage_send(static_cast<int>(id), buf, bytes)
+                            : device_->stage_recv(static_cast<int>(id), buf, bytes);
+#endif
     Slot& s = slots_[id];
     s.in_use = true;
     s.parts.clear();
@@ -66,25 +87,34 @@ Request MpiCommunicator::irecv(void* buf, std::size_t bytes, int src, int tag) {
     return post(false, buf, bytes, src, tag);
 }
 
-bool MpiCommunicator::test_slot(Slot& s) {
+void MpiCommunicator::finish_slot(std::size_t id) {
+    slots_[id].in_use = false;
+#ifdef LONGATTN_HAVE_CUDA
+    if (device_) device_->complete(static_cast<int>(id));  // a staged receive lands on the device
+#endif
+}
+
+bool MpiCommunicator::test_slot(std::size_t id) {
+    Slot& s = slots_[id];
     int flag = 0;
     check(MPI_Testall(static_cast<int>(s.parts.size()), s.parts.data(), &flag, MPI_STATUSES_IGNORE), "Testall");
-    if (flag) s.in_use = false;
+    if (flag) finish_slot(id);
     return flag != 0;
 }
 
 bool MpiCommunicator::test(Request& r) {
     if (!r.active()) return true;
-    if (!test_slot(slots_[static_cast<std::size_t>(r.id)])) return false;
+    if (!test_slot(static_cast<std::size_t>(r.id))) return false;
     r = Request{};
     return true;
 }
 
 void MpiCommunicator::wait(Request& r) {
     if (!r.active()) return;
-    Slot& s = slots_[static_cast<std::size_t>(r.id)];
+    const auto id = static_cast<std::size_t>(r.id);
+    Slot& s = slots_[id];
     check(MPI_Waitall(static_cast<int>(s.parts.size()), s.parts.data(), MPI_STATUSES_IGNORE), "Waitall");
-    s.in_use = false;
+    finish_slot(id);
     r = Request{};
 }
 
@@ -114,19 +144,42 @@ void MpiCommunicator::all_to_all_v(const void* send, const std::size_t* send_byt
             reqs.push_back(isend(static_cast<const char*>(send) + send_off[dst], send_bytes[dst], dst, kTag));
     }
     if (send_bytes[rank_] > 0)
-        std::memcpy(static_cast<char*>(recv) + recv_off[rank_], static_cast<const char*>(send) + send_off[rank_],
-                    send_bytes[rank_]);
+        local_copy(static_cast<char*>(recv) + recv_off[rank_], static_cast<const char*>(send) + send_off[rank_],
+                   send_bytes[rank_]);
     for (Request& r : reqs) wait(r);
 }
 
+void MpiCommunicator::local_copy(void* dst, const void* src, std::size_t bytes) {
+#ifdef LONGATTN_HAVE_CUDA
+    if (device_ && (is_device_memory(dst) || is_device_memory(src))) {
+        copy_bytes(dst, src, bytes);
+        return;
+    }
+#endif
+    std::memcpy(dst, src, bytes);
+}
+
+void MpiCommunicator::allreduce(void* data, std::size_t n, MPI_Datatype type, std::size_t elem_bytes, MPI_Op op) {
+    void* p = data;
+#ifdef LONGATTN_HAVE_CUDA
+    if (device_) p = device_->borrow(data, n * elem_bytes, true);
+#else
+    (void)elem_bytes;
+#endif
+    check(MPI_Allreduce(MPI_IN_PLACE, p, static_cast<int>(n), type, op, comm_), "Allreduce");
+#ifdef LONGATTN_HAVE_CUDA
+    if (device_) device_->give_back(data, p, n * elem_bytes, true);
+#endif
+}
+
 void MpiCommunicator::all_reduce_sum(double* data, std::size_t n) {
-    check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_), "Allreduce");
+    allreduce(data, n, MPI_DOUBLE, sizeof(double), MPI_SUM);
 }
 void MpiCommunicator::all_reduce_sum(std::int64_t* data, std::size_t n) {
-    check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_INT64_T, MPI_SUM, comm_), "Allreduce");
+    allreduce(data, n, MPI_INT64_T, sizeof(std::int64_t), MPI_SUM);
 }
 void MpiCommunicator::all_reduce_max(double* data, std::size_t n) {
-    check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_MAX, comm_), "Allreduce");
+    allreduce(data, n, MPI_DOUBLE, sizeof(double), MPI_MAX);
 }
 
 void MpiCommunicator::all_gather_v(const void* send, void* recv, const std::size_t* bytes, const std::size_t* offsets) {
@@ -137,9 +190,16 @@ void MpiCommunicator::all_gather_v(const void* send, void* recv, const std::size
 }
 
 void MpiCommunicator::broadcast(void* buf, std::size_t bytes, int root) {
-    auto* p = static_cast<char*>(buf);
+    void* mpi_buf = buf;
+#ifdef LONGATTN_HAVE_CUDA
+    if (device_) mpi_buf = device_->borrow(buf, bytes, rank_ == root);
+#endif
+    auto* p = static_cast<char*>(mpi_buf);
     for (std::size_t done = 0; done < bytes; done += kPart)
         check(MPI_Bcast(p + done, static_cast<int>(std::min(kPart, bytes - done)), MPI_BYTE, root, comm_), "Bcast");
+#ifdef LONGATTN_HAVE_CUDA
+    if (device_) device_->give_back(buf, mpi_buf, bytes, rank_ != root);
+#endif
 }
 
 void MpiCommunicator::barrier() { check(MPI_Barrier(comm_), "Barrier"); }

@@ -1,11 +1,24 @@
 #pragma once
 // MPI backend of the communicator. Takes the caller's communicator and duplicates it, so a training
 // codebase can hand in its own and longattn's traffic never mixes with the caller's.
+//
+// In builds with CUDA, buffers may also be device memory (so several ranks can share one GPU): a
+// CUDA-aware MPI gets them directly, any other MPI through pinned host copies (device_staging.hpp).
+// Device data must be complete when handed over, and received device data is in place once test()
+// or wait() reports completion. Both ends of a transfer may use either kind of memory.
 #include <mpi.h>
+
+#include <memory>
 
 #include "comm/communicator.hpp"
 
 namespace longattn::comm {
+
+class DeviceStaging;  // comm/mpi/device_staging.hpp, defined in builds with CUDA only
+// Keeps the class the same in every build: without CUDA the pointer is always null.
+struct DeviceStagingDeleter {
+    void operator()(DeviceStaging* p) const;
+};
 
 class MpiCommunicator final : public Communicator {
 public:
@@ -41,11 +54,16 @@ private:
         bool in_use = false;
     };
     Request post(bool send, void* buf, std::size_t bytes, int peer, int tag);
-    bool test_slot(Slot& s);
+    bool test_slot(std::size_t id);
+    void finish_slot(std::size_t id);
+    void local_copy(void* dst, const void* src, std::size_t bytes);
+    // MPI_Allreduce in place, on a buffer that may be device memory.
+    void allreduce(void* data, std::size_t n, MPI_Datatype type, std::size_t elem_bytes, MPI_Op op);
 
     MPI_Comm comm_ = MPI_COMM_NULL;
     int rank_ = 0, size_ = 1;
     std::vector<Slot> slots_;
+    std::unique_ptr<DeviceStaging, DeviceStagingDeleter> device_;  // null: host memory only
 };
 
 }  // namespace longattn::comm
