@@ -78,10 +78,10 @@ void add_into(const TensorView& src, const TensorView& dst) {
     });
 }
 
-void fill_zero(const TensorView& dst) {
+void fill(const TensorView& dst, float value) {
     if (dst.numel() == 0) return;
     for_rows(dst, dst, [&](std::int64_t, std::int64_t ob, std::int64_t n, std::int64_t, std::int64_t ib) {
-        for (std::int64_t e = 0; e < n; ++e) store_from_f32(dst.data, dst.dtype, ob + e * ib, 0.0f);
+        for (std::int64_t e = 0; e < n; ++e) store_from_f32(dst.data, dst.dtype, ob + e * ib, value);
     });
 }
 

@@ -11,6 +11,7 @@ TensorView slice(const TensorView& t, int dim, std::int64_t start, std::int64_t 
 void copy(const TensorView& src, const TensorView& dst);
 // dst (fp32) += src (any dtype).
 void add_into(const TensorView& src, const TensorView& dst);
-void fill_zero(const TensorView& dst);
+void fill(const TensorView& dst, float value);  // rounded to dst's dtype
+inline void fill_zero(const TensorView& dst) { fill(dst, 0.0f); }
 
 }  // namespace longattn

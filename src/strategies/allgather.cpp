@@ -16,7 +16,7 @@ void gather_heads(Ctx& cx, comm::Communicator& comm, const Shards& sh, const Ten
     const std::int64_t B = t.shape[0], S = t.shape[1], D = t.shape[3];
     const std::size_t row = static_cast<std::size_t>(nh * D) * dtype_size(t.dtype);
     Scratch mine(cx, static_cast<std::size_t>(B * S) * row);
-    copy(slice(t, 2, h0, nh), mine.view(t.dtype, B, S, nh, D));
+    copy_view(slice(t, 2, h0, nh), mine.view(t.dtype, B, S, nh, D));
     // Batch-major staging [src][B][S_src] unless B == 1, where it is the gathered layout itself.
     Scratch staging(cx, B == 1 ? 0 : static_cast<std::size_t>(B * sh.total()) * row);
     void* dst = B == 1 ? full.data : staging.data();
@@ -31,8 +31,7 @@ void gather_heads(Ctx& cx, comm::Communicator& comm, const Shards& sh, const Ten
     }
     if (B == 1) return;
     for (std::size_t r = 0; r < P; ++r)
-        copy(contiguous_view(static_cast<char*>(staging.data()) + off[r], t.dtype, B, sh.count[r], nh, D),
-             slice(full, 1, sh.offset[r], sh.count[r]));
+        copy_view(staging.at(off[r], t.dtype, B, sh.count[r], nh, D), slice(full, 1, sh.offset[r], sh.count[r]));
 }
 
 std::int64_t chunk_heads(const DistOptions& opt, std::int64_t hkv) {
@@ -48,7 +47,7 @@ void allgather_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs&
     const std::int64_t N = sh.total(), step = chunk_heads(cx.opt, Hkv);
     Scratch km(cx, static_cast<std::size_t>(B * N * step * D) * dtype_size(a.k.dtype));
     Scratch vm(cx, static_cast<std::size_t>(B * N * step * D) * dtype_size(a.v.dtype));
-    std::vector<float> lse(static_cast<std::size_t>(B * step * G * S));
+    Scratch lse(cx, static_cast<std::size_t>(B * step * G * S) * 4);
     for (std::int64_t h0 = 0; h0 < Hkv; h0 += step) {
         const std::int64_t nh = std::min(step, Hkv - h0);
         const TensorView kf = km.view(a.k.dtype, B, N, nh, D), vf = vm.view(a.v.dtype, B, N, nh, D);
@@ -58,13 +57,14 @@ void allgather_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs&
         p.q = slice(a.q, 2, h0 * G, nh * G);
         p.k = kf, p.v = vf;
         p.o = slice(a.o, 2, h0 * G, nh * G);
-        p.lse = lse.data();
+        p.lse = lse.f32();
         p.q_pos = a.pos, p.k_pos = sh.pos.data();
         p.pattern = a.pattern;
         p.head_offset = a.head_offset + h0 * G;
         p.threads = cx.opt.threads;
         run_forward(cx, p);
-        copy(as_rows(lse.data(), B, nh * G, S), slice(as_rows(a.lse, B, a.q.shape[2], S), 1, h0 * G, nh * G));
+        copy_view(lse.view(DType::f32, B, nh * G, S, 1),
+                  slice(as_rows(a.lse, B, a.q.shape[2], S, cx.device), 1, h0 * G, nh * G));
     }
 }
 
@@ -78,11 +78,11 @@ void allgather_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArg
     Scratch km(cx, static_cast<std::size_t>(B * N * step * D) * dtype_size(a.k.dtype));
     Scratch vm(cx, static_cast<std::size_t>(B * N * step * D) * dtype_size(a.v.dtype));
     Scratch gk(cx, static_cast<std::size_t>(B * N * step * D) * 4), gv(cx, static_cast<std::size_t>(B * N * step * D) * 4);
-    std::vector<float> lse(static_cast<std::size_t>(B * step * G * S));
+    Scratch lse(cx, static_cast<std::size_t>(B * step * G * S) * 4);
     if (!a.accumulate) {
-        fill_zero(a.dq);
-        fill_zero(a.dk);
-        fill_zero(a.dv);
+        fill_view(a.dq, 0.0f);
+        fill_view(a.dk, 0.0f);
+        fill_view(a.dv, 0.0f);
     }
     for (std::int64_t h0 = 0; h0 < Hkv; h0 += step) {
         const std::int64_t nh = std::min(step, Hkv - h0);
@@ -90,17 +90,17 @@ void allgather_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArg
         const TensorView dkf = gk.view(DType::f32, B, N, nh, D), dvf = gv.view(DType::f32, B, N, nh, D);
         gather_heads(cx, comm, sh, a.k, h0, nh, kf);
         gather_heads(cx, comm, sh, a.v, h0, nh, vf);
-        copy(slice(as_rows(const_cast<float*>(a.lse), B, Hq, S), 1, h0 * G, nh * G), as_rows(lse.data(), B, nh * G, S));
+        copy_view(slice(as_rows(a.lse, B, Hq, S, cx.device), 1, h0 * G, nh * G), lse.view(DType::f32, B, nh * G, S, 1));
         kernels::BwdParams p;
         p.q = slice(a.q, 2, h0 * G, nh * G);
         p.k = kf, p.v = vf;
         p.o = slice(a.o, 2, h0 * G, nh * G);
         p.dout = slice(a.dout, 2, h0 * G, nh * G);
-        p.lse = lse.data();
+        p.lse = lse.f32();
         p.dq = slice(a.dq, 2, h0 * G, nh * G);
         p.dk = dkf, p.dv = dvf;
-        fill_zero(dkf);
-        fill_zero(dvf);
+        fill_view(dkf, 0.0f);
+        fill_view(dvf, 0.0f);
         p.accumulate = true;  // dq adds to what the caller (or the zeroing above) left
         p.q_pos = a.pos, p.k_pos = sh.pos.data();
         p.pattern = a.pattern;

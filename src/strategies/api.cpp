@@ -58,9 +58,9 @@ Groups hybrid_groups(comm::Communicator& comm, int u) {
 }
 
 template <class F>
-void with_stats(comm::Communicator& comm, DistStats* stats, const DistOptions& opt, F&& f) {
+void with_stats(comm::Communicator& comm, DistStats* stats, const DistOptions& opt, Device device, F&& f) {
     DistStats local;
-    dist::Ctx cx{opt, local};
+    dist::Ctx cx{opt, local, device};
     const auto t0 = std::chrono::steady_clock::now();
     const std::uint64_t b0 = comm.bytes_sent();
     f(cx);
@@ -76,9 +76,9 @@ void attention_forward(comm::Communicator& comm, const DistOptions& opt, const D
     p.q = a.q, p.k = a.k, p.v = a.v, p.o = a.o, p.lse = a.lse, p.q_pos = p.k_pos = a.pos, p.pattern = a.pattern;
     p.head_offset = a.head_offset;
     p.threads = opt.threads;
-    kernels::validate(p);
+    dist::kernel_validate(p);
     check_consistent(comm, opt, a.q, a.k);
-    with_stats(comm, stats, opt, [&](dist::Ctx& cx) {
+    with_stats(comm, stats, opt, a.q.device, [&](dist::Ctx& cx) {
         switch (opt.strategy) {
             case StrategyKind::ring: dist::ring_forward(cx, comm, a); break;
             case StrategyKind::ulysses:
@@ -102,9 +102,9 @@ void attention_backward(comm::Communicator& comm, const DistOptions& opt, const 
     p.q_pos = p.k_pos = a.pos, p.pattern = a.pattern;
     p.head_offset = a.head_offset;
     p.threads = opt.threads;
-    kernels::validate(p);
+    dist::kernel_validate(p);
     check_consistent(comm, opt, a.q, a.k);
-    with_stats(comm, stats, opt, [&](dist::Ctx& cx) {
+    with_stats(comm, stats, opt, a.q.device, [&](dist::Ctx& cx) {
         switch (opt.strategy) {
             case StrategyKind::ring: dist::ring_backward(cx, comm, a); break;
             case StrategyKind::ulysses:

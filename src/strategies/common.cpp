@@ -7,11 +7,14 @@
 
 namespace longattn::dist {
 
-Scratch::Scratch(Ctx& cx, std::size_t bytes) : cx_(cx), buf_(bytes) {
+Scratch::Scratch(Ctx& cx, std::size_t bytes) : cx_(cx), bytes_(bytes), data_(device_alloc(cx.device, bytes)) {
     cx_.scratch_now += bytes;
     cx_.st.scratch_peak_bytes = std::max(cx_.st.scratch_peak_bytes, cx_.scratch_now);
 }
-Scratch::~Scratch() { cx_.scratch_now -= buf_.size(); }
+Scratch::~Scratch() {
+    device_free(cx_.device, data_, bytes_);
+    cx_.scratch_now -= bytes_;
+}
 
 Shards gather_shards(comm::Communicator& comm, const std::int64_t* local_pos, std::int64_t local_count) {
     const auto P = static_cast<std::size_t>(comm.size());
@@ -76,13 +79,13 @@ void timed_wait(Ctx& cx, comm::Communicator& comm, comm::Request& r) {
 
 void run_forward(Ctx& cx, const kernels::FwdParams& p) {
     ScopedTimer t(cx.st.kernel_s);
-    kernels::flash_forward_cpu(p);
+    kernel_forward(p);
     ++cx.st.kernel_calls;
 }
 
 void run_backward(Ctx& cx, const kernels::BwdParams& p) {
     ScopedTimer t(cx.st.kernel_s);
-    kernels::flash_backward_cpu(p);
+    kernel_backward(p);
     ++cx.st.kernel_calls;
 }
 
@@ -96,18 +99,6 @@ std::vector<std::int64_t> chunk_bounds(std::int64_t rows, int chunks) {
     return b;
 }
 
-// lse [B, H, S] rows [i0, i0+n) <-> a contiguous [B, H, n] buffer.
-void lse_rows(float* full, float* part, std::int64_t B, std::int64_t H, std::int64_t S, std::int64_t i0, std::int64_t n,
-              bool to_full) {
-    for (std::int64_t bh = 0; bh < B * H; ++bh)
-        for (std::int64_t i = 0; i < n; ++i) {
-            float& f = full[bh * S + i0 + i];
-            float& p = part[bh * n + i];
-            if (to_full) f = p;
-            else p = f;
-        }
-}
-
 }  // namespace
 
 void forward_chunked(Ctx& cx, comm::Communicator& comm, const TensorView& q, const TensorView& k, const TensorView& v,
@@ -116,7 +107,9 @@ void forward_chunked(Ctx& cx, comm::Communicator& comm, const TensorView& q, con
     const std::int64_t B = q.shape[0], S = q.shape[1], H = q.shape[2];
     const auto bounds = chunk_bounds(S, cx.opt.progress_chunks);
     const bool one = bounds.size() == 2;
-    std::vector<float> part(one ? 0 : static_cast<std::size_t>(B * H * (bounds[1] - bounds[0] + 1)));
+    // A chunk's LSE rows are strided in [B, H, S]: they pass through a contiguous [B, H, n] buffer.
+    Scratch part(cx, one ? 0 : static_cast<std::size_t>(B * H * (bounds[1] - bounds[0] + 1)) * 4);
+    const TensorView all = as_rows(lse, B, H, S, cx.device);
     for (std::size_t c = 0; c + 1 < bounds.size(); ++c) {
         const std::int64_t i0 = bounds[c], n = bounds[c + 1] - i0;
         kernels::FwdParams p;
@@ -124,16 +117,16 @@ void forward_chunked(Ctx& cx, comm::Communicator& comm, const TensorView& q, con
         p.k = k;
         p.v = v;
         p.o = slice(o, 1, i0, n);
-        p.lse = one ? lse : part.data();
+        p.lse = one ? lse : part.f32();
         p.q_pos = q_pos + i0;
         p.k_pos = k_pos;
         p.pattern = &pat;
         p.head_offset = head_offset;
         p.accumulate = accumulate;
         p.threads = cx.opt.threads;
-        if (!one && accumulate) lse_rows(lse, part.data(), B, H, S, i0, n, false);
+        if (!one && accumulate) copy_view(slice(all, 2, i0, n), part.view(DType::f32, B, H, n, 1));
         run_forward(cx, p);
-        if (!one) lse_rows(lse, part.data(), B, H, S, i0, n, true);
+        if (!one) copy_view(part.view(DType::f32, B, H, n, 1), slice(all, 2, i0, n));
         comm.progress();
     }
 }
@@ -142,7 +135,8 @@ void backward_chunked(Ctx& cx, comm::Communicator& comm, const kernels::BwdParam
     const std::int64_t B = p.q.shape[0], S = p.q.shape[1], H = p.q.shape[2];
     const auto bounds = chunk_bounds(S, cx.opt.progress_chunks);
     const bool one = bounds.size() == 2;
-    std::vector<float> part(one ? 0 : static_cast<std::size_t>(B * H * (bounds[1] - bounds[0] + 1)));
+    Scratch part(cx, one ? 0 : static_cast<std::size_t>(B * H * (bounds[1] - bounds[0] + 1)) * 4);
+    const TensorView all = as_rows(p.lse, B, H, S, cx.device);
     for (std::size_t c = 0; c + 1 < bounds.size(); ++c) {
         const std::int64_t i0 = bounds[c], n = bounds[c + 1] - i0;
         kernels::BwdParams b = p;
@@ -153,11 +147,11 @@ void backward_chunked(Ctx& cx, comm::Communicator& comm, const kernels::BwdParam
         b.q_pos = p.q_pos + i0;
         b.accumulate = p.accumulate || c > 0;  // dK and dV sum over the chunks
         if (!one) {
-            lse_rows(const_cast<float*>(p.lse), part.data(), B, H, S, i0, n, false);
-            b.lse = part.data();
+            copy_view(slice(all, 2, i0, n), part.view(DType::f32, B, H, n, 1));
+            b.lse = part.f32();
         }
         // dQ rows of this chunk are fresh unless the caller accumulates.
-        if (!p.accumulate && c > 0) fill_zero(b.dq);
+        if (!p.accumulate && c > 0) fill_view(b.dq, 0.0f);
         run_backward(cx, b);
         comm.progress();
     }

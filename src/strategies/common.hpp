@@ -8,12 +8,14 @@
 #include "comm/communicator.hpp"
 #include "kernels/attention.hpp"
 #include "longattn/distributed.hpp"
+#include "strategies/device.hpp"
 
 namespace longattn::dist {
 
 struct Ctx {
     const DistOptions& opt;
     DistStats& st;
+    Device device = Device::cpu;  // where the caller's tensors live, and so every scratch buffer
     std::uint64_t scratch_now = 0;
 };
 
@@ -30,22 +32,29 @@ private:
     std::chrono::steady_clock::time_point t0_;
 };
 
-// Working memory of a strategy, counted into the stats while it lives.
+// Working memory of a strategy on the tensors' device, counted into the stats while it lives.
 class Scratch {
 public:
     Scratch(Ctx& cx, std::size_t bytes);
     ~Scratch();
     Scratch(const Scratch&) = delete;
     Scratch& operator=(const Scratch&) = delete;
-    void* data() { return buf_.data(); }
-    float* f32() { return reinterpret_cast<float*>(buf_.data()); }
-    TensorView view(DType t, std::int64_t d0, std::int64_t d1, std::int64_t d2, std::int64_t d3) {
-        return contiguous_view(buf_.data(), t, d0, d1, d2, d3);
+    void* data() { return data_; }
+    float* f32() { return static_cast<float*>(data_); }
+    TensorView view(DType t, std::int64_t d0, std::int64_t d1, std::int64_t d2, std::int64_t d3) const {
+        return at(0, t, d0, d1, d2, d3);
+    }
+    // A contiguous view starting `offset` bytes in.
+    TensorView at(std::size_t offset, DType t, std::int64_t d0, std::int64_t d1, std::int64_t d2, std::int64_t d3) const {
+        TensorView v = contiguous_view(static_cast<char*>(data_) + offset, t, d0, d1, d2, d3);
+        v.device = cx_.device;
+        return v;
     }
 
 private:
     Ctx& cx_;
-    std::vector<unsigned char> buf_;
+    std::size_t bytes_;
+    void* data_;
 };
 
 // Row counts, offsets and global positions of every rank's shard (all ranks learn all of them).
@@ -100,9 +109,11 @@ struct Range {
 std::vector<Range> split_even(std::int64_t n, int p);
 // Each rank's rows inside the gathered sequence.
 std::vector<Range> rows_of(const Shards& sh);
-// LSE [B, H, S] as a rank-4 view [B, H, S, 1], so it travels like the other tensors.
-inline TensorView as_rows(float* lse, std::int64_t B, std::int64_t H, std::int64_t S) {
-    return contiguous_view(lse, DType::f32, B, H, S, 1);
+// LSE [B, H, S] as a rank-4 view [B, H, S, 1], so it travels and is sliced like the other tensors.
+inline TensorView as_rows(const float* lse, std::int64_t B, std::int64_t H, std::int64_t S, Device d) {
+    TensorView v = contiguous_view(const_cast<float*>(lse), DType::f32, B, H, S, 1);
+    v.device = d;
+    return v;
 }
 
 // All-to-all of tensor blocks: rank j sends src narrowed to send[d] along send_dim to every rank d;

@@ -50,7 +50,7 @@ void exchange_blocks(Ctx& cx, comm::Communicator& comm, const TensorView& src, i
     };
     for (std::size_t r = 0; r < P; ++r) {
         const TensorView part = slice(src, send_dim, send[r].start, send[r].len);
-        copy(part, packed(sbuf.data(), so[r], part));
+        copy_view(part, packed(sbuf.data(), so[r], part));
     }
     {
         ScopedTimer t(cx.st.wait_s);
@@ -60,8 +60,8 @@ void exchange_blocks(Ctx& cx, comm::Communicator& comm, const TensorView& src, i
         const TensorView place = slice(dst, recv_dim, recv[r].start, recv[r].len);
         TensorView block = packed(rbuf.data(), ro[r], place);
         block.dtype = src.dtype;
-        if (add) add_into(block, place);
-        else copy(block, place);
+        if (add) add_view(block, place);
+        else copy_view(block, place);
     }
 }
 

@@ -47,10 +47,9 @@ struct KvBuffer {
     std::size_t bytes(std::int64_t rows) const {
         return static_cast<std::size_t>(B * rows * H * D) * (dtype_size(kt) + dtype_size(vt));
     }
-    TensorView k(std::int64_t rows) { return contiguous_view(mem.data(), kt, B, rows, H, D); }
-    TensorView v(std::int64_t rows) {
-        return contiguous_view(static_cast<char*>(mem.data()) + B * rows * H * D * static_cast<std::int64_t>(dtype_size(kt)),
-                               vt, B, rows, H, D);
+    TensorView k(std::int64_t rows) const { return mem.view(kt, B, rows, H, D); }
+    TensorView v(std::int64_t rows) const {
+        return mem.at(static_cast<std::size_t>(B * rows * H * D) * dtype_size(kt), vt, B, rows, H, D);
     }
     std::int64_t B, H, D;
     DType kt, vt;
@@ -62,13 +61,9 @@ struct GradBuffer {
     GradBuffer(Ctx& cx, std::int64_t max_rows, const TensorView& k)
         : B(k.shape[0]), H(k.shape[2]), D(k.shape[3]), mem(cx, static_cast<std::size_t>(2 * B * max_rows * H * D) * 4) {}
     std::size_t bytes(std::int64_t rows) const { return static_cast<std::size_t>(2 * B * rows * H * D) * 4; }
-    TensorView dk(std::int64_t rows) { return contiguous_view(mem.data(), DType::f32, B, rows, H, D); }
-    TensorView dv(std::int64_t rows) { return contiguous_view(mem.f32() + B * rows * H * D, DType::f32, B, rows, H, D); }
-    void add(GradBuffer& other, std::int64_t rows) {
-        const std::size_t n = static_cast<std::size_t>(2 * B * rows * H * D);
-        float* a = mem.f32();
-        const float* b = other.mem.f32();
-        for (std::size_t i = 0; i < n; ++i) a[i] += b[i];
+    TensorView dk(std::int64_t rows) const { return mem.view(DType::f32, B, rows, H, D); }
+    TensorView dv(std::int64_t rows) const {
+        return mem.at(static_cast<std::size_t>(B * rows * H * D) * 4, DType::f32, B, rows, H, D);
     }
     std::int64_t B, H, D;
     Scratch mem;
@@ -81,8 +76,8 @@ void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
     const std::int64_t B = a.q.shape[0], S = a.q.shape[1], H = a.q.shape[2], D = a.q.shape[3];
     const std::int64_t max_rows = *std::max_element(plan.sh.count.begin(), plan.sh.count.end());
     KvBuffer buf[2] = {KvBuffer(cx, max_rows, a.k, a.v), KvBuffer(cx, max_rows, a.k, a.v)};
-    copy(a.k, buf[0].k(S));
-    copy(a.v, buf[0].v(S));
+    copy_view(a.k, buf[0].k(S));
+    copy_view(a.v, buf[0].v(S));
 
     // Running result in fp32: the caller's O when it is fp32, else a scratch copy. Each shard's keys are
     // merged into it by the kernel itself (FwdParams::accumulate): no partial buffer, no merge pass.
@@ -101,6 +96,7 @@ void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
             tx = comm.isend(buf[cur].mem.data(), buf[cur].bytes(plan.rows(o)), plan.next, kTagKv + t);
         else if (t + 1 < plan.P)
             ++cx.st.skipped_transfers;
+        comm.flush();
         if (plan.needs(o) && plan.rows(o) > 0 && S > 0) {
             const std::int64_t rows = plan.rows(o);
             forward_chunked(cx, comm, a.q, buf[cur].k(rows), buf[cur].v(rows), a.pos, plan.sh.pos_of(o), *a.pattern,
@@ -114,10 +110,10 @@ void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
         cur = 1 - cur;
     }
     if (!any) {  // no allowed key anywhere: O = 0, LSE = -inf
-        fill_zero(acc);
-        std::fill(a.lse, a.lse + B * H * S, -INFINITY);
+        fill_view(acc, 0.0f);
+        fill_view(as_rows(a.lse, B, H, S, cx.device), -INFINITY);
     }
-    if (own_acc) copy(acc, a.o);
+    if (own_acc) copy_view(acc, a.o);
 }
 
 void ring_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a) {
@@ -125,18 +121,21 @@ void ring_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a)
     const std::int64_t S = a.q.shape[1];
     const std::int64_t max_rows = *std::max_element(plan.sh.count.begin(), plan.sh.count.end());
     KvBuffer buf[2] = {KvBuffer(cx, max_rows, a.k, a.v), KvBuffer(cx, max_rows, a.k, a.v)};
-    copy(a.k, buf[0].k(S));
-    copy(a.v, buf[0].v(S));
+    copy_view(a.k, buf[0].k(S));
+    copy_view(a.v, buf[0].v(S));
     // grad[g]: the running dK/dV of the shard held (two, so a send can finish while the next step
-    // receives); contrib: this rank's contribution; home: the own shard's total. The receive of the
-    // total is posted first, so a sender waiting to reuse its buffer never waits on this rank's loop.
+    // receives); contrib: this rank's contribution; home: the own shard's total. A running dK/dV sent
+    // at the end of step t travels in step t+1's batch (see comm/communicator.hpp), so the receive of
+    // the own total is posted in the step after the last holder is done with it.
     GradBuffer grad[2] = {GradBuffer(cx, max_rows, a.k), GradBuffer(cx, max_rows, a.k)};
     GradBuffer contrib(cx, max_rows, a.k), home(cx, S, a.k);
     const int own_last = plan.last[static_cast<std::size_t>(plan.r)];
     comm::Request home_rx;
-    if (own_last > 0) home_rx = comm.irecv(home.mem.data(), home.bytes(S), (plan.r + own_last) % plan.P, kTagHome);
+    auto post_home = [&] {
+        home_rx = comm.irecv(home.mem.data(), home.bytes(S), (plan.r + own_last) % plan.P, kTagHome);
+    };
 
-    if (!a.accumulate) fill_zero(a.dq);
+    if (!a.accumulate) fill_view(a.dq, 0.0f);
     int cur = 0, g = 0;
     comm::Request grad_tx[2];
     for (int t = 0; t < plan.P; ++t) {
@@ -155,11 +154,13 @@ void ring_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a)
             timed_wait(cx, comm, grad_tx[g]);  // the buffer's previous send must be done
             grad_rx = comm.irecv(grad[g].mem.data(), grad[g].bytes(rows), plan.prev, kTagGrad + t);
         }
+        if (own_last > 0 && t == own_last + 1) post_home();
+        comm.flush();
         const bool compute = plan.needs(o) && rows > 0 && S > 0;
         if (compute) {
             // dQ accumulates over the steps; this step's dK/dV land in a zeroed contrib.
-            fill_zero(contrib.dk(rows));
-            fill_zero(contrib.dv(rows));
+            fill_view(contrib.dk(rows), 0.0f);
+            fill_view(contrib.dv(rows), 0.0f);
             kernels::BwdParams p;
             p.q = a.q, p.k = buf[cur].k(rows), p.v = buf[cur].v(rows), p.o = a.o, p.dout = a.dout, p.lse = a.lse;
             p.dq = a.dq, p.dk = contrib.dk(rows), p.dv = contrib.dv(rows);
@@ -176,11 +177,16 @@ void ring_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a)
             GradBuffer& run = t == 0 && lo == 0 ? home : grad[g];
             if (t > 0) {
                 timed_wait(cx, comm, grad_rx);
-                if (compute) run.add(contrib, rows);
+                if (compute) {
+                    add_view(contrib.dk(rows), run.dk(rows));
+                    add_view(contrib.dv(rows), run.dv(rows));
+                }
             } else if (compute) {
-                std::memcpy(run.mem.data(), contrib.mem.data(), run.bytes(rows));
+                copy_view(contrib.dk(rows), run.dk(rows));
+                copy_view(contrib.dv(rows), run.dv(rows));
             } else {
-                std::memset(run.mem.data(), 0, run.bytes(rows));
+                fill_view(run.dk(rows), 0.0f);
+                fill_view(run.dv(rows), 0.0f);
             }
             if (t < lo) {
                 grad_tx[g] = comm.isend(run.mem.data(), run.bytes(rows), plan.next, kTagGrad + t + 1);
@@ -194,23 +200,24 @@ void ring_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a)
         timed_wait(cx, comm, tx);
         cur = 1 - cur;
     }
+    if (own_last > 0 && own_last + 1 == plan.P) post_home();
     timed_wait(cx, comm, home_rx);
     timed_wait(cx, comm, grad_tx[0]);
     timed_wait(cx, comm, grad_tx[1]);
     GradBuffer* total = own_last >= 0 ? &home : nullptr;
     if (total == nullptr) {  // nobody needed the own keys: zero gradient
         if (!a.accumulate) {
-            fill_zero(a.dk);
-            fill_zero(a.dv);
+            fill_view(a.dk, 0.0f);
+            fill_view(a.dv, 0.0f);
         }
         return;
     }
     if (a.accumulate) {
-        add_into(total->dk(S), a.dk);
-        add_into(total->dv(S), a.dv);
+        add_view(total->dk(S), a.dk);
+        add_view(total->dv(S), a.dv);
     } else {
-        copy(total->dk(S), a.dk);
-        copy(total->dv(S), a.dv);
+        copy_view(total->dk(S), a.dk);
+        copy_view(total->dv(S), a.dv);
     }
 }
 

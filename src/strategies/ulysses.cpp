@@ -62,23 +62,23 @@ void ulysses_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a
     exchange_blocks(cx, comm, a.k, 2, hp.kv, kf, 1, rows);
     exchange_blocks(cx, comm, a.v, 2, hp.kv, vf, 1, rows);
 
-    const TensorView lf = as_rows(lm.f32(), B, myq.len, N);
+    const TensorView lf = lm.view(DType::f32, B, myq.len, N, 1);
+    Scratch lg(cx, static_cast<std::size_t>(B * myq.len * N) * 4);  // one head group's LSE, contiguous
     for_head_groups(myq, mykv, hp.G, [&](Range qh, Range kh) {
-        std::vector<float> lse(static_cast<std::size_t>(B * qh.len * N));
         DistForwardArgs sub;
         sub.q = slice(qf, 2, qh.start, qh.len);
         sub.k = slice(kf, 2, kh.start, kh.len);
         sub.v = slice(vf, 2, kh.start, kh.len);
         sub.o = slice(of, 2, qh.start, qh.len);
-        sub.lse = lse.data();
+        sub.lse = lg.f32();
         sub.pos = sh.pos.data();
         sub.pattern = a.pattern;
         sub.head_offset = a.head_offset + myq.start + qh.start;
         inner(sub);
-        copy(as_rows(lse.data(), B, qh.len, N), slice(lf, 1, qh.start, qh.len));
+        copy_view(lg.view(DType::f32, B, qh.len, N, 1), slice(lf, 1, qh.start, qh.len));
     });
     exchange_blocks(cx, comm, of, 1, rows, a.o, 2, hp.q);
-    exchange_blocks(cx, comm, lf, 2, rows, as_rows(a.lse, B, Hq, S), 1, hp.q);
+    exchange_blocks(cx, comm, lf, 2, rows, as_rows(a.lse, B, Hq, S, cx.device), 1, hp.q);
 }
 
 void ulysses_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a, const InnerBackward& inner) {
@@ -102,30 +102,30 @@ void ulysses_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs&
     auto [om, of] = gathered(a.o, myq, hp.q);
     auto [dm, df] = gathered(a.dout, myq, hp.q);
     Scratch lm(cx, static_cast<std::size_t>(B * myq.len * N) * 4);
-    const TensorView lf = as_rows(lm.f32(), B, myq.len, N);
-    exchange_blocks(cx, comm, as_rows(const_cast<float*>(a.lse), B, Hq, S), 1, hp.q, lf, 2, rows);
+    const TensorView lf = lm.view(DType::f32, B, myq.len, N, 1);
+    exchange_blocks(cx, comm, as_rows(a.lse, B, Hq, S, cx.device), 1, hp.q, lf, 2, rows);
+    Scratch lg(cx, static_cast<std::size_t>(B * myq.len * N) * 4);  // one head group's LSE, contiguous
 
     Scratch gq(cx, static_cast<std::size_t>(B * N * myq.len * D) * 4), gk(cx, static_cast<std::size_t>(B * N * mykv.len * D) * 4),
         gv(cx, static_cast<std::size_t>(B * N * mykv.len * D) * 4);
     const TensorView dqf = gq.view(DType::f32, B, N, myq.len, D), dkf = gk.view(DType::f32, B, N, mykv.len, D),
                      dvf = gv.view(DType::f32, B, N, mykv.len, D);
-    fill_zero(dkf);
-    fill_zero(dvf);
+    fill_view(dkf, 0.0f);
+    fill_view(dvf, 0.0f);
     for_head_groups(myq, mykv, hp.G, [&](Range qh, Range kh) {
-        std::vector<float> lse(static_cast<std::size_t>(B * qh.len * N));
-        copy(slice(lf, 1, qh.start, qh.len), as_rows(lse.data(), B, qh.len, N));
+        copy_view(slice(lf, 1, qh.start, qh.len), lg.view(DType::f32, B, qh.len, N, 1));
         DistBackwardArgs sub;
         sub.q = slice(qf, 2, qh.start, qh.len);
         sub.k = slice(kf, 2, kh.start, kh.len);
         sub.v = slice(vf, 2, kh.start, kh.len);
         sub.o = slice(of, 2, qh.start, qh.len);
         sub.dout = slice(df, 2, qh.start, qh.len);
-        sub.lse = lse.data();
+        sub.lse = lg.f32();
         sub.dq = slice(dqf, 2, qh.start, qh.len);
         sub.dk = slice(dkf, 2, kh.start, kh.len);
         sub.dv = slice(dvf, 2, kh.start, kh.len);
         sub.accumulate = true;  // groups sharing a kv head add into it; dq rows start at zero below
-        fill_zero(sub.dq);
+        fill_view(sub.dq, 0.0f);
         sub.pos = sh.pos.data();
         sub.pattern = a.pattern;
         sub.head_offset = a.head_offset + myq.start + qh.start;
@@ -135,8 +135,8 @@ void ulysses_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs&
         exchange_blocks(cx, comm, dqf, 1, rows, a.dq, 2, hp.q, true);
     } else {
         exchange_blocks(cx, comm, dqf, 1, rows, a.dq, 2, hp.q);
-        fill_zero(a.dk);
-        fill_zero(a.dv);
+        fill_view(a.dk, 0.0f);
+        fill_view(a.dv, 0.0f);
     }
     // A kv head held by several ranks comes back from each of them and is summed in rank order.
     exchange_blocks(cx, comm, dkf, 1, rows, a.dk, 2, hp.kv, true);
