@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "comm/mpi/device_memory.hpp"
-#include "comm/nccl/device.hpp"
+#include "comm/mpi/device_select.hpp"
 #include "comm/nccl/nccl_check.hpp"
 #include "longattn/error.hpp"
 

@@ -44,7 +44,7 @@ namespace longattn::comm {
 class NcclCommunicator final : public Communicator {
 public:
     // Collective over parent. compute_stream is a cudaStream_t (null: the legacy default stream).
-    // device < 0 picks one from the local rank (comm/nccl/device.hpp); it becomes the current device.
+    // device < 0 picks one from the local rank (comm/mpi/device_select.hpp); it becomes the current device.
     explicit NcclCommunicator(MPI_Comm parent, void* compute_stream = nullptr, int device = -1);
     ~NcclCommunicator() override;
     NcclCommunicator(const NcclCommunicator&) = delete;

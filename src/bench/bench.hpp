@@ -47,6 +47,8 @@ struct Job {
     DistOptions dist;
     LayoutKind layout = LayoutKind::zigzag;
     bool per_rank = false;               // print every rank's kernel, wait, bytes and memory
+    Device device = Device::cpu;         // where the tensors live and the kernels run
+    bool nccl = false;                   // the NCCL communicator instead of MPI (device cuda)
     // Inputs and outputs.
     std::string load_dir;                // q.npy, k.npy, v.npy [S, H, D] (and dout.npy) instead of synthetic inputs
     std::string save_dir;                // out.npy [S, H, D], lse.npy [H, S] (and dq/dk/dv.npy) in global order

@@ -12,6 +12,7 @@
 #include "bench/bench.hpp"
 #include "bench/check.hpp"
 #include "bench/inputs.hpp"
+#include "bench/mirror.hpp"
 #include "bench/report.hpp"
 #include "bench/save.hpp"
 #include "comm/communicator.hpp"
@@ -77,6 +78,30 @@ struct Shard {
         if (!dq.empty()) r.dq = dqv, r.dk = dkv, r.dv = dvv;
         return r;
     }
+
+    // The arguments of the run: the host views, or device copies of them with --device cuda.
+    void bind(const Job& job, const Pattern& pat, DistForwardArgs& fa, DistBackwardArgs& ba) {
+        const bool grads = !dq.empty();
+        auto use = [&](const TensorView& host) {
+            if (job.device == Device::cpu) return host;
+            mirrors.emplace_back(host);
+            return mirrors.back().device();
+        };
+        mirrors.reserve(10);
+        fa.q = use(qv), fa.k = use(kv), fa.v = use(vv), fa.o = use(ov);
+        fa.lse = use(lse_view(lse.data(), B, H, S)).ptr<float>();
+        fa.pos = pos.data(), fa.pattern = &pat;
+        if (!grads) return;
+        ba.q = fa.q, ba.k = fa.k, ba.v = fa.v, ba.o = fa.o, ba.lse = fa.lse, ba.dout = use(dov);
+        ba.dq = use(dqv), ba.dk = use(dkv), ba.dv = use(dvv);
+        ba.pos = pos.data(), ba.pattern = &pat;
+    }
+    // Results back on the host for the check and --save (mirrors: q k v o lse [dout dq dk dv]).
+    void results_to_host() const {
+        for (std::size_t i : {3, 4, 6, 7, 8})
+            if (i < mirrors.size()) mirrors[i].to_host();
+    }
+    std::vector<Mirror> mirrors;
 };
 
 // Every rank's [B, H, S_r] values placed at their global positions: [B, H, N].
@@ -111,7 +136,8 @@ std::string describe(const Job& job, int P) {
        << (job.dist.strategy == StrategyKind::hybrid ? " ulysses_degree=" + std::to_string(job.dist.ulysses_degree) : "")
        << " layout=" << layout_name(job.layout) << " mode=" << mode_name(job.mode) << " dtype=" << dtype_name(job.dtype)
        << " batch=" << job.batch << " heads=" << job.heads << " kv_heads=" << job.kv_heads << " head_dim=" << job.head_dim
-       << " threads/rank=" << job.dist.threads << " scaling=" << (job.weak ? "weak" : "strong");
+       << " threads/rank=" << job.dist.threads << " scaling=" << (job.weak ? "weak" : "strong")
+       << " device=" << (job.device == Device::cuda ? "cuda" : "cpu") << " comm=" << (job.nccl ? "nccl" : "mpi");
     return os.str();
 }
 
@@ -144,13 +170,8 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         std::int64_t work = 0;
         for (std::int64_t p : sh.pos) work += pat.count_allowed(p, p + 1, 0, N);
         DistForwardArgs fa;
-        fa.q = sh.qv, fa.k = sh.kv, fa.v = sh.vv, fa.o = sh.ov, fa.lse = sh.lse.data(), fa.pos = sh.pos.data();
-        fa.pattern = &pat;
         DistBackwardArgs ba;
-        if (grads) {
-            ba.q = sh.qv, ba.k = sh.kv, ba.v = sh.vv, ba.o = sh.ov, ba.dout = sh.dov, ba.lse = sh.lse.data();
-            ba.dq = sh.dqv, ba.dk = sh.dkv, ba.dv = sh.dvv, ba.pos = sh.pos.data(), ba.pattern = &pat;
-        }
+        sh.bind(job, pat, fa, ba);
         std::vector<DistStats> fs, bs;
         for (int it = 0; it < job.warmup + job.iters; ++it) {
             comm.barrier();
@@ -164,6 +185,7 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
             }
         }
         const double peak_mb = peak_rss_mb() - rss0;  // before the check allocates anything
+        sh.results_to_host();
         // Median iteration by this rank's wall time; the table takes the slowest rank.
         auto median = [](std::vector<DistStats> v) {
             std::sort(v.begin(), v.end(), [](const DistStats& a, const DistStats& b) { return a.total_s < b.total_s; });

@@ -12,10 +12,15 @@
 #include "bench/bench.hpp"
 #include "bench/check.hpp"
 #include "bench/inputs.hpp"
+#include "bench/mirror.hpp"
 #include "bench/report.hpp"
 #include "bench/save.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/cpu/simd.hpp"
+#ifdef LONGATTN_BENCH_CUDA
+#include "kernels/cuda/flash_cuda.hpp"
+#include "kernels/cuda/tensor_ops_cuda.hpp"
+#endif
 
 namespace longattn::bench {
 namespace {
@@ -81,9 +86,23 @@ struct Problem {
         dkv = contiguous_view(dk.data(), DType::f32, B, L, Hkv, D);
         dvv = contiguous_view(dv.data(), DType::f32, B, L, Hkv, D);
     }
+    // --device cuda: the kernels read and write device copies (mirrors: q k v o lse [dout dq dk dv]).
+    std::vector<Mirror> mirrors;
+    void to_device() {
+        mirrors.reserve(9);
+        for (const TensorView& t : {qv, kv, vv, ov, lse_view(lse.data(), B, H, L)}) mirrors.emplace_back(t);
+        if (!dq.empty())
+            for (const TensorView& t : {dov, dqv, dkv, dvv}) mirrors.emplace_back(t);
+    }
+    const TensorView& on(std::size_t i, const TensorView& host) const { return mirrors.empty() ? host : mirrors[i].device(); }
+    void results_to_host() const {
+        for (std::size_t i : {3, 4, 6, 7, 8})
+            if (i < mirrors.size()) mirrors[i].to_host();
+    }
     kernels::FwdParams fwd(const Pattern& p, int threads) {
         kernels::FwdParams f;
-        f.q = qv, f.k = kv, f.v = vv, f.o = ov, f.lse = lse.data();
+        f.q = on(0, qv), f.k = on(1, kv), f.v = on(2, vv), f.o = on(3, ov);
+        f.lse = mirrors.empty() ? lse.data() : mirrors[4].device().ptr<float>();
         f.q_pos = f.k_pos = pos.data();
         f.pattern = &p;
         f.threads = threads;
@@ -91,8 +110,9 @@ struct Problem {
     }
     kernels::BwdParams bwd(const Pattern& p, int threads) {
         kernels::BwdParams b;
-        b.q = qv, b.k = kv, b.v = vv, b.o = ov, b.dout = dov, b.lse = lse.data();
-        b.dq = dqv, b.dk = dkv, b.dv = dvv;
+        b.q = on(0, qv), b.k = on(1, kv), b.v = on(2, vv), b.o = on(3, ov), b.dout = on(5, dov);
+        b.lse = mirrors.empty() ? lse.data() : mirrors[4].device().ptr<float>();
+        b.dq = on(6, dqv), b.dk = on(7, dkv), b.dv = on(8, dvv);
         b.q_pos = b.k_pos = pos.data();
         b.pattern = &p;
         b.threads = threads;
@@ -108,6 +128,29 @@ struct Problem {
         return load_as_f32(t.data, t.dtype, t.offset(b, s, h, d));
     }
 };
+
+// The kernels of the job's device; a CUDA call returns once its results are ready.
+void forward(const kernels::FwdParams& p) {
+#ifdef LONGATTN_BENCH_CUDA
+    if (p.q.device == Device::cuda) {
+        kernels::flash_forward_cuda(p);
+        kernels::cuda_synchronize(p.stream);
+        return;
+    }
+#endif
+    kernels::flash_forward_cpu(p);
+}
+
+void backward(const kernels::BwdParams& p) {
+#ifdef LONGATTN_BENCH_CUDA
+    if (p.q.device == Device::cuda) {
+        kernels::flash_backward_cuda(p);
+        kernels::cuda_synchronize(p.stream);
+        return;
+    }
+#endif
+    kernels::flash_backward_cpu(p);
+}
 
 // Median of n timed runs after the warmup.
 template <class F>
@@ -215,18 +258,20 @@ int run_kernel_bench(const Job& job) {
     for (std::int64_t L : job.lengths) {
         const Pattern pat(spec_for_length(job, L));
         Problem pr(job, in, L, do_bwd);
+        if (job.device == Device::cuda) pr.to_device();
         const double pairs = static_cast<double>(pat.count_allowed(0, L, 0, L));
         const double flops = 4.0 * static_cast<double>(job.head_dim) * pairs * static_cast<double>(job.batch * job.heads);
         for (int thr : job.threads) {
             const int t = thr > 0 ? thr : omp_get_max_threads();
             double t_bwd = 0, t_base = 0;
             // The forward always runs: the backward needs its O and LSE.
-            const double t_fwd = time_median(job, [&] { kernels::flash_forward_cpu(pr.fwd(pat, t)); });
-            if (do_bwd) t_bwd = time_median(job, [&] { kernels::flash_backward_cpu(pr.bwd(pat, t)); });
+            const double t_fwd = time_median(job, [&] { forward(pr.fwd(pat, t)); });
+            if (do_bwd) t_bwd = time_median(job, [&] { backward(pr.bwd(pat, t)); });
             if (job.baseline) {
                 t_base = time_median(job, [&] { unfused_forward(pr, pat, t); });
                 kernels::flash_forward_cpu(pr.fwd(pat, t));  // the check reads the fused result
             }
+            pr.results_to_host();
             if (job.corrupt) store_from_f32(pr.ov.data, pr.dtype, 0, load_as_f32(pr.ov.data, pr.dtype, 0) + 0.5f);
             RankRows rows = pr.rows();
             std::vector<float> delta;

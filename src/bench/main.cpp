@@ -12,6 +12,12 @@
 
 #include "comm/mpi/mpi_communicator.hpp"
 #endif
+#ifdef LONGATTN_BENCH_CUDA
+#include "comm/mpi/device_select.hpp"
+#endif
+#ifdef LONGATTN_BENCH_NCCL
+#include "comm/nccl/nccl_communicator.hpp"
+#endif
 
 using namespace longattn;
 
@@ -50,16 +56,29 @@ int main(int argc, char** argv) {
             return finish(0);
         }
         bench::validate_for_ranks(job, size);
+#ifndef LONGATTN_BENCH_NCCL
+        require(!job.nccl, "comm", "this build has no NCCL communicator (it needs CUDA, NCCL and MPI)");
+#endif
     } catch (const Error& e) {
         if (rank == 0) std::fprintf(stderr, "longattn-bench: error: %s\n", e.what());
         return finish(2);
     }
     int rc = 0;
     try {
+#if defined(LONGATTN_BENCH_CUDA) && defined(LONGATTN_HAVE_MPI)
+        if (job.device == Device::cuda) comm::select_device(MPI_COMM_WORLD);  // one GPU per rank
+#endif
         if (!job.distributed) {
             rc = bench::run_kernel_bench(job);
         } else {
 #ifdef LONGATTN_HAVE_MPI
+#ifdef LONGATTN_BENCH_NCCL
+            if (job.nccl) {
+                comm::NcclCommunicator comm(MPI_COMM_WORLD);
+                rc = bench::run_dist_bench(job, comm);
+                return finish(rc);
+            }
+#endif
             comm::MpiCommunicator comm(MPI_COMM_WORLD);
             rc = bench::run_dist_bench(job, comm);
 #else

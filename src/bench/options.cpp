@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "bench/bench.hpp"
+#include "bench/mirror.hpp"
 #include "bench/npy.hpp"
 #include "longattn/error.hpp"
 
@@ -181,7 +182,7 @@ void store_config(const std::string& file, const po::options_description& all,
 }  // namespace
 
 Job parse_job(int argc, char** argv, std::string& help_text) {
-    std::string mode, dtype, window, doc_lens, doc_lens_file, doc_dist, threads, minlen, maxlen, config, strategy,
+    std::string device, comm_name, mode, dtype, window, doc_lens, doc_lens_file, doc_dist, threads, minlen, maxlen, config, strategy,
         layout, global_list, block_mask, scaling;
     double factor = 2;
     Job j;
@@ -203,6 +204,7 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
     };
     auto run = group("Run [run]", "run");
     run("mode", po::value(&mode)->default_value("fwd"), "fwd | bwd | fwd+bwd")
+       ("device", po::value(&device)->default_value("cpu"), "cpu | cuda (the CUDA kernels; one GPU per rank by local rank)")
        ("threads,t", po::value(&threads)->default_value("0"), "threads per rank, or a list to sweep in kernel mode (0 = all)")
        ("seed", po::value(&j.seed)->default_value(1), "seed of the synthetic inputs");
     auto sweep = group("Sweep, nccl-tests style [sweep]", "sweep");
@@ -227,6 +229,7 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
     dist("strategy", po::value(&strategy)->default_value("kernel"),
          "kernel (single process) | ring | ulysses | hybrid | allgather")
         ("layout", po::value(&layout)->default_value("zigzag"), "contiguous | zigzag | striped")
+        ("comm", po::value(&comm_name)->default_value("mpi"), "mpi | nccl (with --device cuda)")
         ("ulysses-degree", po::value(&j.dist.ulysses_degree)->default_value(1), "hybrid: ranks per Ulysses group (divides the rank count)")
         ("kv-head-chunk", po::value(&j.dist.kv_head_chunk)->default_value(0), "allgather: kv heads gathered at once (0 = all)")
         ("progress-chunks", po::value(&j.dist.progress_chunks)->default_value(4),
@@ -296,11 +299,23 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
     else if (dtype == "bf16") j.dtype = DType::bf16;
     else if (dtype == "fp16") j.dtype = DType::f16;
     else require(false, "dtype", "must be fp32, bf16 or fp16, got '", dtype, "'");
+    require(device == "cpu" || device == "cuda", "device", "must be cpu or cuda, got '", device, "'");
+    j.device = device == "cuda" ? Device::cuda : Device::cpu;
+    if (j.device == Device::cuda) {
+        require(cuda_built(), "device", "this build has no CUDA kernels (configure with -DLONGATTN_WITH_CUDA=ON)");
+        require(j.dtype != DType::f32, "dtype", "the CUDA kernels store bf16 or fp16; choose -d bf16 or -d fp16");
+        require(!j.baseline, "baseline", "the unfused baseline runs on the CPU only");
+        j.peak = false;  // the FMA peak is the CPU's
+    }
+    require(comm_name == "mpi" || comm_name == "nccl", "comm", "must be mpi or nccl, got '", comm_name, "'");
+    j.nccl = comm_name == "nccl";
     require(scaling == "strong" || scaling == "weak", "scaling", "must be strong or weak, got '", scaling, "'");
     j.weak = scaling == "weak";
 
     j.distributed = strategy != "kernel";
     if (j.distributed) j.dist.strategy = parse_strategy(strategy);
+    require(!j.nccl || (j.distributed && j.device == Device::cuda), "comm",
+            "nccl needs a distributed strategy and --device cuda");
     j.layout = parse_layout(layout);
     require(j.dist.ulysses_degree >= 1, "ulysses-degree", "must be >= 1, got ", j.dist.ulysses_degree);
     require(j.dist.kv_head_chunk >= 0, "kv-head-chunk", "must be >= 0 (0 = all), got ", j.dist.kv_head_chunk);

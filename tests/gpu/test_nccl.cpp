@@ -19,7 +19,7 @@
 
 #include "comm/mpi/device_memory.hpp"
 #include "comm/mpi/mpi_communicator.hpp"
-#include "comm/nccl/device.hpp"
+#include "comm/mpi/device_select.hpp"
 #include "comm/nccl/nccl_communicator.hpp"
 
 using namespace longattn;

@@ -1,4 +1,4 @@
-#include "comm/nccl/device.hpp"
+#include "comm/mpi/device_select.hpp"
 
 #include <cuda_runtime_api.h>
 
@@ -48,7 +48,7 @@ int select_device(MPI_Comm comm) {
     int world = 0;
     MPI_Comm_rank(comm, &world);
     require(count > 0, "device", "no CUDA device is visible to rank ", world,
-            " (check CUDA_VISIBLE_DEVICES and the driver); the NCCL communicator needs one GPU per rank");
+            " (check CUDA_VISIBLE_DEVICES and the driver); --device cuda needs one GPU per rank");
     const int device = local % count;
     cuda_check(cudaSetDevice(device), "cudaSetDevice");
     return device;
