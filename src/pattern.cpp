@@ -90,6 +90,7 @@ Pattern::Pattern(PatternSpec spec) : spec_(std::move(spec)) {
     }
     has_sparse_ = s.window.has_value() || s.global_first > 0 || !globals_.empty() || !s.block_mask.empty() ||
                   s.stride > 0 || s.random_blocks > 0;
+    intervals_ = s.global_first == 0 && globals_.empty() && s.block_mask.empty() && s.stride == 0 && s.random_blocks == 0;
 }
 
 float Pattern::softmax_scale(std::int64_t head_dim) const {
@@ -183,9 +184,59 @@ std::int64_t Pattern::count_row(std::int64_t q, std::int64_t k_lo, std::int64_t 
     return n;
 }
 
+// The mirror of count_row: queries of [q_lo, q_hi) allowed to attend key k. allowed(q, k)'s sparse
+// part is symmetric in form (window, either position global, block pair), with the window's query
+// interval for key k being [k - right, k + left].
+std::int64_t Pattern::count_col(std::int64_t k, std::int64_t q_lo, std::int64_t q_hi) const {
+    std::int64_t a = q_lo, b = q_hi;
+    const auto& bounds = spec_.doc_bounds;
+    if (!bounds.empty()) {
+        const std::int64_t d = doc_of(k);
+        if (d >= 0) a = std::max(a, bounds[static_cast<std::size_t>(d)]);
+        if (d + 1 < static_cast<std::int64_t>(bounds.size())) b = std::min(b, bounds[static_cast<std::size_t>(d + 1)]);
+    }
+    if (spec_.causal) a = std::max(a, k);
+    if (a >= b) return 0;
+    if (!has_sparse_ || is_global(k)) return b - a;
+
+    std::int64_t wa = a, wb = a;
+    if (spec_.window) {
+        const Window& w = *spec_.window;
+        wa = w.right < 0 ? a : std::max(a, k - w.right);
+        wb = w.left < 0 ? b : std::min(b, k + w.left + 1);
+        if (wb < wa) wb = wa;
+    }
+    auto globals_in = [&](std::int64_t x, std::int64_t y) {
+        if (y <= x) return std::int64_t{0};
+        return overlap(0, spec_.global_first, x, y) +
+               (std::lower_bound(globals_.begin(), globals_.end(), y) -
+                std::lower_bound(globals_.begin(), globals_.end(), x));
+    };
+    auto base = [&](std::int64_t x, std::int64_t y) {
+        const std::int64_t ox0 = std::max(x, wa), ox1 = std::min(y, wb);
+        const std::int64_t in_w = std::max<std::int64_t>(0, ox1 - ox0);
+        return in_w + globals_in(x, y) - (in_w > 0 ? globals_in(ox0, ox1) : 0);
+    };
+    std::int64_t n = base(a, b);
+    const bool block_parts = !spec_.block_mask.empty() || spec_.stride > 0 || spec_.random_blocks > 0;
+    if (!block_parts) return n;
+    const std::int64_t blk = spec_.block, kb = k / blk;
+    for (std::int64_t qb = a / blk; qb * blk < b; ++qb) {
+        if (!block_allowed(qb, kb)) continue;
+        const std::int64_t x = std::max(a, qb * blk), y = std::min(b, (qb + 1) * blk);
+        n += (y - x) - base(x, y);
+    }
+    return n;
+}
+
 std::int64_t Pattern::count_allowed(std::int64_t q_lo, std::int64_t q_hi, std::int64_t k_lo, std::int64_t k_hi) const {
     std::int64_t n = 0;
-    if (k_hi <= k_lo) return 0;
+    if (k_hi <= k_lo || q_hi <= q_lo) return 0;
+    // Count along the shorter side: a key block against a long query range costs its width.
+    if (k_hi - k_lo < q_hi - q_lo) {
+        for (std::int64_t k = k_lo; k < k_hi; ++k) n += count_col(k, q_lo, q_hi);
+        return n;
+    }
     for (std::int64_t q = q_lo; q < q_hi; ++q) n += count_row(q, k_lo, k_hi);
     return n;
 }
@@ -212,6 +263,16 @@ BlockClass Pattern::classify_positions(const std::int64_t* q_pos, std::int64_t n
     const auto [qmin, qmax] = std::minmax_element(q_pos, q_pos + nq);
     const auto [kmin, kmax] = std::minmax_element(k_pos, k_pos + nk);
     return classify(*qmin, *qmax + 1, *kmin, *kmax + 1);
+}
+
+void Pattern::row_interval(std::int64_t q, std::int64_t& lo, std::int64_t& hi) const {
+    gate_interval(q, INT64_MIN / 4, INT64_MAX / 4, lo, hi);
+    if (spec_.window) {
+        const Window& w = *spec_.window;
+        if (w.left >= 0) lo = std::max(lo, q - w.left);
+        if (w.right >= 0) hi = std::min(hi, q + w.right + 1);
+        if (hi < lo) hi = lo;
+    }
 }
 
 void Pattern::mask_row(std::int64_t q, const std::int64_t* k_pos, std::int64_t n, std::uint8_t* out) const {

@@ -29,12 +29,14 @@
 #include <vector>
 
 #include "kernels/attention.hpp"
+#include "kernels/cpu/buffer.hpp"
 #include "kernels/cpu/bwd_kernels.hpp"
 
 namespace longattn::kernels {
 namespace {
 
 using bwd::ALayout;
+using cpu::Buffer;
 using bwd::kLanes;
 using bwd::load;
 using bwd::splat;
@@ -50,24 +52,6 @@ constexpr std::int64_t kScratchFloats = std::int64_t{16} << 20;
 
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 std::int64_t ceil_div(std::int64_t x, std::int64_t m) { return (x + m - 1) / m; }
-
-// 64-byte aligned fp32 buffer.
-class Buffer {
-public:
-    Buffer() = default;
-    explicit Buffer(std::int64_t n) {
-        if (n > 0) p_ = static_cast<float*>(::operator new(static_cast<std::size_t>(n) * sizeof(float), std::align_val_t{64}));
-    }
-    Buffer(const Buffer&) = delete;
-    Buffer& operator=(const Buffer&) = delete;
-    ~Buffer() {
-        if (p_) ::operator delete(p_, std::align_val_t{64});
-    }
-    float* get() const { return p_; }
-
-private:
-    float* p_ = nullptr;
-};
 
 // out[0, n) = row converted to fp32.
 void load_row(const void* base, DType t, std::int64_t off, std::int64_t n, float* out) {
@@ -149,6 +133,7 @@ struct Chunk {
     std::vector<std::int64_t> kbs;                 // key blocks some row of the chunk may attend
     std::vector<std::vector<QBlock>> pairs;        // per entry of kbs: its query blocks
     std::vector<std::int64_t> split_begin;         // nsplit + 1 offsets into kbs
+    std::vector<std::int64_t> split_rows;          // per split: chunk rows [2s, 2s+1) its dQ slice covers
     std::int64_t nsplit = 0;
 
     std::int64_t row_index(const Problem& pr, std::int64_t b, std::int64_t h, std::int64_t r) const {
@@ -158,12 +143,12 @@ struct Chunk {
 
 // Per-thread buffers of one unit.
 struct Scratch {
-    Buffer kt, vt, kr, dk, dv, s, dp, bias, tcap, kposf;
+    Buffer kt, vt, kr, dk, dv, s, dp, bias, kposf;
     std::vector<std::uint8_t> mask;
 
     explicit Scratch(const Problem& pr)
         : kt(pr.D * pr.bk), vt(pr.D * pr.bk), kr(pr.bk * pr.Dp), dk(pr.bk * pr.Dp), dv(pr.bk * pr.Dp),
-          s(pr.bq * pr.bk), dp(pr.bq * pr.bk), bias(pr.bq * pr.bk), tcap(pr.bq * pr.bk), kposf(pr.bk),
+          s(pr.bq * pr.bk), dp(pr.bq * pr.bk), bias(pr.bq * pr.bk), kposf(pr.bk),
           mask(static_cast<std::size_t>(pr.bk)) {}
 };
 
@@ -257,9 +242,11 @@ void run_unit(const Problem& pr, const Chunk& ch, Scratch& sc, std::int64_t b, s
     const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.bk, G = pr.G;
     const std::int64_t h0 = hk * G;
     float* dqs = ch.dq + split * pr.B * pr.Hq * ch.rows * Dp;
+    const std::int64_t r_lo = ch.split_rows[static_cast<std::size_t>(2 * split)];
+    const std::int64_t r_hi = ch.split_rows[static_cast<std::size_t>(2 * split + 1)];
     for (std::int64_t h = h0; h < h0 + G; ++h) {
         float* z = dqs + ch.row_index(pr, b, h, 0) * Dp;
-        std::fill(z, z + ch.rows * Dp, 0.0f);
+        std::fill(z + r_lo * Dp, z + r_hi * Dp, 0.0f);
     }
     float* S = sc.s.get();
     float* dP = sc.dp.get();
@@ -276,6 +263,8 @@ void run_unit(const Problem& pr, const Chunk& ch, Scratch& sc, std::int64_t b, s
         std::fill(dK, dK + bk * Dp, 0.0f);
         std::fill(dV, dV + bk * Dp, 0.0f);
         const std::int64_t pos_base = p.k_pos[j0];
+        bool by_bounds = p.pattern->rows_are_intervals();
+        for (std::int64_t j = 1; j < n && by_bounds; ++j) by_bounds = p.k_pos[j0 + j] == pos_base + j;
         if (pr.general)
             for (std::int64_t j = 0; j < ncols; ++j)
                 sc.kposf.get()[j] = j < n ? static_cast<float>(p.k_pos[j0 + j] - pos_base) : 0.0f;
@@ -289,7 +278,16 @@ void run_unit(const Problem& pr, const Chunk& ch, Scratch& sc, std::int64_t b, s
             if (masked) {
                 for (std::int64_t r = 0; r < nq; ++r) {
                     float* brow = bias + r * bk;
-                    if (qbk.cls == BlockClass::partial) {
+                    if (qbk.cls == BlockClass::partial && by_bounds) {
+                        // Causal, document and window masks over consecutive keys: one interval per row.
+                        std::int64_t a, z;
+                        p.pattern->row_interval(qpos[r], a, z);
+                        a = std::clamp<std::int64_t>(a - pos_base, 0, n);
+                        z = std::clamp<std::int64_t>(z - pos_base, a, n);
+                        std::fill(brow, brow + a, -kInf);
+                        std::fill(brow + a, brow + z, 0.0f);
+                        std::fill(brow + z, brow + n, -kInf);
+                    } else if (qbk.cls == BlockClass::partial) {
                         p.pattern->mask_row(qpos[r], p.k_pos + j0, n, sc.mask.data());
                         for (std::int64_t j = 0; j < n; ++j) brow[j] = sc.mask[static_cast<std::size_t>(j)] ? 0.0f : -kInf;
                     } else {
@@ -341,6 +339,23 @@ void plan_splits(Chunk& ch, std::int64_t units_per_split) {
         std::int64_t e = ch.split_begin[static_cast<std::size_t>(s - 1)] + 1;
         while (e < nk - (ch.nsplit - s) && prefix[static_cast<std::size_t>(e)] < want) ++e;
         ch.split_begin[static_cast<std::size_t>(s)] = e;
+    }
+}
+
+// The chunk rows each split's dQ slice covers: only they are zeroed and reduced, which for a window
+// is a few query blocks per split instead of the whole chunk.
+void plan_split_rows(const Problem& pr, Chunk& ch) {
+    ch.split_rows.assign(static_cast<std::size_t>(2 * ch.nsplit), 0);
+    for (std::int64_t s = 0; s < ch.nsplit; ++s) {
+        std::int64_t lo = ch.qb1, hi = ch.qb0;
+        for (std::int64_t e = ch.split_begin[static_cast<std::size_t>(s)]; e < ch.split_begin[static_cast<std::size_t>(s) + 1]; ++e)
+            for (const QBlock& q : ch.pairs[static_cast<std::size_t>(e)]) {
+                lo = std::min(lo, q.qb);
+                hi = std::max(hi, q.qb + 1);
+            }
+        if (lo >= hi) lo = hi = ch.qb0;
+        ch.split_rows[static_cast<std::size_t>(2 * s)] = lo * pr.bq - ch.row0;
+        ch.split_rows[static_cast<std::size_t>(2 * s + 1)] = std::min(hi * pr.bq, pr.Sq) - ch.row0;
     }
 }
 
@@ -398,8 +413,17 @@ void flash_backward_cpu(const BwdParams& p) {
     const std::int64_t chunk_qb = std::clamp<std::int64_t>(kScratchFloats / (per_row * pr.bq), 1, pr.nqb);
     const std::int64_t chunk_rows = std::min(chunk_qb * pr.bq, pr.Sq);
     const std::int64_t row_elems = pr.B * pr.Hq * chunk_rows;
-    Buffer qbuf(row_elems * pr.Dp), dobuf(row_elems * pr.Dp), lse2buf(row_elems), deltabuf(row_elems);
-    Buffer dqbuf(max_split * row_elems * pr.Dp);
+    // Kept per calling thread between calls (up to kScratchFloats each): a ring step's chunked calls
+    // would otherwise fault in fresh pages every time.
+    thread_local Buffer qbuf, dobuf, lse2buf, deltabuf, dqbuf;
+    const auto rows_dp = static_cast<std::size_t>(row_elems * pr.Dp);
+    qbuf.reserve(rows_dp);
+    dobuf.reserve(rows_dp);
+    lse2buf.reserve(static_cast<std::size_t>(row_elems));
+    deltabuf.reserve(static_cast<std::size_t>(row_elems));
+    dqbuf.reserve(static_cast<std::size_t>(max_split) * rows_dp);
+    const auto keep = static_cast<std::size_t>(kScratchFloats);
+    const cpu::TrimOnExit t1{qbuf, keep}, t2{dobuf, keep}, t3{lse2buf, keep}, t4{deltabuf, keep}, t5{dqbuf, 2 * keep};
 
     for (std::int64_t qb0 = 0; qb0 < pr.nqb; qb0 += chunk_qb) {
         Chunk ch;
@@ -429,13 +453,14 @@ void flash_backward_cpu(const BwdParams& p) {
             ch.pairs.resize(static_cast<std::size_t>(w));
         }
         plan_splits(ch, units_per_split);
+        plan_split_rows(pr, ch);
         const std::int64_t nrows = pr.B * pr.Hq * ch.rows;
         const std::int64_t nunits = units_per_split * ch.nsplit;
 
 #pragma omp parallel num_threads(nt)
         {
-            Buffer row(pr.Dp);
-            Buffer orow(pr.Dp);
+            Buffer row(static_cast<std::size_t>(pr.Dp));
+            Buffer orow(static_cast<std::size_t>(pr.Dp));
             if (nunits > 0) {
 #pragma omp for schedule(static)
                 for (std::int64_t t = 0; t < nrows; ++t) {
@@ -469,6 +494,8 @@ void flash_backward_cpu(const BwdParams& p) {
                 float* out = p.dq.ptr<float>() + p.dq.offset(b, ch.row0 + r, h, 0);
                 if (!p.accumulate) std::fill_n(out, pr.D, 0.0f);
                 for (std::int64_t s = 0; s < ch.nsplit; ++s) {
+                    if (r < ch.split_rows[static_cast<std::size_t>(2 * s)] || r >= ch.split_rows[static_cast<std::size_t>(2 * s + 1)])
+                        continue;
                     const float* src = ch.dq + (s * nrows + t) * pr.Dp;
                     for (std::int64_t d = 0; d < pr.D; ++d) out[d] += src[d];
                 }

@@ -21,11 +21,13 @@
 #include <vector>
 
 #include "kernels/attention.hpp"
+#include "kernels/cpu/buffer.hpp"
 #include "kernels/cpu/simd.hpp"
 
 namespace longattn::kernels {
 namespace {
 
+using cpu::Buffer;
 using cpu::hmax;
 using cpu::kLanes;
 using cpu::load;
@@ -40,55 +42,21 @@ constexpr int kPanelVecs = kPanel / kLanes;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr std::int64_t kScattered = std::numeric_limits<std::int64_t>::min();
 
 // Query rows per task and keys per block. The query block is a multiple of kRows; the key block is a
-// multiple of kPanel. Sparse patterns use smaller blocks so that partial blocks waste less.
+// multiple of kPanel.
 struct Blocking {
     std::int64_t bq, bk;
 };
 Blocking choose_blocking(const Pattern& pat) {
-    if (pat.has_sparse_part()) return {48, 64};
+    // Interval-shaped masks (windows) are cheap to apply on partial tiles, so they keep the dense
+    // blocking; other sparse parts waste less in smaller tiles.
+    if (pat.has_sparse_part() && !pat.rows_are_intervals()) return {48, 64};
     return {96, 128};
 }
 
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
-
-// Aligned fp32 scratch. Large buffers are 2 MiB aligned and offered to transparent huge pages, which
-// cuts the page faults of a fresh multi-megabyte K/V copy by a factor of 512.
-class Buffer {
-public:
-    Buffer() = default;
-    explicit Buffer(std::size_t n) : n_(n) {
-        if (!n) return;
-        const std::size_t bytes = n * sizeof(float);
-        align_ = bytes >= kHuge ? kHuge : 64;
-        p_ = static_cast<float*>(::operator new(bytes, std::align_val_t{align_}));
-    }
-    Buffer(const Buffer&) = delete;
-    Buffer& operator=(const Buffer&) = delete;
-    ~Buffer() { release(); }
-    void release() {
-        if (p_) ::operator delete(p_, std::align_val_t{align_});
-        p_ = nullptr;
-        n_ = 0;
-    }
-    // Grows to at least n floats; contents are not kept.
-    float* reserve(std::size_t n) {
-        if (n > n_) {
-            release();
-            new (this) Buffer(n);
-        }
-        return p_;
-    }
-    float* get() const { return p_; }
-    std::size_t size() const { return n_; }
-
-private:
-    static constexpr std::size_t kHuge = std::size_t{2} << 20;
-    float* p_ = nullptr;
-    std::size_t n_ = 0;
-    std::size_t align_ = 64;
-};
 
 // The packed K/V copy is kept per calling thread between calls up to this size: sparse and
 // short-query calls are otherwise dominated by faulting in fresh pages.
@@ -198,6 +166,8 @@ struct Problem {
     std::int64_t group0 = 0;                    // first (batch, kv head) of the packed group, as b * Hkv + hk
     // Position hulls of key blocks as a segment tree over [0, nkb): node 1 is the root.
     std::vector<std::int64_t> tree_lo, tree_hi;
+    // Per key block: the position of its first key when its positions are consecutive, else kScattered.
+    std::vector<std::int64_t> kstart;
 
     float* kblock(std::int64_t b, std::int64_t hk, std::int64_t kb) const {
         return kpack + ((b * Hkv + hk - group0) * nkb + kb) * kblock_sz;
@@ -210,9 +180,13 @@ struct Problem {
 void build_tree(Problem& pr, std::size_t node, std::int64_t lo, std::int64_t hi) {
     if (hi - lo == 1) {
         const std::int64_t j0 = lo * pr.blk.bk, n = std::min(pr.blk.bk, pr.Sk - j0);
-        const auto [mn, mx] = std::minmax_element(pr.p->k_pos + j0, pr.p->k_pos + j0 + n);
+        const std::int64_t* kp = pr.p->k_pos + j0;
+        const auto [mn, mx] = std::minmax_element(kp, kp + n);
         pr.tree_lo[node] = *mn;
         pr.tree_hi[node] = *mx;
+        bool run = true;
+        for (std::int64_t j = 1; j < n && run; ++j) run = kp[j] == kp[0] + j;
+        pr.kstart[static_cast<std::size_t>(lo)] = run ? kp[0] : kScattered;
         return;
     }
     const std::int64_t mid = (lo + hi) / 2;
@@ -276,6 +250,7 @@ struct Scratch {
     std::vector<float> m, l;
     std::vector<std::uint8_t> mask;
     std::vector<std::int64_t> vlo, vhi;  // per row group: key vectors [vlo, vhi) of the block it needs
+    std::vector<std::int64_t> ia, ib;    // per row of a partial block masked by bounds: keys [ia, ib)
     std::vector<KeyBlock> blocks;
 
     explicit Scratch(const Problem& pr)
@@ -290,7 +265,9 @@ struct Scratch {
           l(static_cast<std::size_t>(pr.blk.bq)),
           mask(static_cast<std::size_t>(pr.blk.bq * pr.blk.bk)),
           vlo(static_cast<std::size_t>(pr.blk.bq / kRows)),
-          vhi(static_cast<std::size_t>(pr.blk.bq / kRows)) {}
+          vhi(static_cast<std::size_t>(pr.blk.bq / kRows)),
+          ia(static_cast<std::size_t>(pr.blk.bq)),
+          ib(static_cast<std::size_t>(pr.blk.bq)) {}
 };
 
 // Softcap and ALiBi in the natural scale, then conversion to the log2 scale of the softmax.
@@ -363,6 +340,9 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
         const float* vp = pr.vblock(b, hk, kbk.kb);
         const bool partial = kbk.cls == BlockClass::partial;
         const bool fix = pr.general || partial || n % kLanes != 0;
+        // Causal, document and window masks over consecutive keys are one interval per row.
+        const std::int64_t kbase = pr.kstart[static_cast<std::size_t>(kbk.kb)];
+        const bool by_bounds = p.pattern->rows_are_intervals() && kbase != kScattered;
 
         // A partial block is masked row by row before any arithmetic: each group of kRows rows then
         // computes only the key vectors between its first and last allowed key, which on a window's
@@ -375,11 +355,19 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
             for (std::int64_t g = 0; g < ngroups; ++g) {
                 std::int64_t lo = n, hi = 0;
                 for (std::int64_t r = g * kRows; r < std::min(nq, (g + 1) * kRows); ++r) {
-                    std::uint8_t* mk = sc.mask.data() + r * bk;
-                    p.pattern->mask_row(qpos[r], p.k_pos + j0, n, mk);
                     std::int64_t a = 0, z = n;
-                    while (a < n && !mk[a]) ++a;
-                    while (z > a && !mk[z - 1]) --z;
+                    if (by_bounds) {
+                        p.pattern->row_interval(qpos[r], a, z);
+                        a = std::clamp<std::int64_t>(a - kbase, 0, n);
+                        z = std::clamp<std::int64_t>(z - kbase, a, n);
+                        sc.ia[static_cast<std::size_t>(r)] = a;
+                        sc.ib[static_cast<std::size_t>(r)] = z;
+                    } else {
+                        std::uint8_t* mk = sc.mask.data() + r * bk;
+                        p.pattern->mask_row(qpos[r], p.k_pos + j0, n, mk);
+                        while (a < n && !mk[a]) ++a;
+                        while (z > a && !mk[z - 1]) --z;
+                    }
                     if (a < z) {
                         lo = std::min(lo, a);
                         hi = std::max(hi, z);
@@ -426,7 +414,11 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
                 if (pr.general)
                     transform_row(pr, srow + c0, c1 - c0, slope, static_cast<float>(qpos[r] - pos_base),
                                   sc.kposf.get() + c0);
-                if (partial) {
+                if (partial && by_bounds) {
+                    const std::int64_t a = sc.ia[static_cast<std::size_t>(r)], z = sc.ib[static_cast<std::size_t>(r)];
+                    for (std::int64_t j = c0; j < std::min(a, c1); ++j) srow[j] = kNegInf;
+                    for (std::int64_t j = std::max(z, c0); j < std::min(c1, n); ++j) srow[j] = kNegInf;
+                } else if (partial) {
                     const std::uint8_t* mk = sc.mask.data() + r * bk;
                     for (std::int64_t j = c0; j < std::min(c1, n); ++j) srow[j] = mk[j] ? srow[j] : kNegInf;
                 }
@@ -529,15 +521,11 @@ void flash_forward_cpu(const FwdParams& p) {
     thread_local Buffer pack;
     pr.kpack = pack.reserve(static_cast<std::size_t>(group * head_floats));
     pr.vpack = pr.kpack + group * pr.nkb * pr.kblock_sz;
-    struct Trim {
-        Buffer& b;
-        ~Trim() {
-            if (b.size() > kKeepPackFloats) b.release();
-        }
-    } trim{pack};
+    const cpu::TrimOnExit trim{pack, kKeepPackFloats};
     if (pr.nkb > 0) {
         pr.tree_lo.assign(static_cast<std::size_t>(4 * pr.nkb), 0);
         pr.tree_hi.assign(static_cast<std::size_t>(4 * pr.nkb), 0);
+        pr.kstart.assign(static_cast<std::size_t>(pr.nkb), kScattered);
         build_tree(pr, 1, 0, pr.nkb);
     }
 

@@ -67,6 +67,11 @@ public:
                                   std::int64_t nk) const;
     // out[j] = allowed(q, k_pos[j]) as 0/1, fast enough for every row of a PARTIAL tile.
     void mask_row(std::int64_t q, const std::int64_t* k_pos, std::int64_t n, std::uint8_t* out) const;
+    // True when every row's allowed keys form one interval of positions (causal, documents and a
+    // window only): kernels then mask a PARTIAL tile of consecutive keys by two bounds per row.
+    bool rows_are_intervals() const { return intervals_; }
+    // With rows_are_intervals(): the allowed keys of row q are exactly the positions [lo, hi).
+    void row_interval(std::int64_t q, std::int64_t& lo, std::int64_t& hi) const;
 
     // Document index of position p (0 with no documents).
     std::int64_t doc_of(std::int64_t p) const;
@@ -78,9 +83,11 @@ private:
     // Keys the gates (document, causal) leave to row q inside [k_lo, k_hi): [a, b), maybe empty.
     void gate_interval(std::int64_t q, std::int64_t k_lo, std::int64_t k_hi, std::int64_t& a, std::int64_t& b) const;
     std::int64_t count_row(std::int64_t q, std::int64_t k_lo, std::int64_t k_hi) const;
+    std::int64_t count_col(std::int64_t k, std::int64_t q_lo, std::int64_t q_hi) const;
 
     PatternSpec spec_;
     bool has_sparse_ = false;
+    bool intervals_ = false;
     std::vector<std::int64_t> globals_;                    // sorted, excluding [0, global_first)
     std::vector<std::vector<std::int64_t>> random_rows_;   // sorted key blocks per query block
 };

@@ -227,6 +227,28 @@ TEST(Pattern, MaskRowMatchesPredicate) {
     }
 }
 
+TEST(Pattern, RowIntervalsMatchPredicateWhenClaimed) {
+    std::mt19937_64 rng(17);
+    const std::int64_t n = 47;
+    int claimed = 0;
+    for (int trial = 0; trial < 400; ++trial) {
+        Pattern p(random_spec(rng, n));
+        const auto& s = p.spec();
+        const bool only_gates_and_window = s.global_first == 0 && s.global_list.empty() && s.block_mask.empty() &&
+                                           s.stride == 0 && s.random_blocks == 0;
+        ASSERT_EQ(p.rows_are_intervals(), only_gates_and_window) << p.describe();
+        if (!p.rows_are_intervals()) continue;
+        ++claimed;
+        for (std::int64_t q = 0; q < n; ++q) {
+            std::int64_t lo, hi;
+            p.row_interval(q, lo, hi);
+            for (std::int64_t k = 0; k < n + 3; ++k)
+                ASSERT_EQ(k >= lo && k < hi, p.allowed(q, k)) << p.describe() << " q=" << q << " k=" << k;
+        }
+    }
+    EXPECT_GT(claimed, 50);
+}
+
 // Shards of a zigzag or striped layout hand the kernels position sets with holes; classifying
 // through the hull must never call a block EMPTY or FULL when it is not.
 TEST(Pattern, PositionSetClassificationIsSound) {
