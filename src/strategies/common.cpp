@@ -71,6 +71,32 @@ std::vector<std::vector<char>> needed_matrix(const Shards& sh, const Pattern& pa
     return need;
 }
 
+std::pair<std::int64_t, std::int64_t> rows_needed_elsewhere(const Shards& sh, const Pattern& pat, int o) {
+    constexpr std::int64_t kBlock = 64;
+    const std::size_t P = sh.count.size();
+    const std::int64_t n = sh.count[static_cast<std::size_t>(o)];
+    const std::int64_t* kp = sh.pos_of(o);
+    std::vector<std::vector<std::pair<std::int64_t, std::int64_t>>> runs(P);
+    for (std::size_t d = 0; d < P; ++d)
+        if (static_cast<int>(d) != o) runs[d] = runs_of(sh.pos_of(static_cast<int>(d)), sh.count[d]);
+    // Rows [a, b) of shard o are needed when some other rank's query run may attend their key hull.
+    auto needed = [&](std::int64_t a, std::int64_t b) {
+        const auto [lo, hi] = std::minmax_element(kp + a, kp + b);
+        for (const auto& rr : runs)
+            for (const auto& [q0, q1] : rr)
+                if (pat.classify(q0, q1, *lo, *hi + 1) != BlockClass::empty) return true;
+        return false;
+    };
+    std::int64_t first = 0, last = n;
+    while (first < n && !needed(first, std::min(n, first + kBlock))) first += kBlock;
+    if (first >= n) return {0, 0};
+    while (last - kBlock > first && !needed(std::max(first, last - kBlock), last)) last -= kBlock;
+    // Whole blocks were tested: trim the ends row by row inside them.
+    while (first < last && !needed(first, first + 1)) ++first;
+    while (last > first && !needed(last - 1, last)) --last;
+    return {first, last};
+}
+
 void timed_wait(Ctx& cx, comm::Communicator& comm, comm::Request& r) {
     if (!r.active()) return;
     ScopedTimer t(cx.st.wait_s);

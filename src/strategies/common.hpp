@@ -69,6 +69,10 @@ Shards gather_shards(comm::Communicator& comm, const std::int64_t* local_pos, st
 // of runs of consecutive positions, so EMPTY is never claimed wrongly).
 std::vector<std::vector<char>> needed_matrix(const Shards& sh, const Pattern& pat);
 
+// Local rows [lo, hi) of shard o holding every key some other rank may attend (a hull: rows inside it
+// may still go unused); {0, 0} when no other rank needs any. A ring sends only these rows.
+std::pair<std::int64_t, std::int64_t> rows_needed_elsewhere(const Shards& sh, const Pattern& pat, int o);
+
 // Blocked time on a request, counted as communication wait.
 void timed_wait(Ctx& cx, comm::Communicator& comm, comm::Request& r);
 

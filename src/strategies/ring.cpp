@@ -1,13 +1,15 @@
 // Ring attention: K/V shards travel around the ring while each rank attends its queries to the shard
-// it holds; the transfer of the next shard overlaps the kernel on the current one. A shard is
-// forwarded only while some rank further along the ring needs it, and a rank skips shards its
-// queries cannot see, so windows and documents cost neither compute nor transfers they do not need.
+// it holds; the transfer of the next shard overlaps the kernel on the current one. A shard travels
+// only while some rank further along the ring needs it, and only the rows other ranks may attend (a
+// window's last rows, a document's tail), and a rank skips shards its queries cannot see: windows and
+// documents cost neither compute nor transfers they do not need.
 //
-// Backward: K/V travel the same way; the dK/dV accumulated for a shard travel with it and go home
-// from the last rank that needed it. Sums happen in ring order, so reruns are bitwise identical.
+// Backward: K/V travel the same way; the dK/dV that other ranks contribute to a shard's sent rows
+// travel with it, summed in ring order, and go home from the last rank that needed it, where they
+// are added to the owner's own contribution. So reruns are bitwise identical.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
+#include <tuple>
 
 #include "longattn/error.hpp"
 #include "longattn/tensor_ops.hpp"
@@ -24,19 +26,32 @@ struct RingPlan {
     std::vector<std::vector<char>> need;
     // Last ring distance at which some rank needs shard o (-1: nobody, not even its owner).
     std::vector<int> last;
+    // Local rows [sent_lo, sent_hi) of each shard that travel: those other ranks may attend.
+    std::vector<std::int64_t> sent_lo, sent_hi;
 
     RingPlan(comm::Communicator& comm, const std::int64_t* pos, std::int64_t S, const Pattern& pat)
         : P(comm.size()), r(comm.rank()), next((r + 1) % P), prev((r - 1 + P) % P), sh(gather_shards(comm, pos, S)),
-          need(needed_matrix(sh, pat)), last(static_cast<std::size_t>(P), -1) {
-        for (int o = 0; o < P; ++o)
+          need(needed_matrix(sh, pat)), last(static_cast<std::size_t>(P), -1), sent_lo(static_cast<std::size_t>(P), 0),
+          sent_hi(static_cast<std::size_t>(P), 0) {
+        for (int o = 0; o < P; ++o) {
             for (int s = 0; s < P; ++s)
                 if (need[static_cast<std::size_t>(o)][static_cast<std::size_t>((o + s) % P)]) last[static_cast<std::size_t>(o)] = s;
+            if (last[static_cast<std::size_t>(o)] > 0)
+                std::tie(sent_lo[static_cast<std::size_t>(o)], sent_hi[static_cast<std::size_t>(o)]) = rows_needed_elsewhere(sh, pat, o);
+        }
     }
     int origin(int t) const { return (r - t + P) % P; }  // owner of the shard held at step t
     // The shard held at step t is passed on after it.
     bool forwarded(int o, int t) const { return t < last[static_cast<std::size_t>(o)]; }
     bool needs(int o) const { return need[static_cast<std::size_t>(o)][static_cast<std::size_t>(r)] != 0; }
-    std::int64_t rows(int o) const { return sh.count[static_cast<std::size_t>(o)]; }
+    std::int64_t sent_rows(int o) const { return sent_hi[static_cast<std::size_t>(o)] - sent_lo[static_cast<std::size_t>(o)]; }
+    // Global positions of the rows of shard o that travel.
+    const std::int64_t* sent_pos(int o) const { return sh.pos_of(o) + sent_lo[static_cast<std::size_t>(o)]; }
+    std::int64_t max_sent() const {
+        std::int64_t m = 0;
+        for (int o = 0; o < P; ++o) m = std::max(m, sent_rows(o));
+        return m;
+    }
 };
 
 // A K/V shard in a contiguous buffer: K [B, rows, Hkv, D] then V, each in its storage type.
@@ -74,10 +89,7 @@ struct GradBuffer {
 void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
     const RingPlan plan(comm, a.pos, a.q.shape[1], *a.pattern);
     const std::int64_t B = a.q.shape[0], S = a.q.shape[1], H = a.q.shape[2], D = a.q.shape[3];
-    const std::int64_t max_rows = *std::max_element(plan.sh.count.begin(), plan.sh.count.end());
-    KvBuffer buf[2] = {KvBuffer(cx, max_rows, a.k, a.v), KvBuffer(cx, max_rows, a.k, a.v)};
-    copy_view(a.k, buf[0].k(S));
-    copy_view(a.v, buf[0].v(S));
+    KvBuffer buf[2] = {KvBuffer(cx, plan.max_sent(), a.k, a.v), KvBuffer(cx, plan.max_sent(), a.k, a.v)};
 
     // Running result in fp32: the caller's O when it is fp32, else a scratch copy. Each shard's keys are
     // merged into it by the kernel itself (FwdParams::accumulate): no partial buffer, no merge pass.
@@ -89,18 +101,24 @@ void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
     int cur = 0;
     for (int t = 0; t < plan.P; ++t) {
         const int o = plan.origin(t), o_next = plan.origin(t + 1);
+        const std::int64_t sent = plan.sent_rows(o);
         comm::Request rx, tx;
+        if (t == 0 && plan.forwarded(o, 0)) {  // the own rows others need, made contiguous for sending
+            copy_view(slice(a.k, 1, plan.sent_lo[static_cast<std::size_t>(o)], sent), buf[cur].k(sent));
+            copy_view(slice(a.v, 1, plan.sent_lo[static_cast<std::size_t>(o)], sent), buf[cur].v(sent));
+        }
         if (t + 1 < plan.P && plan.forwarded(o_next, t))
-            rx = comm.irecv(buf[1 - cur].mem.data(), buf[1 - cur].bytes(plan.rows(o_next)), plan.prev, kTagKv + t);
+            rx = comm.irecv(buf[1 - cur].mem.data(), buf[1 - cur].bytes(plan.sent_rows(o_next)), plan.prev, kTagKv + t);
         if (t + 1 < plan.P && plan.forwarded(o, t))
-            tx = comm.isend(buf[cur].mem.data(), buf[cur].bytes(plan.rows(o)), plan.next, kTagKv + t);
+            tx = comm.isend(buf[cur].mem.data(), buf[cur].bytes(sent), plan.next, kTagKv + t);
         else if (t + 1 < plan.P)
             ++cx.st.skipped_transfers;
         comm.flush();
-        if (plan.needs(o) && plan.rows(o) > 0 && S > 0) {
-            const std::int64_t rows = plan.rows(o);
-            forward_chunked(cx, comm, a.q, buf[cur].k(rows), buf[cur].v(rows), a.pos, plan.sh.pos_of(o), *a.pattern,
-                            a.head_offset, acc, a.lse, any);
+        // Step 0 attends the whole own shard in place; later steps the rows that travelled.
+        const std::int64_t rows = t == 0 ? S : sent;
+        if (plan.needs(o) && rows > 0 && S > 0) {
+            forward_chunked(cx, comm, a.q, t == 0 ? a.k : buf[cur].k(rows), t == 0 ? a.v : buf[cur].v(rows), a.pos,
+                            t == 0 ? a.pos : plan.sent_pos(o), *a.pattern, a.head_offset, acc, a.lse, any);
             any = true;
         } else {
             ++cx.st.skipped_blocks;
@@ -118,21 +136,21 @@ void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
 
 void ring_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a) {
     const RingPlan plan(comm, a.pos, a.q.shape[1], *a.pattern);
-    const std::int64_t S = a.q.shape[1];
-    const std::int64_t max_rows = *std::max_element(plan.sh.count.begin(), plan.sh.count.end());
-    KvBuffer buf[2] = {KvBuffer(cx, max_rows, a.k, a.v), KvBuffer(cx, max_rows, a.k, a.v)};
-    copy_view(a.k, buf[0].k(S));
-    copy_view(a.v, buf[0].v(S));
-    // grad[g]: the running dK/dV of the shard held (two, so a send can finish while the next step
-    // receives); contrib: this rank's contribution; home: the own shard's total. A running dK/dV sent
-    // at the end of step t travels in step t+1's batch (see comm/communicator.hpp), so the receive of
-    // the own total is posted in the step after the last holder is done with it.
-    GradBuffer grad[2] = {GradBuffer(cx, max_rows, a.k), GradBuffer(cx, max_rows, a.k)};
-    GradBuffer contrib(cx, max_rows, a.k), home(cx, S, a.k);
+    const std::int64_t S = a.q.shape[1], max_sent = plan.max_sent();
+    KvBuffer buf[2] = {KvBuffer(cx, max_sent, a.k, a.v), KvBuffer(cx, max_sent, a.k, a.v)};
+    // own: this rank's contribution to its own dK/dV (every row); grad[g]: the running sum of other
+    // ranks' contributions to the sent rows of the shard held (two, so a send can finish while the
+    // next step receives); contrib: this rank's contribution to them; home: what comes back for the
+    // own sent rows. A running sum sent at the end of step t travels in step t+1's batch (see
+    // comm/communicator.hpp), so the receive of the own sum is posted in the step after the last
+    // holder is done with it.
+    GradBuffer own(cx, S, a.k), contrib(cx, max_sent, a.k), home(cx, plan.sent_rows(plan.r), a.k);
+    GradBuffer grad[2] = {GradBuffer(cx, max_sent, a.k), GradBuffer(cx, max_sent, a.k)};
     const int own_last = plan.last[static_cast<std::size_t>(plan.r)];
+    const std::int64_t own_sent = plan.sent_rows(plan.r);
     comm::Request home_rx;
     auto post_home = [&] {
-        home_rx = comm.irecv(home.mem.data(), home.bytes(S), (plan.r + own_last) % plan.P, kTagHome);
+        home_rx = comm.irecv(home.mem.data(), home.bytes(own_sent), (plan.r + own_last) % plan.P, kTagHome);
     };
 
     if (!a.accumulate) fill_view(a.dq, 0.0f);
@@ -141,60 +159,67 @@ void ring_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a)
     for (int t = 0; t < plan.P; ++t) {
         const int o = plan.origin(t), o_next = plan.origin(t + 1);
         const int lo = plan.last[static_cast<std::size_t>(o)];
-        const std::int64_t rows = plan.rows(o);
+        const std::int64_t sent = plan.sent_rows(o), rows = t == 0 ? S : sent;
         comm::Request rx, tx, grad_rx;
+        if (t == 0 && plan.forwarded(o, 0)) {
+            copy_view(slice(a.k, 1, plan.sent_lo[static_cast<std::size_t>(o)], sent), buf[cur].k(sent));
+            copy_view(slice(a.v, 1, plan.sent_lo[static_cast<std::size_t>(o)], sent), buf[cur].v(sent));
+        }
         if (t + 1 < plan.P && plan.forwarded(o_next, t))
-            rx = comm.irecv(buf[1 - cur].mem.data(), buf[1 - cur].bytes(plan.rows(o_next)), plan.prev, kTagKv + t);
+            rx = comm.irecv(buf[1 - cur].mem.data(), buf[1 - cur].bytes(plan.sent_rows(o_next)), plan.prev, kTagKv + t);
         if (t + 1 < plan.P && plan.forwarded(o, t))
-            tx = comm.isend(buf[cur].mem.data(), buf[cur].bytes(rows), plan.next, kTagKv + t);
+            tx = comm.isend(buf[cur].mem.data(), buf[cur].bytes(sent), plan.next, kTagKv + t);
         else if (t + 1 < plan.P)
             ++cx.st.skipped_transfers;
-        const bool in_chain = t <= lo;  // this rank holds shard o's running dK/dV at step t
-        if (in_chain && t > 0) {
+        const bool in_chain = t >= 1 && t <= lo;  // this rank holds the running sum of shard o at step t
+        if (in_chain && t > 1) {
             timed_wait(cx, comm, grad_tx[g]);  // the buffer's previous send must be done
-            grad_rx = comm.irecv(grad[g].mem.data(), grad[g].bytes(rows), plan.prev, kTagGrad + t);
+            grad_rx = comm.irecv(grad[g].mem.data(), grad[g].bytes(sent), plan.prev, kTagGrad + t);
         }
         if (own_last > 0 && t == own_last + 1) post_home();
         comm.flush();
         const bool compute = plan.needs(o) && rows > 0 && S > 0;
+        GradBuffer& out = t == 0 ? own : contrib;
         if (compute) {
-            // dQ accumulates over the steps; this step's dK/dV land in a zeroed contrib.
-            fill_view(contrib.dk(rows), 0.0f);
-            fill_view(contrib.dv(rows), 0.0f);
+            // dQ accumulates over the steps; this step's dK/dV land in a zeroed buffer.
+            fill_view(out.dk(rows), 0.0f);
+            fill_view(out.dv(rows), 0.0f);
             kernels::BwdParams p;
-            p.q = a.q, p.k = buf[cur].k(rows), p.v = buf[cur].v(rows), p.o = a.o, p.dout = a.dout, p.lse = a.lse;
-            p.dq = a.dq, p.dk = contrib.dk(rows), p.dv = contrib.dv(rows);
+            p.q = a.q, p.o = a.o, p.dout = a.dout, p.lse = a.lse;
+            p.k = t == 0 ? a.k : buf[cur].k(rows);
+            p.v = t == 0 ? a.v : buf[cur].v(rows);
+            p.dq = a.dq, p.dk = out.dk(rows), p.dv = out.dv(rows);
             p.accumulate = true;
-            p.q_pos = a.pos, p.k_pos = plan.sh.pos_of(o);
+            p.q_pos = a.pos, p.k_pos = t == 0 ? a.pos : plan.sent_pos(o);
             p.pattern = a.pattern;
             p.head_offset = a.head_offset;
             p.threads = cx.opt.threads;
             backward_chunked(cx, comm, p);
         } else {
             ++cx.st.skipped_blocks;
+            if (t == 0) {
+                fill_view(own.dk(S), 0.0f);
+                fill_view(own.dv(S), 0.0f);
+            }
         }
         if (in_chain) {
-            GradBuffer& run = t == 0 && lo == 0 ? home : grad[g];
-            if (t > 0) {
+            GradBuffer& run = grad[g];
+            if (t > 1) {
                 timed_wait(cx, comm, grad_rx);
                 if (compute) {
-                    add_view(contrib.dk(rows), run.dk(rows));
-                    add_view(contrib.dv(rows), run.dv(rows));
+                    add_view(contrib.dk(sent), run.dk(sent));
+                    add_view(contrib.dv(sent), run.dv(sent));
                 }
             } else if (compute) {
-                copy_view(contrib.dk(rows), run.dk(rows));
-                copy_view(contrib.dv(rows), run.dv(rows));
+                copy_view(contrib.dk(sent), run.dk(sent));
+                copy_view(contrib.dv(sent), run.dv(sent));
             } else {
-                fill_view(run.dk(rows), 0.0f);
-                fill_view(run.dv(rows), 0.0f);
+                fill_view(run.dk(sent), 0.0f);
+                fill_view(run.dv(sent), 0.0f);
             }
-            if (t < lo) {
-                grad_tx[g] = comm.isend(run.mem.data(), run.bytes(rows), plan.next, kTagGrad + t + 1);
-                g = 1 - g;
-            } else if (t > 0) {
-                grad_tx[g] = comm.isend(run.mem.data(), run.bytes(rows), o, kTagHome);
-                g = 1 - g;
-            }
+            grad_tx[g] = t < lo ? comm.isend(run.mem.data(), run.bytes(sent), plan.next, kTagGrad + t + 1)
+                                : comm.isend(run.mem.data(), run.bytes(sent), o, kTagHome);
+            g = 1 - g;
         }
         timed_wait(cx, comm, rx);
         timed_wait(cx, comm, tx);
@@ -204,20 +229,18 @@ void ring_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a)
     timed_wait(cx, comm, home_rx);
     timed_wait(cx, comm, grad_tx[0]);
     timed_wait(cx, comm, grad_tx[1]);
-    GradBuffer* total = own_last >= 0 ? &home : nullptr;
-    if (total == nullptr) {  // nobody needed the own keys: zero gradient
-        if (!a.accumulate) {
-            fill_view(a.dk, 0.0f);
-            fill_view(a.dv, 0.0f);
-        }
-        return;
+    // The own total: this rank's contribution plus, on the sent rows, everyone else's (ring order).
+    if (own_last > 0) {
+        const std::int64_t s0 = plan.sent_lo[static_cast<std::size_t>(plan.r)];
+        add_view(home.dk(own_sent), slice(own.dk(S), 1, s0, own_sent));
+        add_view(home.dv(own_sent), slice(own.dv(S), 1, s0, own_sent));
     }
     if (a.accumulate) {
-        add_view(total->dk(S), a.dk);
-        add_view(total->dv(S), a.dv);
+        add_view(own.dk(S), a.dk);
+        add_view(own.dv(S), a.dv);
     } else {
-        copy_view(total->dk(S), a.dk);
-        copy_view(total->dv(S), a.dv);
+        copy_view(own.dk(S), a.dk);
+        copy_view(own.dv(S), a.dv);
     }
 }
 
