@@ -1,26 +1,23 @@
 #pragma once
-// fp32 building blocks of the CPU flash backward kernel: a 16-lane vector type (GCC vector extensions,
-// so one source becomes zmm under AVX-512, ymm pairs under AVX2 and xmm quads on plain x86-64), a fast
-// 2^x, and register-blocked broadcast-FMA products with a compile-time choice of which operand axis is
-// contiguous. Kept apart from simd.hpp so that the forward kernel's tuning cannot move these bits.
+// fp32 building blocks of the CPU flash backward kernel on simd.hpp's vector type: a 2^x accurate to
+// half an fp32 ulp (the backward recomputes P from the stored LSE, so it wants every bit the forward's
+// faster polynomial gives up), and register-blocked broadcast-FMA products with a compile-time choice
+// of which operand axis is contiguous.
 #include <bit>
 #include <cstdint>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "kernels/cpu/simd.hpp"
 
 namespace longattn::kernels::bwd {
 
-constexpr int kLanes = 16;
-typedef float vf __attribute__((vector_size(64)));
-typedef float vf_u __attribute__((vector_size(64), aligned(4), may_alias));
-typedef std::int32_t vi __attribute__((vector_size(64)));
-
-inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
-inline void store(float* p, vf x) { *reinterpret_cast<vf_u*>(p) = x; }
-inline vf splat(float s) { return vf{} + s; }
-inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+using cpu::kLanes;
+using cpu::kTileRows;
+using cpu::load;
+using cpu::splat;
+using cpu::store;
+using cpu::vf;
+using cpu::vi;
+using cpu::vmax;
 inline vf vmin(vf a, vf b) { return a < b ? a : b; }
 
 // 2^f for f in [-0.5, 0.5]: the Taylor series of e^{f ln 2} to degree 7; the first omitted term is
@@ -89,7 +86,7 @@ inline void tile(std::int64_t K, const float* a, std::int64_t lda, const float* 
 template <ALayout L, int C>
 inline void row_panel(std::int64_t M, std::int64_t K, const float* a, std::int64_t lda, const float* b,
                       std::int64_t ldb, float* c, std::int64_t ldc, bool accumulate) {
-    constexpr int R = 6;
+    constexpr int R = kTileRows;
     const std::int64_t a_step = L == ALayout::row ? lda : 1;
     std::int64_t i = 0;
     for (; i + R <= M; i += R) tile<L, R, C>(K, a + i * a_step, lda, b, ldb, c + i * ldc, ldc, accumulate);

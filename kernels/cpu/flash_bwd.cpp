@@ -14,7 +14,7 @@
 //   reduced over splits in split order, in parallel over rows.
 // So every sum has a fixed order: dK/dV over (chunk, head, query block), dQ over (split, key block).
 //
-// Layouts: per chunk, Q and dO are converted once to fp32 rows padded to Dp (a multiple of 16) with
+// Layouts: per chunk, Q and dO are converted once to fp32 rows padded to Dp (a multiple of the vector width) with
 // zeros. Per key block a unit packs K^T and V^T ([D][bk], keys the vector axis of S = Q K^T and
 // dP = dO V^T) and K ([bk][Dp], dims the vector axis of dQ += dS K). P^T dO and dS^T Q read the stored
 // P and dS transposed, which the ColA microkernel does without a copy.
@@ -474,7 +474,16 @@ void flash_backward_cpu(const BwdParams& p) {
                     std::fill(qd + pr.D, qd + pr.Dp, 0.0f);
                     std::fill(dod + pr.D, dod + pr.Dp, 0.0f);
                     float delta = 0.0f;
-                    for (std::int64_t d = 0; d < pr.D; ++d) delta = std::fma(dod[d], orow.get()[d], delta);
+                    // The same arithmetic, in the same order, as the dP = dO V^T product (fused multiply-adds
+                    // where the machine has them): a row whose O is one V row (a one-hot softmax) then gets
+                    // dP - delta = 0 exactly, as it should.
+                    for (std::int64_t d = 0; d < pr.D; ++d) {
+#ifdef __FMA__
+                        delta = std::fma(dod[d], orow.get()[d], delta);
+#else
+                        delta += dod[d] * orow.get()[d];
+#endif
+                    }
                     const float lse = p.lse[(b * pr.Hq + h) * pr.Sq + i];
                     // A row without keys has lse = -inf: +inf in the exponent's offset makes its P exactly 0.
                     ch.lse2[t] = lse == -kInf ? kInf : lse * kLog2e;

@@ -1,10 +1,11 @@
 // CPU flash-attention forward: tiled online softmax in fp32.
 //
 // Per (batch, kv head) K and V are packed once, in parallel, into fp32 blocks of kBk keys:
-//   K transposed, [panel of 64 keys][D][64]: keys are the vector axis of S = Q K^T, and a 64-key panel
-//     (D x 256 bytes) is contiguous, so it stays in L1 without set conflicts while every row group of
-//     the query block sweeps over it;
-//   V as [panel of 64 dims][kBk][64] (the last panel narrower): dims are the vector axis of O += P V.
+//   K transposed, [panel of kPanel keys][D][kPanel]: keys are the vector axis of S = Q K^T, and a panel
+//     of 4 vectors of keys (D x 256 bytes with AVX-512) is contiguous, so it stays in L1 without set
+//     conflicts while every row group of the query block sweeps over it;
+//   V as [panel of kPanel dims][kBk][kPanel] (the last panel narrower): dims are the vector axis of
+//     O += P V.
 // Each task is one (batch, query head, query block). Q is converted to fp32 and pre-scaled by
 // scale * log2(e), so the softmax runs on exp2 of a fast polynomial; with softcap or ALiBi the scores
 // are first transformed in the natural scale and then multiplied by log2(e). Key blocks are chosen by
@@ -36,8 +37,8 @@ using cpu::store;
 using cpu::vf;
 using cpu::vmax;
 
-constexpr int kRows = 6;     // query rows per register tile
-constexpr int kPanel = 64;   // keys per K panel and dims per V panel: 4 vectors of 16
+constexpr int kRows = cpu::kTileRows;  // query rows per register tile
+constexpr int kPanel = 4 * kLanes;  // keys per K panel and dims per V panel: 4 vectors
 constexpr int kPanelVecs = kPanel / kLanes;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -107,7 +108,7 @@ void store_row(void* base, DType t, std::int64_t off, std::int64_t n, float mul,
     }
 }
 
-// S[r][0, 16C) = sum_d Q[r][d] * KT[d][0, 16C) for kRows rows, KT with rows of kPanel floats; rmax[r]
+// S[r][0, C vectors) = sum_d Q[r][d] * KT[d][0, C vectors) for kRows rows, KT with rows of kPanel floats; rmax[r]
 // (one vector per row) takes the lane-wise max so that unmasked blocks need no separate max pass.
 template <int C>
 inline void score_tile(std::int64_t D, const float* q, std::int64_t q_rs, const float* kt, float* s,

@@ -1,7 +1,8 @@
 #pragma once
 // Small fp32 building blocks shared by the CPU flash kernels and the benchmark's unfused baseline.
-// Written with GCC vector extensions so that one source compiles to AVX-512 (zmm), AVX2 (ymm pairs)
-// or SSE, whatever -march says; hot loops are shaped so the compiler emits broadcast-FMAs.
+// Written with GCC vector extensions at the machine's vector width, so that one source compiles to
+// AVX-512 (zmm), AVX2 (ymm) or SSE (xmm), whatever -march says; hot loops are shaped so the compiler
+// emits broadcast-FMAs.
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -12,16 +13,25 @@
 
 namespace longattn::kernels::cpu {
 
+// The machine's vector width: 16 floats (AVX-512), 8 (AVX, AVX2) or 4 (SSE). A tile of accumulators is
+// kTileRows rows by 4 vectors: 24 of AVX-512's 32 registers, 12 of the 16 the narrower sets have.
+#if defined(__AVX512F__)
 constexpr int kLanes = 16;
-typedef float vf __attribute__((vector_size(64)));
-typedef float vf_u __attribute__((vector_size(64), aligned(4), may_alias));
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+#else
+constexpr int kLanes = 4;
+#endif
+constexpr int kTileRows = kLanes == 16 ? 6 : 3;
+typedef float vf __attribute__((vector_size(4 * kLanes)));
+typedef float vf_u __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
 
 inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
 inline void store(float* p, vf x) { *reinterpret_cast<vf_u*>(p) = x; }
 inline vf splat(float s) { return vf{} + s; }
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 
-typedef std::int32_t vi __attribute__((vector_size(64)));
+typedef std::int32_t vi __attribute__((vector_size(4 * kLanes)));
 
 inline float hsum(vf x) {
     float s = 0.0f;
@@ -97,7 +107,7 @@ inline void gemm_tile(std::int64_t K, const float* a, std::int64_t a_rs, std::in
 inline void gemm(std::int64_t M, std::int64_t N, std::int64_t K, const float* a, std::int64_t a_rs,
                  std::int64_t a_ks, const float* b, std::int64_t b_rs, float* c, std::int64_t c_rs,
                  bool accumulate) {
-    constexpr int R = 6, C = 4;
+    constexpr int R = kTileRows, C = 4;
     std::int64_t j = 0;
     for (; j + C * kLanes <= N; j += C * kLanes) {
         std::int64_t i = 0;

@@ -30,9 +30,10 @@ using kernels::cpu::vf;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Independent FMA chains, enough to cover the latency of two FMA pipes; GFLOP/s of one thread.
+// Independent FMA chains, enough to cover the latency of two FMA pipes and few enough to stay in
+// registers (32 with AVX-512, 16 below); GFLOP/s of one thread.
 __attribute__((noinline)) double measure_fma_peak() {
-    constexpr int kChains = 16;
+    constexpr int kChains = kernels::cpu::kLanes == 16 ? 16 : 10;
     vf acc[kChains];
     for (int i = 0; i < kChains; ++i) acc[i] = kernels::cpu::splat(1.0f + 1e-3f * static_cast<float>(i));
     const vf m = kernels::cpu::splat(0.999999f), a = kernels::cpu::splat(1e-7f);
