@@ -144,28 +144,16 @@ void Pattern::gate_interval(std::int64_t q, std::int64_t k_lo, std::int64_t k_hi
     if (b < a) b = a;
 }
 
-std::int64_t Pattern::count_row(std::int64_t q, std::int64_t k_lo, std::int64_t k_hi) const {
-    std::int64_t a, b;
-    gate_interval(q, k_lo, k_hi, a, b);
-    if (a >= b) return 0;
-    if (!has_sparse_ || is_global(q)) return b - a;
-
-    // Window interval of q (possibly empty, possibly unbounded on either side).
-    std::int64_t wa = a, wb = a;
-    if (spec_.window) {
-        const Window& w = *spec_.window;
-        wa = w.left < 0 ? a : std::max(a, q - w.left);
-        wb = w.right < 0 ? b : std::min(b, q + w.right + 1);
-        if (wb < wa) wb = wa;
-    }
-    // Global keys in [x, y).
+std::int64_t Pattern::count_line(std::int64_t a, std::int64_t b, std::int64_t wa, std::int64_t wb,
+                                 std::int64_t fixed_block, bool row) const {
+    // Global positions in [x, y).
     auto globals_in = [&](std::int64_t x, std::int64_t y) {
         if (y <= x) return std::int64_t{0};
         return overlap(0, spec_.global_first, x, y) +
                (std::lower_bound(globals_.begin(), globals_.end(), y) -
                 std::lower_bound(globals_.begin(), globals_.end(), x));
     };
-    // Keys of [x, y) reached by the window or a global key.
+    // Positions of [x, y) reached by the window or a global position.
     auto base = [&](std::int64_t x, std::int64_t y) {
         const std::int64_t ox0 = std::max(x, wa), ox1 = std::min(y, wb);
         const std::int64_t in_w = std::max<std::int64_t>(0, ox1 - ox0);
@@ -174,14 +162,30 @@ std::int64_t Pattern::count_row(std::int64_t q, std::int64_t k_lo, std::int64_t 
     std::int64_t n = base(a, b);
     const bool block_parts = !spec_.block_mask.empty() || spec_.stride > 0 || spec_.random_blocks > 0;
     if (!block_parts) return n;
-    // Whole key blocks allowed for q's block: add what the window and globals did not already count.
-    const std::int64_t blk = spec_.block, qb = q / blk;
-    for (std::int64_t kb = a / blk; kb * blk < b; ++kb) {
-        if (!block_allowed(qb, kb)) continue;
-        const std::int64_t x = std::max(a, kb * blk), y = std::min(b, (kb + 1) * blk);
+    // Whole allowed blocks: add what the window and globals did not already count.
+    const std::int64_t blk = spec_.block;
+    for (std::int64_t ob = a / blk; ob * blk < b; ++ob) {
+        if (!(row ? block_allowed(fixed_block, ob) : block_allowed(ob, fixed_block))) continue;
+        const std::int64_t x = std::max(a, ob * blk), y = std::min(b, (ob + 1) * blk);
         n += (y - x) - base(x, y);
     }
     return n;
+}
+
+std::int64_t Pattern::count_row(std::int64_t q, std::int64_t k_lo, std::int64_t k_hi) const {
+    std::int64_t a, b;
+    gate_interval(q, k_lo, k_hi, a, b);
+    if (a >= b) return 0;
+    if (!has_sparse_ || is_global(q)) return b - a;
+    // The window's keys for q: [q - left, q + right] (possibly empty, possibly unbounded).
+    std::int64_t wa = a, wb = a;
+    if (spec_.window) {
+        const Window& w = *spec_.window;
+        wa = w.left < 0 ? a : std::max(a, q - w.left);
+        wb = w.right < 0 ? b : std::min(b, q + w.right + 1);
+        if (wb < wa) wb = wa;
+    }
+    return count_line(a, b, wa, wb, q / spec_.block, true);
 }
 
 // The mirror of count_row: queries of [q_lo, q_hi) allowed to attend key k. allowed(q, k)'s sparse
@@ -198,7 +202,6 @@ std::int64_t Pattern::count_col(std::int64_t k, std::int64_t q_lo, std::int64_t 
     if (spec_.causal) a = std::max(a, k);
     if (a >= b) return 0;
     if (!has_sparse_ || is_global(k)) return b - a;
-
     std::int64_t wa = a, wb = a;
     if (spec_.window) {
         const Window& w = *spec_.window;
@@ -206,27 +209,7 @@ std::int64_t Pattern::count_col(std::int64_t k, std::int64_t q_lo, std::int64_t 
         wb = w.left < 0 ? b : std::min(b, k + w.left + 1);
         if (wb < wa) wb = wa;
     }
-    auto globals_in = [&](std::int64_t x, std::int64_t y) {
-        if (y <= x) return std::int64_t{0};
-        return overlap(0, spec_.global_first, x, y) +
-               (std::lower_bound(globals_.begin(), globals_.end(), y) -
-                std::lower_bound(globals_.begin(), globals_.end(), x));
-    };
-    auto base = [&](std::int64_t x, std::int64_t y) {
-        const std::int64_t ox0 = std::max(x, wa), ox1 = std::min(y, wb);
-        const std::int64_t in_w = std::max<std::int64_t>(0, ox1 - ox0);
-        return in_w + globals_in(x, y) - (in_w > 0 ? globals_in(ox0, ox1) : 0);
-    };
-    std::int64_t n = base(a, b);
-    const bool block_parts = !spec_.block_mask.empty() || spec_.stride > 0 || spec_.random_blocks > 0;
-    if (!block_parts) return n;
-    const std::int64_t blk = spec_.block, kb = k / blk;
-    for (std::int64_t qb = a / blk; qb * blk < b; ++qb) {
-        if (!block_allowed(qb, kb)) continue;
-        const std::int64_t x = std::max(a, qb * blk), y = std::min(b, (qb + 1) * blk);
-        n += (y - x) - base(x, y);
-    }
-    return n;
+    return count_line(a, b, wa, wb, k / spec_.block, false);
 }
 
 std::int64_t Pattern::count_allowed(std::int64_t q_lo, std::int64_t q_hi, std::int64_t k_lo, std::int64_t k_hi) const {

@@ -3,7 +3,6 @@
 // half an fp32 ulp (the backward recomputes P from the stored LSE, so it wants every bit the forward's
 // faster polynomial gives up), and register-blocked broadcast-FMA products with a compile-time choice
 // of which operand axis is contiguous.
-#include <bit>
 #include <cstdint>
 
 #include "kernels/cpu/simd.hpp"
@@ -16,7 +15,6 @@ using cpu::load;
 using cpu::splat;
 using cpu::store;
 using cpu::vf;
-using cpu::vi;
 using cpu::vmax;
 inline vf vmin(vf a, vf b) { return a < b ? a : b; }
 
@@ -34,32 +32,9 @@ inline vf exp2_frac(vf f) {
     return p;
 }
 
-// 2^x lane-wise for x < 128. -inf, and anything small enough to underflow, gives exactly 0: masked
-// scores and rows without keys rely on that to contribute nothing.
-inline vf exp2v(vf x) {
-#if defined(__AVX512F__)
-    // 2^-200 already rounds to 0 in fp32; the clamp keeps n finite for -inf. The all-lanes masked
-    // forms avoid GCC 12's maybe-uninitialized false positive on the unmasked intrinsics.
-    x = vmax(x, splat(-200.0f));
-    const __m512 xm = std::bit_cast<__m512>(x);
-    const __m512 n = _mm512_mask_roundscale_ps(xm, 0xffff, xm, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 p = std::bit_cast<__m512>(exp2_frac(x - std::bit_cast<vf>(n)));
-    return std::bit_cast<vf>(_mm512_mask_scalef_ps(p, 0xffff, p, n));
-#else
-    // 2^n is assembled in the exponent field, which covers n >= -126; below that the result is 0.
-    const vf lo = splat(-126.0f);
-    const vf xc = vmax(x, lo);
-    const vf magic = splat(12582912.0f);  // 1.5 * 2^23: the sum holds round(xc) in its low mantissa bits
-    const vf t = xc + magic;
-    const vf n = t - magic;
-    const vf p = exp2_frac(xc - n);
-    const vi e = (std::bit_cast<vi>(t) - std::bit_cast<vi>(magic) + 127) << 23;
-    const vf r = p * std::bit_cast<vf>(e);
-    return x < lo ? vf{} : r;
-#endif
-}
+inline vf exp2v(vf x) { return cpu::exp2v_with<exp2_frac>(x); }
 
-// Operand layouts of C[M x 16 nv] (+)= A[M x K] B[K x 16 nv]; B rows and C rows are contiguous.
+// Operand layouts of C[M x nv vectors] (+)= A[M x K] B[K x nv vectors]; B rows and C rows are contiguous.
 //   RowA:  A(i, k) = a[i * lda + k]  (Q K^T, dO V^T, dS K)
 //   ColA:  A(i, k) = a[k * lda + i]  (P^T dO, dS^T Q: the stored matrix read transposed, so the R
 //          broadcasts of one k step are neighbours in memory)
@@ -102,7 +77,7 @@ inline void row_panel(std::int64_t M, std::int64_t K, const float* a, std::int64
     }
 }
 
-// C[M x 16 nv] (+)= A B, nv vectors per row; accumulate = false overwrites C.
+// C[M x nv vectors] (+)= A B; accumulate = false overwrites C.
 template <ALayout L>
 inline void gemm(std::int64_t M, std::int64_t nv, std::int64_t K, const float* a, std::int64_t lda, const float* b,
                  std::int64_t ldb, float* c, std::int64_t ldc, bool accumulate) {

@@ -31,12 +31,14 @@
 #include "kernels/attention.hpp"
 #include "kernels/cpu/buffer.hpp"
 #include "kernels/cpu/bwd_kernels.hpp"
+#include "kernels/cpu/rows.hpp"
 
 namespace longattn::kernels {
 namespace {
 
 using bwd::ALayout;
 using cpu::Buffer;
+using cpu::load_row;
 using bwd::kLanes;
 using bwd::load;
 using bwd::splat;
@@ -52,27 +54,6 @@ constexpr std::int64_t kScratchFloats = std::int64_t{16} << 20;
 
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 std::int64_t ceil_div(std::int64_t x, std::int64_t m) { return (x + m - 1) / m; }
-
-// out[0, n) = row converted to fp32.
-void load_row(const void* base, DType t, std::int64_t off, std::int64_t n, float* out) {
-    switch (t) {
-        case DType::f32: {
-            const float* p = static_cast<const float*>(base) + off;
-            for (std::int64_t i = 0; i < n; ++i) out[i] = p[i];
-            break;
-        }
-        case DType::bf16: {
-            const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + off;
-            for (std::int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(p[i]);
-            break;
-        }
-        default: {
-            const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + off;
-            for (std::int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(p[i]);
-            break;
-        }
-    }
-}
 
 struct QBlock {
     std::int64_t qb;
@@ -161,7 +142,7 @@ void pack_key_block(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t
     float* kr = sc.kr.get();
     for (std::int64_t j = 0; j < bk; ++j) {
         if (j < n) {
-            load_row(p.k.data, p.k.dtype, p.k.offset(b, j0 + j, hk, 0), D, row);
+            load_row(p.k.data, p.k.dtype, p.k.offset(b, j0 + j, hk, 0), D, 1.0f, row);
             std::fill(row + D, row + Dp, 0.0f);
         } else {
             std::fill(row, row + Dp, 0.0f);
@@ -169,7 +150,7 @@ void pack_key_block(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t
         std::copy(row, row + Dp, kr + j * Dp);
         for (std::int64_t d = 0; d < D; ++d) kt[d * bk + j] = row[d];
         if (j < n)
-            load_row(p.v.data, p.v.dtype, p.v.offset(b, j0 + j, hk, 0), D, row);
+            load_row(p.v.data, p.v.dtype, p.v.offset(b, j0 + j, hk, 0), D, 1.0f, row);
         else
             std::fill(row, row + D, 0.0f);
         for (std::int64_t d = 0; d < D; ++d) vt[d * bk + j] = row[d];
@@ -468,9 +449,9 @@ void flash_backward_cpu(const BwdParams& p) {
                     const std::int64_t i = ch.row0 + r;
                     float* qd = ch.q + t * pr.Dp;
                     float* dod = ch.dout + t * pr.Dp;
-                    load_row(p.q.data, p.q.dtype, p.q.offset(b, i, h, 0), pr.D, qd);
-                    load_row(p.dout.data, p.dout.dtype, p.dout.offset(b, i, h, 0), pr.D, dod);
-                    load_row(p.o.data, p.o.dtype, p.o.offset(b, i, h, 0), pr.D, orow.get());
+                    load_row(p.q.data, p.q.dtype, p.q.offset(b, i, h, 0), pr.D, 1.0f, qd);
+                    load_row(p.dout.data, p.dout.dtype, p.dout.offset(b, i, h, 0), pr.D, 1.0f, dod);
+                    load_row(p.o.data, p.o.dtype, p.o.offset(b, i, h, 0), pr.D, 1.0f, orow.get());
                     std::fill(qd + pr.D, qd + pr.Dp, 0.0f);
                     std::fill(dod + pr.D, dod + pr.Dp, 0.0f);
                     float delta = 0.0f;

@@ -23,6 +23,7 @@
 
 #include "kernels/attention.hpp"
 #include "kernels/cpu/buffer.hpp"
+#include "kernels/cpu/rows.hpp"
 #include "kernels/cpu/simd.hpp"
 
 namespace longattn::kernels {
@@ -30,6 +31,8 @@ namespace {
 
 using cpu::Buffer;
 using cpu::hmax;
+using cpu::load_row;
+using cpu::store_row;
 using cpu::kLanes;
 using cpu::load;
 using cpu::splat;
@@ -66,47 +69,6 @@ constexpr std::size_t kKeepPackFloats = std::size_t{64} << 20;  // 256 MiB
 // one): a long sequence then holds one head's fp32 copy instead of all of them, while short calls
 // keep every (head, query block) task of the call in one parallel loop.
 constexpr std::int64_t kGroupPackFloats = std::int64_t{8} << 20;  // 32 MiB
-
-// out[0, n) = mul * row[0, n) converted to fp32.
-void load_row(const void* base, DType t, std::int64_t off, std::int64_t n, float mul, float* out) {
-    switch (t) {
-        case DType::f32: {
-            const float* p = static_cast<const float*>(base) + off;
-            for (std::int64_t i = 0; i < n; ++i) out[i] = mul * p[i];
-            break;
-        }
-        case DType::bf16: {
-            const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + off;
-            for (std::int64_t i = 0; i < n; ++i) out[i] = mul * bf16_to_f32(p[i]);
-            break;
-        }
-        default: {
-            const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + off;
-            for (std::int64_t i = 0; i < n; ++i) out[i] = mul * f16_to_f32(p[i]);
-            break;
-        }
-    }
-}
-
-void store_row(void* base, DType t, std::int64_t off, std::int64_t n, float mul, const float* in) {
-    switch (t) {
-        case DType::f32: {
-            float* p = static_cast<float*>(base) + off;
-            for (std::int64_t i = 0; i < n; ++i) p[i] = mul * in[i];
-            break;
-        }
-        case DType::bf16: {
-            std::uint16_t* p = static_cast<std::uint16_t*>(base) + off;
-            for (std::int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(mul * in[i]);
-            break;
-        }
-        default: {
-            std::uint16_t* p = static_cast<std::uint16_t*>(base) + off;
-            for (std::int64_t i = 0; i < n; ++i) p[i] = f32_to_f16(mul * in[i]);
-            break;
-        }
-    }
-}
 
 // S[r][0, C vectors) = sum_d Q[r][d] * KT[d][0, C vectors) for kRows rows, KT with rows of kPanel floats; rmax[r]
 // (one vector per row) takes the lane-wise max so that unmasked blocks need no separate max pass.

@@ -44,9 +44,8 @@ inline float hmax(vf x) {
     return m;
 }
 
-// 2^x lane-wise for x < 128, relative error about 1e-7. x = -inf (a masked score) gives exactly 0,
-// which the softmax relies on. 2^x = 2^n * 2^f with n = round(x), f in [-0.5, 0.5]; 2^f is a degree-6
-// near-minimax polynomial (Chebyshev-node fit, 2e-8 before fp32 rounding).
+// 2^f for f in [-0.5, 0.5]: a degree-6 near-minimax polynomial (Chebyshev-node fit, 2e-8 before fp32
+// rounding). The forward's exponent: relative error about 1e-7 after rounding.
 inline vf exp2_poly(vf f) {
     vf p = splat(1.5461444854736328e-4f);
     p = p * f + 1.3400427997112274e-3f;
@@ -58,28 +57,34 @@ inline vf exp2_poly(vf f) {
     return p;
 }
 
-inline vf exp2v(vf x) {
+// 2^x lane-wise for x < 128 as 2^n * Poly(f), n = round(x), f = x - n in [-0.5, 0.5]. x = -inf (a
+// masked score), and anything small enough to underflow, gives exactly 0: masked scores and rows
+// without keys rely on that to contribute nothing.
+template <vf (*Poly)(vf)>
+inline vf exp2v_with(vf x) {
 #if defined(__AVX512F__)
     // Below -200 the scaled result underflows to exactly 0; the clamp also turns -inf into a finite n.
     // The all-lanes mask forms keep GCC 12 from warning about the unmasked forms' undefined pass-through.
     x = vmax(x, splat(-200.0f));
     const __m512 xm = std::bit_cast<__m512>(x);
     const __m512 n = _mm512_mask_roundscale_ps(xm, 0xffff, xm, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 p = std::bit_cast<__m512>(exp2_poly(x - std::bit_cast<vf>(n)));
+    const __m512 p = std::bit_cast<__m512>(Poly(x - std::bit_cast<vf>(n)));
     return std::bit_cast<vf>(_mm512_mask_scalef_ps(p, 0xffff, p, n));
 #else
     // Without vscalefps 2^n is built in the exponent field, valid for n >= -126; smaller inputs flush to 0.
     const vf lo = splat(-126.0f);
-    const vf xc = x < lo ? lo : x;
+    const vf xc = vmax(x, lo);
     const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer in the low bits
     const vf t = xc + magic;
     const vf n = t - magic;
-    const vf p = exp2_poly(xc - n);
+    const vf p = Poly(xc - n);
     const vi e = (std::bit_cast<vi>(t) - std::bit_cast<vi>(magic) + 127) << 23;
     const vf r = p * std::bit_cast<vf>(e);
     return x < lo ? vf{} : r;
 #endif
 }
+
+inline vf exp2v(vf x) { return exp2v_with<exp2_poly>(x); }
 
 // C[M x N] (+)= A[M x K] * B[K x N] with
 //   A(i, k) = a[i * a_rs + k * a_ks]   (any strides: A or A^T)

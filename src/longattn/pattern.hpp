@@ -84,6 +84,10 @@ private:
     void gate_interval(std::int64_t q, std::int64_t k_lo, std::int64_t k_hi, std::int64_t& a, std::int64_t& b) const;
     std::int64_t count_row(std::int64_t q, std::int64_t k_lo, std::int64_t k_hi) const;
     std::int64_t count_col(std::int64_t k, std::int64_t q_lo, std::int64_t q_hi) const;
+    // Positions of [a, b) on one row (keys) or column (queries) that the sparse parts allow, given the
+    // fixed position's window interval [wa, wb) and block.
+    std::int64_t count_line(std::int64_t a, std::int64_t b, std::int64_t wa, std::int64_t wb, std::int64_t fixed_block,
+                            bool row) const;
 
     PatternSpec spec_;
     bool has_sparse_ = false;

@@ -1,0 +1,51 @@
+#pragma once
+// Rows of a tensor in any storage type to and from fp32, scaled on the way (the kernels fold the
+// softmax scale into Q as it is loaded and 1/l into O as it is stored).
+#include <cstdint>
+
+#include "longattn/dtype.hpp"
+
+namespace longattn::kernels::cpu {
+
+// out[0, n) = mul * row[0, n) converted to fp32.
+inline void load_row(const void* base, DType t, std::int64_t off, std::int64_t n, float mul, float* out) {
+    switch (t) {
+        case DType::f32: {
+            const float* p = static_cast<const float*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = mul * p[i];
+            break;
+        }
+        case DType::bf16: {
+            const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = mul * bf16_to_f32(p[i]);
+            break;
+        }
+        default: {
+            const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) out[i] = mul * f16_to_f32(p[i]);
+            break;
+        }
+    }
+}
+
+inline void store_row(void* base, DType t, std::int64_t off, std::int64_t n, float mul, const float* in) {
+    switch (t) {
+        case DType::f32: {
+            float* p = static_cast<float*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) p[i] = mul * in[i];
+            break;
+        }
+        case DType::bf16: {
+            std::uint16_t* p = static_cast<std::uint16_t*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(mul * in[i]);
+            break;
+        }
+        default: {
+            std::uint16_t* p = static_cast<std::uint16_t*>(base) + off;
+            for (std::int64_t i = 0; i < n; ++i) p[i] = f32_to_f16(mul * in[i]);
+            break;
+        }
+    }
+}
+
+}  // namespace longattn::kernels::cpu
