@@ -25,6 +25,7 @@ struct FwdParams {
     // as merge_partial of a separate call, without its buffer or pass. o must be fp32.
     bool accumulate = false;
     int threads = 0;      // 0: all hardware threads
+    void* stream = nullptr;  // cudaStream_t for the CUDA kernels (nullptr: the default stream)
 };
 
 struct BwdParams {
@@ -37,6 +38,7 @@ struct BwdParams {
     const Pattern* pattern = nullptr;
     std::int64_t head_offset = 0;  // as in FwdParams
     int threads = 0;
+    void* stream = nullptr;  // cudaStream_t for the CUDA kernels (nullptr: the default stream)
 };
 
 // Checks shapes, dtypes, strides and pointers; throws longattn::Error naming the bad field.
