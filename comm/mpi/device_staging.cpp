@@ -67,7 +67,13 @@ void DeviceStaging::release(void* p) {
 }
 
 void* DeviceStaging::borrow(void* buf, std::size_t bytes, bool copy_in) {
-    if (bytes == 0 || cuda_aware_ || !is_device_memory(buf)) return buf;
+    if (bytes == 0 || !is_device_memory(buf)) return buf;
+    if (cuda_aware_) {
+        // A CUDA-aware MPI reads and writes device memory on streams of its own: the work queued on the
+        // default stream that fills (or still reads) this buffer finishes first.
+        cuda_check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");
+        return buf;
+    }
     void* host = acquire(bytes);
     if (copy_in) copy_bytes(host, buf, bytes);
     return host;

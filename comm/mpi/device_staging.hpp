@@ -4,8 +4,9 @@
 // a send, copied to the device when a receive completes. Pinned buffers are kept and reused, since
 // allocating page-locked memory costs far more than the copy.
 //
-// Device data must be complete when it is handed over (the stream that wrote it synchronized): MPI
-// and the staging copies are not ordered with the caller's streams.
+// Before MPI touches a device buffer (directly or through a staging copy), the work queued on the
+// legacy default stream is finished; work on other streams must be complete when the buffer is handed
+// over (the stream that wrote it synchronized).
 #include <cstddef>
 #include <vector>
 
