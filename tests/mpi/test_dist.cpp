@@ -3,10 +3,15 @@
 // the fp64 reference with the single-process kernel's own error as the yardstick, and reruns are
 // bitwise identical. All collectives of a case run before any check, so a failed check never
 // leaves a rank behind in a collective.
+//
+// Built with LONGATTN_TEST_CUDA (test_dist_cuda, label gpu) the same cases run on CUDA tensors in bf16
+// and fp16, judged against the single-process CUDA kernels, over the MPI communicator (several ranks
+// may share one GPU) or, with --comm=nccl, the NCCL one; without a visible GPU they skip.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
 #include <cstring>
+#include <memory>
 #include <numeric>
 
 #include "comm/mpi/mpi_communicator.hpp"
@@ -17,14 +22,28 @@
 #include "longattn/layout.hpp"
 #include "longattn/synth.hpp"
 #include "longattn/tensor_ops.hpp"
+#include "strategies/device.hpp"
 #include "testing.hpp"
+#ifdef LONGATTN_TEST_CUDA
+#include "bench/mirror.hpp"
+#include "comm/mpi/device_select.hpp"
+#include "kernels/cuda/flash_cuda.hpp"
+#ifdef LONGATTN_TEST_NCCL
+#include "comm/nccl/nccl_communicator.hpp"
+#endif
+#define SKIP_WITHOUT_DEVICE()                   \
+    if (!kernels::cuda_device_available()) \
+    GTEST_SKIP() << "no CUDA device visible: the CUDA path is built but not run on this machine"
+#else
+#define SKIP_WITHOUT_DEVICE() (void)0
+#endif
 
 using namespace longattn;
 using longattn::test::floor_for;
 
 namespace {
 
-comm::MpiCommunicator* g_comm = nullptr;
+comm::Communicator* g_comm = nullptr;
 
 // An owning contiguous [B, S, H, D] buffer.
 struct Buf {
@@ -60,6 +79,33 @@ std::vector<double> lse_rows(const std::vector<double>& lse, std::int64_t BH, st
     return out;
 }
 
+// The tensors of a call on the device the test runs on: the host views themselves, or CUDA copies
+// that to_host() copies back into them.
+class OnDevice {
+public:
+#ifdef LONGATTN_TEST_CUDA
+    OnDevice() { m_.reserve(16); }
+    TensorView put(const TensorView& host) {
+        m_.emplace_back(host);
+        return m_.back().device();
+    }
+    void to_host() const {
+        for (const bench::Mirror& x : m_) x.to_host();
+    }
+#else
+    TensorView put(const TensorView& host) { return host; }
+    void to_host() const {}
+#endif
+    float* put_lse(std::vector<float>& lse, std::int64_t B, std::int64_t H, std::int64_t S) {
+        return static_cast<float*>(put(contiguous_view(lse.data(), DType::f32, B, H, S, 1)).data);
+    }
+
+private:
+#ifdef LONGATTN_TEST_CUDA
+    std::vector<bench::Mirror> m_;
+#endif
+};
+
 struct Shape {
     std::int64_t N, B, Hq, Hkv, D;
     DType dtype;
@@ -89,12 +135,23 @@ void run_case(const DistOptions& opt, LayoutKind lk, const std::string& pname, c
     fp.q = q.v, fp.k = k.v, fp.v = v.v, fp.o = o.v, fp.lse = lse.data(), fp.q_pos = fp.k_pos = all.data();
     fp.pattern = &pat;
     fp.threads = 1;
-    kernels::flash_forward_cpu(fp);
     Buf dq(DType::f32, s.B, s.N, s.Hq, s.D), dk(DType::f32, s.B, s.N, s.Hkv, s.D), dv(DType::f32, s.B, s.N, s.Hkv, s.D);
     kernels::BwdParams bp;
     bp.q = q.v, bp.k = k.v, bp.v = v.v, bp.o = o.v, bp.dout = dout.v, bp.lse = lse.data();
     bp.dq = dq.v, bp.dk = dk.v, bp.dv = dv.v, bp.q_pos = bp.k_pos = all.data(), bp.pattern = &pat, bp.threads = 1;
-    kernels::flash_backward_cpu(bp);
+    {
+        // The single-process kernels of the test's device on the whole problem.
+        OnDevice whole;
+        kernels::FwdParams dfp = fp;
+        dfp.q = whole.put(q.v), dfp.k = whole.put(k.v), dfp.v = whole.put(v.v), dfp.o = whole.put(o.v);
+        dfp.lse = whole.put_lse(lse, s.B, s.Hq, s.N);
+        dist::kernel_forward(dfp);
+        kernels::BwdParams dbp = bp;
+        dbp.q = dfp.q, dbp.k = dfp.k, dbp.v = dfp.v, dbp.o = dfp.o, dbp.lse = dfp.lse, dbp.dout = whole.put(dout.v);
+        dbp.dq = whole.put(dq.v), dbp.dk = whole.put(dk.v), dbp.dv = whole.put(dv.v);
+        dist::kernel_backward(dbp);
+        whole.to_host();
+    }
     const kernels::RefForward rf = kernels::reference_forward(fp);
     const kernels::RefBackward rb = kernels::reference_backward(bp);
 
@@ -112,16 +169,21 @@ void run_case(const DistOptions& opt, LayoutKind lk, const std::string& pname, c
         Buf o, dq, dk, dv;
         std::vector<float> lse;
     };
+    OnDevice in;
+    const TensorView dq_in = in.put(lq.v), dk_in = in.put(lk_.v), dv_in = in.put(lv.v), ddo_in = in.put(ldo.v);
     auto run = [&] {
         Run r{Buf(s.dtype, s.B, S, s.Hq, s.D), Buf(DType::f32, s.B, S, s.Hq, s.D), Buf(DType::f32, s.B, S, s.Hkv, s.D),
               Buf(DType::f32, s.B, S, s.Hkv, s.D), std::vector<float>(static_cast<std::size_t>(s.B * s.Hq * S))};
+        OnDevice out;
         DistForwardArgs fa;
-        fa.q = lq.v, fa.k = lk_.v, fa.v = lv.v, fa.o = r.o.v, fa.lse = r.lse.data(), fa.pos = pos.data(), fa.pattern = &pat;
+        fa.q = dq_in, fa.k = dk_in, fa.v = dv_in, fa.o = out.put(r.o.v), fa.lse = out.put_lse(r.lse, s.B, s.Hq, S);
+        fa.pos = pos.data(), fa.pattern = &pat;
         attention_forward(comm, opt, fa);
         DistBackwardArgs ba;
-        ba.q = lq.v, ba.k = lk_.v, ba.v = lv.v, ba.o = r.o.v, ba.dout = ldo.v, ba.lse = r.lse.data();
-        ba.dq = r.dq.v, ba.dk = r.dk.v, ba.dv = r.dv.v, ba.pos = pos.data(), ba.pattern = &pat;
+        ba.q = dq_in, ba.k = dk_in, ba.v = dv_in, ba.o = fa.o, ba.dout = ddo_in, ba.lse = fa.lse;
+        ba.dq = out.put(r.dq.v), ba.dk = out.put(r.dk.v), ba.dv = out.put(r.dv.v), ba.pos = pos.data(), ba.pattern = &pat;
         attention_backward(comm, opt, ba);
+        out.to_host();
         return r;
     };
     const Run a = run(), b = run();
@@ -169,18 +231,26 @@ std::vector<test::NamedSpec> families(std::int64_t n, std::int64_t heads) {
 void run_strategy(DistOptions opt) {
     const int P = g_comm->size();
     // Uneven lengths (never a multiple of 2P), odd head dims, GQA with heads not dividing P, MQA.
+#ifdef LONGATTN_TEST_CUDA
+    // The CUDA kernels store bf16 or fp16: head dim 64 on its own tiling, 40 on the generic path.
+    const Shape shapes[] = {{12 * P + 29, 1, 4, 2, 64, DType::bf16}, {6 * P + 13, 2, 3, 1, 40, DType::f16}};
+    const DType sampled = DType::f16;
+#else
     const Shape shapes[] = {{12 * P + 29, 1, 4, 2, 19, DType::f32}, {6 * P + 13, 2, 3, 1, 8, DType::bf16}};
+    const DType sampled = DType::bf16;
+#endif
     int i = 0;
     for (LayoutKind lk : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped})
         for (const Shape& s : shapes)
             for (const auto& f : families(s.N, s.Hq)) {
-                // bf16 runs a rotating third of the families to keep the suite fast.
-                if (s.dtype == DType::bf16 && (i++ % 3) != 0) continue;
+                // The second shape runs a rotating third of the families to keep the suite fast.
+                if (s.dtype == sampled && (i++ % 3) != 0) continue;
                 run_case(opt, lk, f.name, f.spec, s);
             }
 }
 
 TEST(Distributed, Ring) {
+    SKIP_WITHOUT_DEVICE();
     DistOptions opt;
     opt.strategy = StrategyKind::ring;
     opt.threads = 1;
@@ -189,6 +259,7 @@ TEST(Distributed, Ring) {
 }
 
 TEST(Distributed, Ulysses) {
+    SKIP_WITHOUT_DEVICE();
     DistOptions opt;
     opt.strategy = StrategyKind::ulysses;
     opt.threads = 1;
@@ -196,6 +267,7 @@ TEST(Distributed, Ulysses) {
 }
 
 TEST(Distributed, HybridEveryDegree) {
+    SKIP_WITHOUT_DEVICE();
     const int P = g_comm->size();
     for (int u = 1; u <= P; ++u) {
         if (P % u != 0 || u == P || u == 1) continue;  // u = 1 and u = P are the ring and Ulysses tests
@@ -208,6 +280,7 @@ TEST(Distributed, HybridEveryDegree) {
 }
 
 TEST(Distributed, AllGatherInHeadChunks) {
+    SKIP_WITHOUT_DEVICE();
     DistOptions opt;
     opt.strategy = StrategyKind::allgather;
     opt.kv_head_chunk = 1;
@@ -215,6 +288,7 @@ TEST(Distributed, AllGatherInHeadChunks) {
     run_strategy(opt);
 }
 
+#ifndef LONGATTN_TEST_CUDA
 // The communicator's own operations, with exact values.
 TEST(Communicator, CollectivesAndSplitsGiveExactValues) {
     comm::Communicator& comm = *g_comm;
@@ -272,6 +346,8 @@ TEST(Distributed, MismatchedShapesFailOnEveryRank) {
     }
 }
 
+#endif  // LONGATTN_TEST_CUDA
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -279,9 +355,20 @@ int main(int argc, char** argv) {
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     int rc = 0;
     {
-        comm::MpiCommunicator comm(MPI_COMM_WORLD);
-        g_comm = &comm;
         ::testing::InitGoogleTest(&argc, argv);
+        std::unique_ptr<comm::Communicator> owned;
+#ifdef LONGATTN_TEST_CUDA
+        const bool have_gpu = kernels::cuda_device_available();
+        if (have_gpu) comm::select_device(MPI_COMM_WORLD);  // one GPU per rank where there are several
+#ifdef LONGATTN_TEST_NCCL
+        for (int a = 1; a < argc; ++a)
+            if (std::strcmp(argv[a], "--comm=nccl") == 0 && have_gpu)
+                owned = std::make_unique<comm::NcclCommunicator>(MPI_COMM_WORLD);
+#endif
+#endif
+        if (!owned) owned = std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD);
+        comm::Communicator& comm = *owned;
+        g_comm = &comm;
         if (comm.rank() != 0) {
             // Only rank 0 prints the progress; failures of any rank still print through gtest's
             // failure output because the default printer is replaced by a minimal one.
