@@ -14,11 +14,14 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <new>
+#include <thread>
 #include <vector>
 
 #include "kernels/attention.hpp"
@@ -127,6 +130,9 @@ struct Problem {
     float* vpack = nullptr;
     std::int64_t kblock_sz = 0, vblock_sz = 0;  // floats per packed key block
     std::int64_t group0 = 0;                    // first (batch, kv head) of the packed group, as b * Hkv + hk
+    // Per key block of the group: 0 not packed, 1 being packed, 2 packed. A block is packed by the first
+    // task that needs it, just before its use, so a window's blocks are still in cache when they are read.
+    std::atomic<std::uint8_t>* packed = nullptr;
     // Position hulls of key blocks as a segment tree over [0, nkb): node 1 is the root.
     std::vector<std::int64_t> tree_lo, tree_hi;
     // Per key block: the position of its first key when its positions are consecutive, else kScattered.
@@ -180,6 +186,44 @@ void collect_blocks(const Problem& pr, std::int64_t q_lo, std::int64_t q_hi, std
     collect_blocks(pr, q_lo, q_hi, 2 * node + 1, mid, hi, out);
 }
 
+// The same for a pattern whose rows are key intervals: row r of the task allows positions [pa[r], pz[r]).
+// The classes come from the rows themselves instead of the query hull, in O(rows) per block found.
+struct RowIntervals {
+    const std::int64_t *pa, *pz;
+    std::int64_t nq;
+    std::int64_t lo, hi;    // union of the non-empty intervals (lo >= hi: none)
+    std::int64_t amax, zmin;  // every row allows [amax, zmin) (when amax < zmin)
+};
+
+BlockClass classify_rows(const RowIntervals& ri, std::int64_t klo, std::int64_t khi) {
+    if (ri.amax <= klo && khi < ri.zmin) return BlockClass::full;
+    bool any = false, all = true;
+    for (std::int64_t r = 0; r < ri.nq; ++r) {
+        const bool meets = ri.pa[r] <= khi && ri.pz[r] > klo && ri.pa[r] < ri.pz[r];
+        any = any || meets;
+        all = all && ri.pa[r] <= klo && khi < ri.pz[r];
+    }
+    return all ? BlockClass::full : any ? BlockClass::partial : BlockClass::empty;
+}
+
+void collect_blocks_by_rows(const Problem& pr, const RowIntervals& ri, std::size_t node, std::int64_t lo,
+                            std::int64_t hi, std::vector<KeyBlock>& out) {
+    const std::int64_t klo = pr.tree_lo[node], khi = pr.tree_hi[node];
+    if (khi < ri.lo || klo >= ri.hi) return;
+    if (ri.amax <= klo && khi < ri.zmin) {
+        for (std::int64_t kb = lo; kb < hi; ++kb) out.push_back({kb, BlockClass::full});
+        return;
+    }
+    if (hi - lo == 1) {
+        const BlockClass c = classify_rows(ri, klo, khi);
+        if (c != BlockClass::empty) out.push_back({lo, c});
+        return;
+    }
+    const std::int64_t mid = (lo + hi) / 2;
+    collect_blocks_by_rows(pr, ri, 2 * node, lo, mid, out);
+    collect_blocks_by_rows(pr, ri, 2 * node + 1, mid, hi, out);
+}
+
 void pack_key_block(const Problem& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
     const FwdParams& p = *pr.p;
     const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.blk.bk;
@@ -207,6 +251,18 @@ void pack_key_block(const Problem& pr, std::int64_t b, std::int64_t hk, std::int
     }
 }
 
+void ensure_packed(const Problem& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
+    std::atomic<std::uint8_t>& st = pr.packed[(b * pr.Hkv + hk - pr.group0) * pr.nkb + kb];
+    if (st.load(std::memory_order_acquire) == 2) return;
+    std::uint8_t expected = 0;
+    if (st.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+        pack_key_block(pr, b, hk, kb, row);
+        st.store(2, std::memory_order_release);
+        return;
+    }
+    while (st.load(std::memory_order_acquire) != 2) std::this_thread::yield();  // another task packs it
+}
+
 // Per-thread scratch for one query block.
 struct Scratch {
     Buffer q, s, o, rmax, alpha, kposf, tmp;
@@ -214,6 +270,7 @@ struct Scratch {
     std::vector<std::uint8_t> mask;
     std::vector<std::int64_t> vlo, vhi;  // per row group: key vectors [vlo, vhi) of the block it needs
     std::vector<std::int64_t> ia, ib;    // per row of a partial block masked by bounds: keys [ia, ib)
+    std::vector<std::int64_t> pa, pz;    // per row of an interval pattern: allowed positions [pa, pz)
     std::vector<KeyBlock> blocks;
 
     explicit Scratch(const Problem& pr)
@@ -230,7 +287,9 @@ struct Scratch {
           vlo(static_cast<std::size_t>(pr.blk.bq / kRows)),
           vhi(static_cast<std::size_t>(pr.blk.bq / kRows)),
           ia(static_cast<std::size_t>(pr.blk.bq)),
-          ib(static_cast<std::size_t>(pr.blk.bq)) {}
+          ib(static_cast<std::size_t>(pr.blk.bq)),
+          pa(static_cast<std::size_t>(pr.blk.bq)),
+          pz(static_cast<std::size_t>(pr.blk.bq)) {}
 };
 
 // Softcap and ALiBi in the natural scale, then conversion to the log2 scale of the softmax.
@@ -290,7 +349,24 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
     const std::int64_t* qpos = p.q_pos + i0;
     const auto [qmn, qmx] = std::minmax_element(qpos, qpos + nq);
     sc.blocks.clear();
-    if (pr.nkb > 0) collect_blocks(pr, *qmn, *qmx, 1, 0, pr.nkb, sc.blocks);
+    const bool intervals = p.pattern->rows_are_intervals();
+    if (intervals) {
+        RowIntervals ri{sc.pa.data(), sc.pz.data(), nq, INT64_MAX, INT64_MIN, INT64_MIN, INT64_MAX};
+        for (std::int64_t r = 0; r < nq; ++r) {
+            std::int64_t& a = sc.pa[static_cast<std::size_t>(r)];
+            std::int64_t& z = sc.pz[static_cast<std::size_t>(r)];
+            p.pattern->row_interval(qpos[r], a, z);
+            if (a < z) {
+                ri.lo = std::min(ri.lo, a);
+                ri.hi = std::max(ri.hi, z);
+            }
+            ri.amax = std::max(ri.amax, a);
+            ri.zmin = std::min(ri.zmin, z);
+        }
+        if (pr.nkb > 0) collect_blocks_by_rows(pr, ri, 1, 0, pr.nkb, sc.blocks);
+    } else if (pr.nkb > 0) {
+        collect_blocks(pr, *qmn, *qmx, 1, 0, pr.nkb, sc.blocks);
+    }
 
     const float slope = p.pattern->has_alibi() ? p.pattern->alibi_slope(p.head_offset + h) : 0.0f;
     const std::int64_t pos_base = qpos[0];
@@ -299,13 +375,14 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
     for (const KeyBlock& kbk : sc.blocks) {
         const std::int64_t j0 = kbk.kb * bk, n = std::min(bk, pr.Sk - j0);
         const std::int64_t nvec = (n + kLanes - 1) / kLanes;
+        ensure_packed(pr, b, hk, kbk.kb, sc.tmp.get());
         const float* kt = pr.kblock(b, hk, kbk.kb);
         const float* vp = pr.vblock(b, hk, kbk.kb);
         const bool partial = kbk.cls == BlockClass::partial;
         const bool fix = pr.general || partial || n % kLanes != 0;
         // Causal, document and window masks over consecutive keys are one interval per row.
         const std::int64_t kbase = pr.kstart[static_cast<std::size_t>(kbk.kb)];
-        const bool by_bounds = p.pattern->rows_are_intervals() && kbase != kScattered;
+        const bool by_bounds = intervals && kbase != kScattered;
 
         // A partial block is masked row by row before any arithmetic: each group of kRows rows then
         // computes only the key vectors between its first and last allowed key, which on a window's
@@ -320,9 +397,8 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
                 for (std::int64_t r = g * kRows; r < std::min(nq, (g + 1) * kRows); ++r) {
                     std::int64_t a = 0, z = n;
                     if (by_bounds) {
-                        p.pattern->row_interval(qpos[r], a, z);
-                        a = std::clamp<std::int64_t>(a - kbase, 0, n);
-                        z = std::clamp<std::int64_t>(z - kbase, a, n);
+                        a = std::clamp<std::int64_t>(sc.pa[static_cast<std::size_t>(r)] - kbase, 0, n);
+                        z = std::clamp<std::int64_t>(sc.pz[static_cast<std::size_t>(r)] - kbase, a, n);
                         sc.ia[static_cast<std::size_t>(r)] = a;
                         sc.ib[static_cast<std::size_t>(r)] = z;
                     } else {
@@ -492,21 +568,22 @@ void flash_forward_cpu(const FwdParams& p) {
         build_tree(pr, 1, 0, pr.nkb);
     }
 
+    const std::size_t nstates = static_cast<std::size_t>(group * pr.nkb);
+    std::unique_ptr<std::atomic<std::uint8_t>[]> packed(new std::atomic<std::uint8_t>[nstates]);
+    pr.packed = packed.get();
+
     const int nt = p.threads > 0 ? p.threads : omp_get_max_threads();
     const std::int64_t G = pr.Hq / pr.Hkv;
 #pragma omp parallel num_threads(nt)
     {
         Scratch sc(pr);
-        Buffer row(static_cast<std::size_t>(pr.Dp));
         for (std::int64_t g0 = 0; g0 < heads; g0 += group) {
             const std::int64_t g1 = std::min(heads, g0 + group);
-            // Every thread reads pr.group0 only between the loops' barriers.
+            // Every thread reads pr.group0 and the pack states only after the single's barrier.
 #pragma omp single
-            pr.group0 = g0;
-#pragma omp for schedule(static)
-            for (std::int64_t t = 0; t < (g1 - g0) * pr.nkb; ++t) {
-                const std::int64_t bh = g0 + t / pr.nkb;
-                pack_key_block(pr, bh / pr.Hkv, bh % pr.Hkv, t % pr.nkb, row.get());
+            {
+                pr.group0 = g0;
+                for (std::size_t i = 0; i < nstates; ++i) pr.packed[i].store(0, std::memory_order_relaxed);
             }
             // Later query blocks see more keys under a causal mask: hand them out first.
             const std::int64_t ntasks = (g1 - g0) * G * pr.nqb;
