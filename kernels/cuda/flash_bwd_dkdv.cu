@@ -252,21 +252,12 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
     }
 }
 
-template <int DP, class T>
-void launch(const BwdArgs& a, unsigned grid, int smem, void* stream) {
-    const auto kernel = flash_bwd_dkdv_kernel<DP, T>;
-    cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-               "cudaFuncSetAttribute (flash backward dK/dV shared memory)");
-    kernel<<<grid, DkdvTiling<DP>::kThreads, static_cast<std::size_t>(smem), as_stream(stream)>>>(a);
-    cuda_check(cudaGetLastError(), "flash backward dK/dV launch");
-}
-
 template <int DP>
 void launch_dtype(Elem e, const BwdArgs& a, unsigned grid, int smem, void* stream) {
     if (e == Elem::bf16)
-        launch<DP, __nv_bfloat16>(a, grid, smem, stream);
+        launch_tiled(flash_bwd_dkdv_kernel<DP, __nv_bfloat16>, grid, DkdvTiling<DP>::kThreads, smem, stream, a, "flash backward dK/dV");
     else
-        launch<DP, __half>(a, grid, smem, stream);
+        launch_tiled(flash_bwd_dkdv_kernel<DP, __half>, grid, DkdvTiling<DP>::kThreads, smem, stream, a, "flash backward dK/dV");
 }
 
 }  // namespace

@@ -204,21 +204,12 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
     }
 }
 
-template <int DP, class T>
-void launch(const BwdArgs& a, unsigned grid, int smem, void* stream) {
-    const auto kernel = flash_bwd_dq_kernel<DP, T>;
-    cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-               "cudaFuncSetAttribute (flash backward dQ shared memory)");
-    kernel<<<grid, DqTiling<DP>::kThreads, static_cast<std::size_t>(smem), as_stream(stream)>>>(a);
-    cuda_check(cudaGetLastError(), "flash backward dQ launch");
-}
-
 template <int DP>
 void launch_dtype(Elem e, const BwdArgs& a, unsigned grid, int smem, void* stream) {
     if (e == Elem::bf16)
-        launch<DP, __nv_bfloat16>(a, grid, smem, stream);
+        launch_tiled(flash_bwd_dq_kernel<DP, __nv_bfloat16>, grid, DqTiling<DP>::kThreads, smem, stream, a, "flash backward dQ");
     else
-        launch<DP, __half>(a, grid, smem, stream);
+        launch_tiled(flash_bwd_dq_kernel<DP, __half>, grid, DqTiling<DP>::kThreads, smem, stream, a, "flash backward dQ");
 }
 
 }  // namespace

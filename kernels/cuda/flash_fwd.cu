@@ -309,21 +309,12 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
         }
 }
 
-template <int DP, class T>
-void launch(const FwdArgs& a, unsigned grid, int smem, void* stream) {
-    const auto kernel = flash_fwd_kernel<DP, T>;
-    cuda_check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
-               "cudaFuncSetAttribute (flash forward shared memory)");
-    kernel<<<grid, FwdTiling<DP>::kThreads, static_cast<std::size_t>(smem), as_stream(stream)>>>(a);
-    cuda_check(cudaGetLastError(), "flash forward launch");
-}
-
 template <int DP>
 void launch_dtype(Elem e, const FwdArgs& a, unsigned grid, int smem, void* stream) {
     if (e == Elem::bf16)
-        launch<DP, __nv_bfloat16>(a, grid, smem, stream);
+        launch_tiled(flash_fwd_kernel<DP, __nv_bfloat16>, grid, FwdTiling<DP>::kThreads, smem, stream, a, "flash forward");
     else
-        launch<DP, __half>(a, grid, smem, stream);
+        launch_tiled(flash_fwd_kernel<DP, __half>, grid, FwdTiling<DP>::kThreads, smem, stream, a, "flash forward");
 }
 
 }  // namespace
