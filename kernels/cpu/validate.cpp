@@ -1,37 +1,49 @@
+#include <limits>
 #include <string>
 
 #include "kernels/attention.hpp"
+#include "kernels/checks.hpp"
 #include "longattn/error.hpp"
 
 namespace longattn::kernels {
+namespace checks {
 namespace {
 
 constexpr std::int64_t kMaxHeadDim = 256;
+constexpr std::int64_t kMaxInt = std::numeric_limits<std::int32_t>::max();
 
-void check_view(const TensorView& t, const std::string& name) {
+}  // namespace
+
+void view(const TensorView& t, const std::string& name, Device device) {
     require(t.rank == 4, name.c_str(), "must be a rank-4 view [B, S, H, D], got rank ", t.rank);
-    require(t.device == Device::cpu, name.c_str(), "must be a CPU tensor for the CPU kernels");
-    for (int i = 0; i < 4; ++i)
-        require(t.shape[i] >= 0, (name + ".shape[" + std::to_string(i) + "]").c_str(), "must be >= 0, got ",
-                t.shape[i]);
+    if (device == Device::cpu)
+        require(t.device == Device::cpu, name.c_str(), "must be a CPU tensor for the CPU kernels");
+    else
+        require(t.device == Device::cuda, (name + ".device").c_str(), "must be cuda for the CUDA kernels (got cpu)");
+    for (int i = 0; i < 4; ++i) {
+        const std::string field = name + ".shape[" + std::to_string(i) + "]";
+        if (device == Device::cpu)
+            require(t.shape[i] >= 0, field.c_str(), "must be >= 0, got ", t.shape[i]);
+        else
+            require(t.shape[i] >= 0 && t.shape[i] <= kMaxInt, field.c_str(), "must be in [0, 2^31), got ", t.shape[i]);
+    }
     require(t.numel() == 0 || t.data != nullptr, (name + ".data").c_str(), "is null for a non-empty tensor");
     require(t.shape[3] <= 1 || t.stride[3] == 1, (name + ".stride[3]").c_str(),
             "the head dimension must be contiguous (stride 1), got ", t.stride[3]);
 }
 
-void check_same_shape(const TensorView& t, const std::string& name, const TensorView& ref, const char* ref_name) {
+void same_shape(const TensorView& t, const std::string& name, const TensorView& ref, const char* ref_name) {
     for (int i = 0; i < 4; ++i)
         require(t.shape[i] == ref.shape[i], (name + ".shape[" + std::to_string(i) + "]").c_str(), "must equal ",
                 ref_name, ".shape[", i, "] = ", ref.shape[i], ", got ", t.shape[i]);
 }
 
-// Shapes shared by forward and backward: Q [B, Sq, Hq, D], K and V [B, Sk, Hkv, D].
-void check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, const std::int64_t* q_pos,
-               const std::int64_t* k_pos, const Pattern* pattern, std::int64_t head_offset) {
-    check_view(q, "q");
-    check_view(k, "k");
-    check_view(v, "v");
-    check_same_shape(v, "v", k, "k");
+void qkv(const TensorView& q, const TensorView& k, const TensorView& v, const std::int64_t* q_pos,
+         const std::int64_t* k_pos, const Pattern* pattern, std::int64_t head_offset, Device device) {
+    view(q, "q", device);
+    view(k, "k", device);
+    view(v, "v", device);
+    same_shape(v, "v", k, "k");
     require(k.shape[0] == q.shape[0], "k.shape[0]", "batch must equal q.shape[0] = ", q.shape[0], ", got ",
             k.shape[0]);
     require(k.shape[3] == q.shape[3], "k.shape[3]", "head dim must equal q.shape[3] = ", q.shape[3], ", got ",
@@ -51,32 +63,41 @@ void check_qkv(const TensorView& q, const TensorView& k, const TensorView& v, co
             slopes.size());
 }
 
-}  // namespace
-
-void validate(const FwdParams& p) {
-    check_qkv(p.q, p.k, p.v, p.q_pos, p.k_pos, p.pattern, p.head_offset);
-    check_view(p.o, "o");
-    check_same_shape(p.o, "o", p.q, "q");
+void forward(const FwdParams& p, Device device) {
+    qkv(p.q, p.k, p.v, p.q_pos, p.k_pos, p.pattern, p.head_offset, device);
+    view(p.o, "o", device);
+    same_shape(p.o, "o", p.q, "q");
     require(p.q.numel() == 0 || p.lse != nullptr, "lse", "is null");
     require(!p.accumulate || p.o.dtype == DType::f32, "o", "must be fp32 to accumulate into, got ", dtype_name(p.o.dtype));
+}
+
+void backward(const BwdParams& p, Device device) {
+    qkv(p.q, p.k, p.v, p.q_pos, p.k_pos, p.pattern, p.head_offset, device);
+    view(p.o, "o", device);
+    same_shape(p.o, "o", p.q, "q");
+    view(p.dout, "dout", device);
+    same_shape(p.dout, "dout", p.q, "q");
+    view(p.dq, "dq", device);
+    same_shape(p.dq, "dq", p.q, "q");
+    view(p.dk, "dk", device);
+    same_shape(p.dk, "dk", p.k, "k");
+    view(p.dv, "dv", device);
+    same_shape(p.dv, "dv", p.k, "k");
+    require(p.dq.dtype == DType::f32 && p.dk.dtype == DType::f32 && p.dv.dtype == DType::f32, "dq/dk/dv",
+            "gradients must be fp32 views, got ", dtype_name(p.dq.dtype), "/", dtype_name(p.dk.dtype), "/",
+            dtype_name(p.dv.dtype));
+    require(p.q.numel() == 0 || p.lse != nullptr, "lse", "is null");
+}
+
+}  // namespace checks
+
+void validate(const FwdParams& p) {
+    checks::forward(p, Device::cpu);
     require(p.threads >= 0, "threads", "must be >= 0 (0 = all), got ", p.threads);
 }
 
 void validate(const BwdParams& p) {
-    check_qkv(p.q, p.k, p.v, p.q_pos, p.k_pos, p.pattern, p.head_offset);
-    check_view(p.o, "o");
-    check_same_shape(p.o, "o", p.q, "q");
-    check_view(p.dout, "dout");
-    check_same_shape(p.dout, "dout", p.q, "q");
-    check_view(p.dq, "dq");
-    check_same_shape(p.dq, "dq", p.q, "q");
-    check_view(p.dk, "dk");
-    check_same_shape(p.dk, "dk", p.k, "k");
-    check_view(p.dv, "dv");
-    check_same_shape(p.dv, "dv", p.k, "k");
-    require(p.dq.dtype == DType::f32 && p.dk.dtype == DType::f32 && p.dv.dtype == DType::f32, "dq/dk/dv",
-            "gradients are fp32 views");
-    require(p.q.numel() == 0 || p.lse != nullptr, "lse", "is null");
+    checks::backward(p, Device::cpu);
     require(p.threads >= 0, "threads", "must be >= 0 (0 = all), got ", p.threads);
 }
 
