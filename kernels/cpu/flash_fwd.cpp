@@ -347,7 +347,6 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
     }
 
     const std::int64_t* qpos = p.q_pos + i0;
-    const auto [qmn, qmx] = std::minmax_element(qpos, qpos + nq);
     sc.blocks.clear();
     const bool intervals = p.pattern->rows_are_intervals();
     if (intervals) {
@@ -365,6 +364,7 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
         }
         if (pr.nkb > 0) collect_blocks_by_rows(pr, ri, 1, 0, pr.nkb, sc.blocks);
     } else if (pr.nkb > 0) {
+        const auto [qmn, qmx] = std::minmax_element(qpos, qpos + nq);
         collect_blocks(pr, *qmn, *qmx, 1, 0, pr.nkb, sc.blocks);
     }
 
