@@ -24,6 +24,11 @@ struct FwdParams {
     // Merge these keys into the partial result already in (o, lse) instead of overwriting it: the same
     // as merge_partial of a separate call, without its buffer or pass. o must be fp32.
     bool accumulate = false;
+    // Optional [B, Hq, Sq], for a chain of accumulating calls: the residual LSE - lse, read with the
+    // partial (null: 0) and written with the result, so that the running LSE keeps twice fp32's
+    // precision from call to call. Without it each call rounds the partial's LSE to fp32, which at
+    // |LSE| near 300 moves its weight against the new keys by up to 1.5e-5.
+    float* lse_lo = nullptr;
     int threads = 0;      // 0: all hardware threads
     void* stream = nullptr;  // cudaStream_t for the CUDA kernels (nullptr: the default stream)
 };

@@ -3,6 +3,13 @@
 // P is recomputed from the forward's final LSE, delta_i = rowsum(dO_i * O_i), dS = P * (dP - delta),
 // and five block products give dV += P^T dO, dK += dS^T Q, dQ += dS K (scale folded into dS).
 //
+// Precision at sharp softmax: P = exp(S * scale - LSE) where both terms may be near 88 while their
+// difference is near 0, so neither the product S * scale nor a conversion of the LSE to base 2 may be
+// rounded at that magnitude (one fp32 ulp there is 7.6e-6, which P would carry as a relative error).
+// Each row's LSE is split in double into hi + lo in the units of the raw score S (hi = fl(LSE /
+// scale)), and the exponent is ((S - hi) - lo) * scale * log2(e): S - hi is exact near the maximum
+// (Sterbenz), so only a small difference is ever rounded, with or without fused multiply-adds.
+//
 // Work partition (a function of shapes and pattern only, never of the thread count):
 //   Query rows are processed in chunks of whole query blocks, one chunk after another, so that the
 //   scratch below stays bounded (about kScratchFloats floats) whatever the sequence length.
@@ -108,7 +115,8 @@ struct Chunk {
     std::int64_t qb0 = 0, qb1 = 0, row0 = 0, rows = 0;
     float* q = nullptr;     // [B][Hq][rows][Dp]
     float* dout = nullptr;  // [B][Hq][rows][Dp]
-    float* lse2 = nullptr;  // [B][Hq][rows]: lse * log2(e); +inf for a row without keys, so P = 0
+    float* lse_hi = nullptr;  // [B][Hq][rows]: the LSE as hi + lo in stored-score units (see the top);
+    float* lse_lo = nullptr;  //   hi = +inf for a row without keys, so P = 0
     float* delta = nullptr; // [B][Hq][rows]
     float* dq = nullptr;    // [nsplit][B][Hq][rows][Dp]
     std::vector<std::int64_t> kbs;                 // key blocks some row of the chunk may attend
@@ -165,7 +173,8 @@ void softmax_grad(const Problem& pr, Scratch& sc, const Chunk& ch, std::int64_t 
     const std::int64_t bk = pr.bk;
     float* S = sc.s.get();
     float* dP = sc.dp.get();
-    const float* lse2 = ch.lse2 + ch.row_index(pr, b, h, r0);
+    const float* lse_hi = ch.lse_hi + ch.row_index(pr, b, h, r0);
+    const float* lse_lo = ch.lse_lo + ch.row_index(pr, b, h, r0);
     const float* delta = ch.delta + ch.row_index(pr, b, h, r0);
     const float scale = pr.scale;
     if (!pr.general) {
@@ -173,10 +182,10 @@ void softmax_grad(const Problem& pr, Scratch& sc, const Chunk& ch, std::int64_t 
         for (std::int64_t r = 0; r < nq; ++r) {
             float* srow = S + r * bk;
             float* drow = dP + r * bk;
-            const vf l = splat(lse2[r]), dl = splat(delta[r]);
+            const vf hi = splat(lse_hi[r]), lo = splat(lse_lo[r]), dl = splat(delta[r]);
             const float* brow = bias ? bias + r * bk : nullptr;
             for (std::int64_t j = 0; j < ncols; j += kLanes) {
-                vf x = load(srow + j) * c2 - l;
+                vf x = ((load(srow + j) - hi) - lo) * c2;
                 if (brow) x += load(brow + j);
                 const vf pv = bwd::exp2v(x);
                 store(srow + j, pv);
@@ -190,7 +199,7 @@ void softmax_grad(const Problem& pr, Scratch& sc, const Chunk& ch, std::int64_t 
     for (std::int64_t r = 0; r < nq; ++r) {
         float* srow = S + r * bk;
         float* drow = dP + r * bk;
-        const vf l = splat(lse2[r]), dl = splat(delta[r]);
+        const vf hi = splat(lse_hi[r]), lo = splat(lse_lo[r]), dl = splat(delta[r]);
         const float* brow = bias ? bias + r * bk : nullptr;
         const float qposf = static_cast<float>(qpos[r] - pos_base);
         for (std::int64_t j = 0; j < ncols; j += kLanes) {
@@ -198,7 +207,7 @@ void softmax_grad(const Problem& pr, Scratch& sc, const Chunk& ch, std::int64_t 
             vf gate = splat(scale);
             if (cap > 0.0f) {
                 // tanh(y) = (e^{2y} - 1) / (e^{2y} + 1); |y| >= 9 is +-1 in fp32 already.
-                const vf y = bwd::vmax(splat(-9.0f), bwd::vmin(s * (1.0f / cap), splat(9.0f)));
+                const vf y = cpu::clamp(s * (1.0f / cap), -9.0f, 9.0f);
                 const vf e = bwd::exp2v(y * (2.0f * kLog2e));
                 const vf t = (e - 1.0f) / (e + 1.0f);
                 s = cap * t;
@@ -208,7 +217,7 @@ void softmax_grad(const Problem& pr, Scratch& sc, const Chunk& ch, std::int64_t 
                 const vf dist = qposf - load(kposf + j);
                 s -= slope * (dist < 0.0f ? -dist : dist);
             }
-            vf x = s * kLog2e - l;
+            vf x = ((s - hi) - lo) * kLog2e;
             if (brow) x += load(brow + j);
             const vf pv = bwd::exp2v(x);
             store(srow + j, pv);
@@ -396,15 +405,15 @@ void flash_backward_cpu(const BwdParams& p) {
     const std::int64_t row_elems = pr.B * pr.Hq * chunk_rows;
     // Kept per calling thread between calls (up to kScratchFloats each): a ring step's chunked calls
     // would otherwise fault in fresh pages every time.
-    thread_local Buffer qbuf, dobuf, lse2buf, deltabuf, dqbuf;
+    thread_local Buffer qbuf, dobuf, lsebuf, deltabuf, dqbuf;
     const auto rows_dp = static_cast<std::size_t>(row_elems * pr.Dp);
     qbuf.reserve(rows_dp);
     dobuf.reserve(rows_dp);
-    lse2buf.reserve(static_cast<std::size_t>(row_elems));
+    lsebuf.reserve(static_cast<std::size_t>(2 * row_elems));
     deltabuf.reserve(static_cast<std::size_t>(row_elems));
     dqbuf.reserve(static_cast<std::size_t>(max_split) * rows_dp);
     const auto keep = static_cast<std::size_t>(kScratchFloats);
-    const cpu::TrimOnExit t1{qbuf, keep}, t2{dobuf, keep}, t3{lse2buf, keep}, t4{deltabuf, keep}, t5{dqbuf, 2 * keep};
+    const cpu::TrimOnExit t1{qbuf, keep}, t2{dobuf, keep}, t3{lsebuf, keep}, t4{deltabuf, keep}, t5{dqbuf, 2 * keep};
 
     for (std::int64_t qb0 = 0; qb0 < pr.nqb; qb0 += chunk_qb) {
         Chunk ch;
@@ -414,7 +423,8 @@ void flash_backward_cpu(const BwdParams& p) {
         ch.rows = std::min(pr.Sq, ch.qb1 * pr.bq) - ch.row0;
         ch.q = qbuf.get();
         ch.dout = dobuf.get();
-        ch.lse2 = lse2buf.get();
+        ch.lse_hi = lsebuf.get();
+        ch.lse_lo = ch.lse_hi + row_elems;
         ch.delta = deltabuf.get();
         ch.dq = dqbuf.get();
         ch.pairs.resize(static_cast<std::size_t>(pr.nkb));
@@ -467,7 +477,11 @@ void flash_backward_cpu(const BwdParams& p) {
                     }
                     const float lse = p.lse[(b * pr.Hq + h) * pr.Sq + i];
                     // A row without keys has lse = -inf: +inf in the exponent's offset makes its P exactly 0.
-                    ch.lse2[t] = lse == -kInf ? kInf : lse * kLog2e;
+                    // Scores are natural in the general path and raw (LSE / scale units) otherwise.
+                    const double unit = pr.general ? 1.0 : pr.scale;
+                    const float hi = lse == -kInf ? kInf : static_cast<float>(lse / unit);
+                    ch.lse_hi[t] = hi;
+                    ch.lse_lo[t] = lse == -kInf ? 0.0f : static_cast<float>((lse - static_cast<double>(hi) * unit) / unit);
                     ch.delta[t] = delta;
                 }
                 Scratch sc(pr);

@@ -6,9 +6,14 @@
 //     conflicts while every row group of the query block sweeps over it;
 //   V as [panel of kPanel dims][kBk][kPanel] (the last panel narrower): dims are the vector axis of
 //     O += P V.
-// Each task is one (batch, query head, query block). Q is converted to fp32 and pre-scaled by
-// scale * log2(e), so the softmax runs on exp2 of a fast polynomial; with softcap or ALiBi the scores
-// are first transformed in the natural scale and then multiplied by log2(e). Key blocks are chosen by
+// Each task is one (batch, query head, query block). Q is converted to fp32 unscaled, and the
+// running row maximum m is kept in the units of the stored scores (raw q.k, or the natural score once
+// softcap or ALiBi have transformed it). Each exponent is (S - m) * c with c = scale * log2(e), then
+// exp2 of a fast polynomial: S - m is exact for the scores near the maximum (Sterbenz), so the rounding
+// of a score at its own magnitude (at |S * scale| near 88 one fp32 ulp is 7.6e-6) never enters the
+// softmax, and LSE = m * scale + ln(l) is formed in double and rounded once. The LSE is then as exact
+// as a textbook fp32 softmax's, which the backward needs to recompute P from it.
+// With softcap or ALiBi the scores are first transformed in the natural scale. Key blocks are chosen by
 // classifying hulls of positions through the Pattern, coarse to fine, so a window over a long sequence
 // costs a few classifications per query block instead of one per key block.
 #include <omp.h>
@@ -47,7 +52,6 @@ constexpr int kRows = cpu::kTileRows;  // query rows per register tile
 constexpr int kPanel = 4 * kLanes;  // keys per K panel and dims per V panel: 4 vectors
 constexpr int kPanelVecs = kPanel / kLanes;
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr std::int64_t kScattered = std::numeric_limits<std::int64_t>::min();
 
@@ -123,7 +127,10 @@ struct Problem {
     std::int64_t B = 0, Sq = 0, Sk = 0, Hq = 0, Hkv = 0, D = 0, Dp = 0;
     Blocking blk{};
     std::int64_t nqb = 0, nkb = 0;              // query blocks, key blocks
-    float qmul = 1.0f;                          // multiplier applied to Q while converting it
+    float scale = 1.0f;                         // softmax scale, > 0
+    float smul = 1.0f;                          // natural score per unit of stored score: scale, or 1 once
+                                                // softcap or ALiBi have turned the stored score natural
+    float c2 = kLog2e;                          // smul * log2(e): stored-score units to the exponent's
     bool general = false;                       // softcap or ALiBi: transform scores before the softmax
     float softcap = 0.0f;
     float* kpack = nullptr;
@@ -292,15 +299,15 @@ struct Scratch {
           pz(static_cast<std::size_t>(pr.blk.bq)) {}
 };
 
-// Softcap and ALiBi in the natural scale, then conversion to the log2 scale of the softmax.
+// Raw scores to natural ones: scale, softcap, ALiBi.
 void transform_row(const Problem& pr, float* s, std::int64_t ncols, float slope, float qposf, const float* kposf) {
     const float cap = pr.softcap;
     for (std::int64_t j = 0; j < ncols; j += kLanes) {
-        vf x = load(s + j);
+        vf x = load(s + j) * pr.scale;
         if (cap > 0.0f) {
             // tanh(y) = (e^{2y} - 1) / (e^{2y} + 1); |y| <= 9 already gives tanh = +-1 in fp32.
             vf y = x * (1.0f / cap);
-            y = vmax(splat(-9.0f), y < 9.0f ? y : splat(9.0f));
+            y = cpu::clamp(y, -9.0f, 9.0f);
             const vf e = cpu::exp2v(y * (2.0f * kLog2e));
             x = cap * ((e - 1.0f) / (e + 1.0f));
         }
@@ -308,7 +315,7 @@ void transform_row(const Problem& pr, float* s, std::int64_t ncols, float slope,
             const vf dist = qposf - load(kposf + j);
             x -= slope * (dist < 0.0f ? -dist : dist);
         }
-        store(s + j, x * kLog2e);
+        store(s + j, x);
     }
 }
 
@@ -327,7 +334,7 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
 
     for (std::int64_t r = 0; r < nq_pad; ++r) {
         if (r < nq)
-            load_row(p.q.data, p.q.dtype, p.q.offset(b, i0 + r, h, 0), D, pr.qmul, Q + r * ldq);
+            load_row(p.q.data, p.q.dtype, p.q.offset(b, i0 + r, h, 0), D, 1.0f, Q + r * ldq);
         else
             std::fill(Q + r * ldq, Q + (r + 1) * ldq, 0.0f);
     }
@@ -335,14 +342,20 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
     std::fill(sc.m.begin(), sc.m.end(), kNegInf);
     std::fill(sc.l.begin(), sc.l.end(), 0.0f);
     if (p.accumulate) {
-        // Continue the online softmax from the given partial: a normalized O with its LSE is the state
-        // (m = LSE in the log2 scale of the scores, l = 1); a row without keys so far stays empty.
+        // Continue the online softmax from the given partial: with m = LSE in stored-score units (rounded)
+        // and l = exp(LSE - m * smul) (1 up to m's rounding, in double), the state is (m, l, O * l); a row
+        // without keys so far stays empty, a NaN partial stays NaN.
         for (std::int64_t r = 0; r < nq; ++r) {
-            const float lse = p.lse[(b * pr.Hq + h) * pr.Sq + i0 + r];
-            if (lse == kNegInf) continue;
-            sc.m[static_cast<std::size_t>(r)] = lse * kLog2e;
-            sc.l[static_cast<std::size_t>(r)] = 1.0f;
-            std::copy_n(p.o.ptr<float>() + p.o.offset(b, i0 + r, h, 0), D, O + r * ldo);
+            const std::int64_t li = (b * pr.Hq + h) * pr.Sq + i0 + r;
+            const float lse_hi = p.lse[li];
+            if (lse_hi == kNegInf) continue;
+            const double lse = static_cast<double>(lse_hi) + (p.lse_lo ? p.lse_lo[li] : 0.0f);
+            const float m = static_cast<float>(lse / pr.smul);
+            sc.m[static_cast<std::size_t>(r)] = m;
+            const float l = static_cast<float>(std::exp(lse - static_cast<double>(m) * pr.smul));
+            sc.l[static_cast<std::size_t>(r)] = l;
+            const float* prev = p.o.ptr<float>() + p.o.offset(b, i0 + r, h, 0);
+            for (std::int64_t d = 0; d < D; ++d) O[r * ldo + d] = prev[d] * l;
         }
     }
 
@@ -469,26 +482,32 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
                 mblk = hmax(load(rmax + r * kLanes));
             }
             const float mold = sc.m[r];
+            // std::max keeps its first argument when either is NaN: a NaN row maximum stays NaN.
             const float mnew = std::max(mold, mblk);
             if (mnew == kNegInf) {
-                // Nothing allowed so far in this row: P = 0 keeps O = 0 and l = 0.
+                // Nothing allowed so far in this row: P = 0 keeps O = 0 and l = 0. A NaN score among the
+                // masked ones (the max skips NaN) makes the row NaN.
+                bool nan = false;
+                for (std::int64_t j = c0; j < c1; ++j) nan = nan || std::isnan(srow[j]);
+                if (nan) sc.m[r] = sc.l[r] = std::numeric_limits<float>::quiet_NaN();
                 std::fill(srow + c0, srow + c1, 0.0f);
                 continue;
             }
-            alpha[r] = std::exp2(mold - mnew);
+            alpha[r] = std::exp2((mold - mnew) * pr.c2);
             const vf mv = splat(mnew);
+            const auto expo = [&](const float* x) { return cpu::exp2v((load(x) - mv) * pr.c2); };
             vf sum0{}, sum1{};
             std::int64_t j = c0;
             for (; j + 2 * kLanes <= c1; j += 2 * kLanes) {
-                const vf e0 = cpu::exp2v(load(srow + j) - mv);
-                const vf e1 = cpu::exp2v(load(srow + j + kLanes) - mv);
+                const vf e0 = expo(srow + j);
+                const vf e1 = expo(srow + j + kLanes);
                 store(srow + j, e0);
                 store(srow + j + kLanes, e1);
                 sum0 += e0;
                 sum1 += e1;
             }
             if (j < c1) {
-                const vf e0 = cpu::exp2v(load(srow + j) - mv);
+                const vf e0 = expo(srow + j);
                 store(srow + j, e0);
                 sum0 += e0;
             }
@@ -518,13 +537,17 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
 
     for (std::int64_t r = 0; r < nq; ++r) {
         const float l = sc.l[r];
-        float* lse = p.lse + (b * pr.Hq + h) * pr.Sq + i0 + r;
-        if (l > 0.0f) {
+        const std::int64_t li = (b * pr.Hq + h) * pr.Sq + i0 + r;
+        if (l != 0.0f) {  // l is NaN on a row that met a NaN: O and LSE are NaN
             store_row(p.o.data, p.o.dtype, p.o.offset(b, i0 + r, h, 0), D, 1.0f / l, O + r * ldo);
-            *lse = (sc.m[r] + std::log2(l)) * kLn2;
+            // m * smul + ln(l) in double, rounded once.
+            const double lse = static_cast<double>(sc.m[r]) * pr.smul + std::log(static_cast<double>(l));
+            p.lse[li] = static_cast<float>(lse);
+            if (p.lse_lo) p.lse_lo[li] = static_cast<float>(lse - static_cast<double>(p.lse[li]));
         } else {
             store_row(p.o.data, p.o.dtype, p.o.offset(b, i0 + r, h, 0), D, 0.0f, O + r * ldo);
-            *lse = kNegInf;
+            p.lse[li] = kNegInf;
+            if (p.lse_lo) p.lse_lo[li] = 0.0f;
         }
     }
 }
@@ -549,8 +572,9 @@ void flash_forward_cpu(const FwdParams& p) {
     pr.nkb = (pr.Sk + pr.blk.bk - 1) / pr.blk.bk;
     pr.general = p.pattern->has_softcap() || p.pattern->has_alibi();
     pr.softcap = p.pattern->has_softcap() ? p.pattern->spec().softcap : 0.0f;
-    const float scale = p.pattern->softmax_scale(pr.D);
-    pr.qmul = pr.general ? scale : scale * kLog2e;
+    pr.scale = p.pattern->softmax_scale(pr.D);
+    pr.smul = pr.general ? 1.0f : pr.scale;
+    pr.c2 = pr.smul * kLog2e;
     pr.kblock_sz = pr.blk.bk * pr.D;
     pr.vblock_sz = pr.blk.bk * pr.Dp;
 

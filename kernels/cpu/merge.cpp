@@ -35,6 +35,12 @@ void merge_partial(TensorView o_acc, float* lse_acc, TensorView o_new, const flo
         float* o1 = acc + o_acc.offset(b, s, h, 0);
         const std::int64_t off2 = o_new.offset(b, s, h, 0);
         const std::int64_t st1 = o_acc.stride[3], st2 = o_new.stride[3];
+        if (std::isnan(l1) || std::isnan(l2)) {
+            // A partial that met a NaN makes the row NaN, whatever the other holds.
+            for (std::int64_t d = 0; d < D; ++d) o1[d * st1] = std::numeric_limits<float>::quiet_NaN();
+            lse_acc[li] = std::numeric_limits<float>::quiet_NaN();
+            continue;
+        }
         if (l2 == kNegInf) {
             // The new shard saw no key: the accumulator is unchanged, and a row empty in both stays O = 0.
             if (l1 == kNegInf)
@@ -46,10 +52,13 @@ void merge_partial(TensorView o_acc, float* lse_acc, TensorView o_new, const flo
             lse_acc[li] = l2;
             continue;
         }
-        // logaddexp around the larger term, so neither exponential can overflow.
-        const float mx = std::max(l1, l2), mn = std::min(l1, l2);
-        const float lse = mx + std::log1p(std::exp(mn - mx));
-        const float w1 = std::exp(l1 - lse), w2 = std::exp(l2 - lse);
+        // logaddexp around the larger term, so neither exponential can overflow, in double. The weights
+        // come from the difference of the two LSEs, never from the rounded result: at |LSE| near 88 one
+        // fp32 ulp is 7.6e-6, which exp(l - lse) would carry into O as a relative error.
+        const double mx = std::max(l1, l2), e = std::exp(static_cast<double>(std::min(l1, l2)) - mx);
+        const float wmx = static_cast<float>(1.0 / (1.0 + e)), wmn = static_cast<float>(e / (1.0 + e));
+        const float lse = static_cast<float>(mx + std::log1p(e));
+        const float w1 = l1 >= l2 ? wmx : wmn, w2 = l1 >= l2 ? wmn : wmx;
         for (std::int64_t d = 0; d < D; ++d)
             o1[d * st1] = w1 * o1[d * st1] + w2 * load_as_f32(o_new.data, o_new.dtype, off2 + d * st2);
         lse_acc[li] = lse;

@@ -30,6 +30,11 @@ inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
 inline void store(float* p, vf x) { *reinterpret_cast<vf_u*>(p) = x; }
 inline vf splat(float s) { return vf{} + s; }
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+// x clamped to [lo, hi] lane-wise; a NaN lane stays NaN (a NaN input must reach the output).
+inline vf clamp(vf x, float lo, float hi) {
+    x = x < lo ? splat(lo) : x;
+    return x > hi ? splat(hi) : x;
+}
 
 typedef std::int32_t vi __attribute__((vector_size(4 * kLanes)));
 
@@ -59,13 +64,13 @@ inline vf exp2_poly(vf f) {
 
 // 2^x lane-wise for x < 128 as 2^n * Poly(f), n = round(x), f = x - n in [-0.5, 0.5]. x = -inf (a
 // masked score), and anything small enough to underflow, gives exactly 0: masked scores and rows
-// without keys rely on that to contribute nothing.
+// without keys rely on that to contribute nothing. NaN gives NaN.
 template <vf (*Poly)(vf)>
 inline vf exp2v_with(vf x) {
 #if defined(__AVX512F__)
     // Below -200 the scaled result underflows to exactly 0; the clamp also turns -inf into a finite n.
     // The all-lanes mask forms keep GCC 12 from warning about the unmasked forms' undefined pass-through.
-    x = vmax(x, splat(-200.0f));
+    x = x < -200.0f ? splat(-200.0f) : x;
     const __m512 xm = std::bit_cast<__m512>(x);
     const __m512 n = _mm512_mask_roundscale_ps(xm, 0xffff, xm, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 p = std::bit_cast<__m512>(Poly(x - std::bit_cast<vf>(n)));
@@ -73,7 +78,7 @@ inline vf exp2v_with(vf x) {
 #else
     // Without vscalefps 2^n is built in the exponent field, valid for n >= -126; smaller inputs flush to 0.
     const vf lo = splat(-126.0f);
-    const vf xc = vmax(x, lo);
+    const vf xc = x < lo ? lo : x;
     const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer in the low bits
     const vf t = xc + magic;
     const vf n = t - magic;

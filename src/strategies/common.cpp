@@ -127,32 +127,36 @@ std::vector<std::int64_t> chunk_bounds(std::int64_t rows, int chunks) {
 
 }  // namespace
 
-void forward_chunked(Ctx& cx, comm::Communicator& comm, const TensorView& q, const TensorView& k, const TensorView& v,
-                     const std::int64_t* q_pos, const std::int64_t* k_pos, const Pattern& pat, std::int64_t head_offset,
-                     const TensorView& o, float* lse, bool accumulate) {
-    const std::int64_t B = q.shape[0], S = q.shape[1], H = q.shape[2];
+void forward_chunked(Ctx& cx, comm::Communicator& comm, const kernels::FwdParams& p) {
+    const std::int64_t B = p.q.shape[0], S = p.q.shape[1], H = p.q.shape[2];
     const auto bounds = chunk_bounds(S, cx.opt.progress_chunks);
     const bool one = bounds.size() == 2;
-    // A chunk's LSE rows are strided in [B, H, S]: they pass through a contiguous [B, H, n] buffer.
-    Scratch part(cx, one ? 0 : static_cast<std::size_t>(B * H * (bounds[1] - bounds[0] + 1)) * 4);
-    const TensorView all = as_rows(lse, B, H, S, cx.device);
+    // A chunk's LSE rows (and their residuals) are strided in [B, H, S]: they pass through contiguous
+    // [B, H, n] buffers.
+    const std::size_t part_floats = one ? 0 : static_cast<std::size_t>(B * H * (bounds[1] - bounds[0] + 1));
+    Scratch part(cx, 2 * part_floats * 4);
+    const TensorView lse = as_rows(p.lse, B, H, S, cx.device);
+    const TensorView lo = p.lse_lo ? as_rows(p.lse_lo, B, H, S, cx.device) : TensorView{};
     for (std::size_t c = 0; c + 1 < bounds.size(); ++c) {
         const std::int64_t i0 = bounds[c], n = bounds[c + 1] - i0;
-        kernels::FwdParams p;
-        p.q = slice(q, 1, i0, n);
-        p.k = k;
-        p.v = v;
-        p.o = slice(o, 1, i0, n);
-        p.lse = one ? lse : part.f32();
-        p.q_pos = q_pos + i0;
-        p.k_pos = k_pos;
-        p.pattern = &pat;
-        p.head_offset = head_offset;
-        p.accumulate = accumulate;
-        p.threads = cx.opt.threads;
-        if (!one && accumulate) copy_view(slice(all, 2, i0, n), part.view(DType::f32, B, H, n, 1));
-        run_forward(cx, p);
-        if (!one) copy_view(part.view(DType::f32, B, H, n, 1), slice(all, 2, i0, n));
+        kernels::FwdParams f = p;
+        f.q = slice(p.q, 1, i0, n);
+        f.o = slice(p.o, 1, i0, n);
+        f.q_pos = p.q_pos + i0;
+        f.threads = cx.opt.threads;
+        if (!one) {
+            f.lse = part.f32();
+            f.lse_lo = p.lse_lo ? part.f32() + part_floats : nullptr;
+            if (p.accumulate) {
+                copy_view(slice(lse, 2, i0, n), part.view(DType::f32, B, H, n, 1));
+                if (p.lse_lo) copy_view(slice(lo, 2, i0, n), part.at(part_floats * 4, DType::f32, B, H, n, 1));
+            }
+        }
+        run_forward(cx, f);
+        if (!one) {
+            copy_view(part.view(DType::f32, B, H, n, 1), slice(lse, 2, i0, n));
+            if (p.lse_lo) copy_view(part.at(part_floats * 4, DType::f32, B, H, n, 1), slice(lo, 2, i0, n));
+        }
         comm.progress();
     }
 }

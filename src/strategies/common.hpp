@@ -80,12 +80,10 @@ void timed_wait(Ctx& cx, comm::Communicator& comm, comm::Request& r);
 void run_forward(Ctx& cx, const kernels::FwdParams& p);
 void run_backward(Ctx& cx, const kernels::BwdParams& p);
 
-// Forward of local q rows against one block of keys, in `chunks` kernel calls over query rows with
-// comm.progress() between them. o gets the partial output, lse [B, Hq, S] the partial LSE; with
-// accumulate the keys are merged into the fp32 partial already there.
-void forward_chunked(Ctx& cx, comm::Communicator& comm, const TensorView& q, const TensorView& k, const TensorView& v,
-                     const std::int64_t* q_pos, const std::int64_t* k_pos, const Pattern& pat, std::int64_t head_offset,
-                     const TensorView& o, float* lse, bool accumulate);
+// The forward kernel on p in cx.opt.progress_chunks calls over query rows with comm.progress() between
+// them (p.threads is cx's). With p.accumulate the keys are merged into the fp32 partial already in
+// (p.o, p.lse, p.lse_lo).
+void forward_chunked(Ctx& cx, comm::Communicator& comm, const kernels::FwdParams& p);
 void backward_chunked(Ctx& cx, comm::Communicator& comm, const kernels::BwdParams& p);
 
 // Strategy entry points. Ulysses and hybrid wrap an inner attention over the gathered sequence.

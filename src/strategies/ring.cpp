@@ -96,6 +96,11 @@ void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
     const bool own_acc = a.o.dtype != DType::f32;
     Scratch acc_mem(cx, own_acc ? static_cast<std::size_t>(B * S * H * D) * 4 : 0);
     const TensorView acc = own_acc ? acc_mem.view(DType::f32, B, S, H, D) : a.o;
+    // The running LSE's fp32 residual (kernels::FwdParams::lse_lo): the merges keep the single call's bits.
+    Scratch lse_lo(cx, static_cast<std::size_t>(B * H * S) * 4);
+    kernels::FwdParams p;
+    p.q = a.q, p.o = acc, p.lse = a.lse, p.lse_lo = lse_lo.f32();
+    p.q_pos = a.pos, p.pattern = a.pattern, p.head_offset = a.head_offset;
     bool any = false;
 
     int cur = 0;
@@ -117,8 +122,11 @@ void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
         // Step 0 attends the whole own shard in place; later steps the rows that travelled.
         const std::int64_t rows = t == 0 ? S : sent;
         if (plan.needs(o) && rows > 0 && S > 0) {
-            forward_chunked(cx, comm, a.q, t == 0 ? a.k : buf[cur].k(rows), t == 0 ? a.v : buf[cur].v(rows), a.pos,
-                            t == 0 ? a.pos : plan.sent_pos(o), *a.pattern, a.head_offset, acc, a.lse, any);
+            p.k = t == 0 ? a.k : buf[cur].k(rows);
+            p.v = t == 0 ? a.v : buf[cur].v(rows);
+            p.k_pos = t == 0 ? a.pos : plan.sent_pos(o);
+            p.accumulate = any;
+            forward_chunked(cx, comm, p);
             any = true;
         } else {
             ++cx.st.skipped_blocks;

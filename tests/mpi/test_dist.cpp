@@ -109,7 +109,21 @@ private:
 struct Shape {
     std::int64_t N, B, Hq, Hkv, D;
     DType dtype;
+    float amp = 1.0f;  // q and k times amp (a power of 2, exact in every dtype): scores of standard deviation amp^2
 };
+
+// The synthetic tensor of the given rows, times amp.
+void fill_scaled(const TensorView& t, std::uint64_t seed, SynthTensor which, const std::int64_t* pos, float amp) {
+    fill_synth(t, seed, which, pos);
+    if (amp == 1.0f) return;
+    for (std::int64_t b = 0; b < t.shape[0]; ++b)
+        for (std::int64_t r = 0; r < t.shape[1]; ++r)
+            for (std::int64_t h = 0; h < t.shape[2]; ++h)
+                for (std::int64_t d = 0; d < t.shape[3]; ++d) {
+                    const std::int64_t off = t.offset(b, r, h, d);
+                    store_from_f32(t.data, t.dtype, off, amp * load_as_f32(t.data, t.dtype, off));
+                }
+}
 
 // One configuration: the whole problem on every rank (single process and fp64), the sharded run, the
 // checks on this rank's rows, and a rerun compared bit for bit.
@@ -119,15 +133,16 @@ void run_case(const DistOptions& opt, LayoutKind lk, const std::string& pname, c
     const std::uint64_t seed = 11;
     const std::string what = std::string(strategy_name(opt.strategy)) + "(u=" + std::to_string(opt.ulysses_degree) +
                              ")/" + layout_name(lk) + "/" + pname + "/" + std::string(dtype_name(s.dtype)) +
-                             " P=" + std::to_string(comm.size()) + " rank " + std::to_string(comm.rank());
+                             " amp=" + std::to_string(s.amp) + " P=" + std::to_string(comm.size()) + " rank " +
+                             std::to_string(comm.rank());
     SCOPED_TRACE(what);
     // The whole sequence, single process.
     std::vector<std::int64_t> all(static_cast<std::size_t>(s.N));
     std::iota(all.begin(), all.end(), 0);
     Buf q(s.dtype, s.B, s.N, s.Hq, s.D), k(s.dtype, s.B, s.N, s.Hkv, s.D), v(s.dtype, s.B, s.N, s.Hkv, s.D),
         o(s.dtype, s.B, s.N, s.Hq, s.D), dout(s.dtype, s.B, s.N, s.Hq, s.D);
-    fill_synth(q.v, seed, SynthTensor::q, all.data());
-    fill_synth(k.v, seed, SynthTensor::k, all.data());
+    fill_scaled(q.v, seed, SynthTensor::q, all.data(), s.amp);
+    fill_scaled(k.v, seed, SynthTensor::k, all.data(), s.amp);
     fill_synth(v.v, seed, SynthTensor::v, all.data());
     fill_synth(dout.v, seed, SynthTensor::dout, all.data());
     std::vector<float> lse(static_cast<std::size_t>(s.B * s.Hq * s.N));
@@ -161,8 +176,8 @@ void run_case(const DistOptions& opt, LayoutKind lk, const std::string& pname, c
     const auto S = static_cast<std::int64_t>(pos.size());
     Buf lq(s.dtype, s.B, S, s.Hq, s.D), lk_(s.dtype, s.B, S, s.Hkv, s.D), lv(s.dtype, s.B, S, s.Hkv, s.D),
         ldo(s.dtype, s.B, S, s.Hq, s.D);
-    fill_synth(lq.v, seed, SynthTensor::q, pos.data());
-    fill_synth(lk_.v, seed, SynthTensor::k, pos.data());
+    fill_scaled(lq.v, seed, SynthTensor::q, pos.data(), s.amp);
+    fill_scaled(lk_.v, seed, SynthTensor::k, pos.data(), s.amp);
     fill_synth(lv.v, seed, SynthTensor::v, pos.data());
     fill_synth(ldo.v, seed, SynthTensor::dout, pos.data());
     struct Run {
@@ -247,6 +262,22 @@ void run_strategy(DistOptions opt) {
                 if (s.dtype == sampled && (i++ % 3) != 0) continue;
                 run_case(opt, lk, f.name, f.spec, s);
             }
+    // Sharp softmax (scores of standard deviation 16 and 64, |LSE| near 90 and 300), GQA 4:1: the
+    // merges of partials must keep the single-process kernel's bits. A rotating quarter of the
+    // families per layout and scale.
+#ifdef LONGATTN_TEST_CUDA
+    const DType sharp_t = DType::bf16;
+    const std::int64_t sharp_d = 64;
+#else
+    const DType sharp_t = DType::f32;
+    const std::int64_t sharp_d = 32;
+#endif
+    for (LayoutKind lk : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped})
+        for (float amp : {4.0f, 8.0f}) {
+            const Shape s{8 * P + 21, 1, 8, 2, sharp_d, sharp_t, amp};
+            for (const auto& f : families(s.N, s.Hq))
+                if ((i++ % 4) == 0) run_case(opt, lk, f.name, f.spec, s);
+        }
 }
 
 TEST(Distributed, Ring) {

@@ -62,6 +62,30 @@ TEST(MergeValues, HandWorkedRows) {
     }
 }
 
+TEST(MergeValues, NanOnEitherSideGivesNan) {
+    constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+    // Rows: NaN acc LSE; NaN new LSE; NaN new with acc -inf; NaN acc with new -inf; finite (control).
+    Partial acc = make_partial(DType::f32, {1, 2, 0, 4, 5}, {kNaN, 0.5f, -kInf, kNaN, 1.0f});
+    const Partial add = make_partial(DType::f32, {6, 7, 8, 0, 9}, {0.25f, kNaN, kNaN, -kInf, 1.0f});
+    kernels::merge_partial(acc.o.view(), acc.lse.data(), add.o.view(), add.lse.data(), 1);
+    for (std::int64_t r = 0; r < 4; ++r) {
+        EXPECT_TRUE(std::isnan(acc.lse[static_cast<std::size_t>(r)])) << "row " << r;
+        for (std::int64_t d = 0; d < 4; ++d) EXPECT_TRUE(std::isnan(acc.o.get(r * 4 + d))) << "row " << r;
+    }
+    EXPECT_NEAR(acc.lse[4], 1.0 + std::log(2.0), 1e-6);
+    for (std::int64_t d = 0; d < 4; ++d) EXPECT_NEAR(acc.o.get(4 * 4 + d), 7 + 0.25 * static_cast<double>(d), 1e-6);
+}
+
+TEST(MergeValues, WeightsComeFromTheDifferenceOfLargeLses) {
+    // Two equal partials at LSE 300 (one fp32 ulp there is 3e-5): the weights must be exactly 1/2,
+    // so the merged O is the partial's O to the bit, whatever the rounding of the merged LSE.
+    Partial acc = make_partial(DType::f32, {0.7f}, {300.0f});
+    const Partial add = make_partial(DType::f32, {0.7f}, {300.0f});
+    kernels::merge_partial(acc.o.view(), acc.lse.data(), add.o.view(), add.lse.data(), 1);
+    for (std::int64_t d = 0; d < 4; ++d) EXPECT_EQ(acc.o.get(d), add.o.get(d));
+    EXPECT_EQ(acc.lse[0], static_cast<float>(300.0 + std::log(2.0)));
+}
+
 // ---- Sharded forward == single forward --------------------------------------------------------
 
 // A problem whose keys are rows `rows` of full's keys (values and positions), same queries.

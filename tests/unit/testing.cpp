@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numbers>
 #include <sstream>
@@ -362,6 +363,214 @@ void check_backward(const Case& c) {
     const Problem pb(c);
     const FwdOut fwd = reference_forward_out(pb);
     check_backward(pb, fwd, run_backward(pb, fwd));
+}
+
+}  // namespace longattn::test
+
+namespace longattn::test {
+
+const char* chain_name(int out) {
+    static const char* const names[kChainOuts] = {"O", "LSE", "dQ", "dK", "dV"};
+    return names[out];
+}
+
+Runners cpu_runners(int threads) {
+    return {[threads](const Problem& pb) { return run_forward(pb, threads); },
+            [threads](const Problem& pb, const FwdOut& fwd) { return run_backward(pb, fwd, threads); }};
+}
+
+bool ChainErrors::pass(int out) const {
+    const double factor = out <= kLse ? kForwardFactor : kGradFactor;
+    return kernel[out] <= factor * plain[out] + floor[out];
+}
+
+ChainErrors chain_errors(const Problem& pb, const Runners& run) {
+    const auto& c = pb.c;
+    const FwdOut fwd = run.forward(pb);
+    const BwdOut got = run.backward(pb, fwd);
+    const auto fp = pb.fwd_params(fwd.o, nullptr);
+    const auto ref_f = kernels::reference_forward(fp, RefPrecision::f64);
+    const auto plain_f = kernels::reference_forward(fp, precision_of(pb.out_dtype()));
+    const auto plain_f32 = pb.out_dtype() == DType::f32 ? plain_f : kernels::reference_forward(fp, RefPrecision::f32);
+    // The fp64 gradients of the exact forward: recomputed from the inputs, never from the kernel's O.
+    const auto bp = pb.bwd_params(fwd.o, fwd.lse, got.dq, got.dk, got.dv);
+    const auto ref_b = kernels::reference_backward(bp, RefPrecision::f64, kernels::RefSource::recompute);
+    const auto plain_b = kernels::reference_backward(bp, precision_of(c.dtype), kernels::RefSource::recompute);
+    ChainErrors e;
+    const auto set = [&](int out, const std::vector<double>& got_v, const std::vector<double>& plain_v,
+                         const std::vector<double>& ref_v, DType dt) {
+        e.kernel[out] = max_abs_err(got_v, ref_v).err;
+        e.plain[out] = max_abs_err(plain_v, ref_v).err;
+        e.floor[out] = floor_for(dt, ref_v);
+    };
+    set(kO, fwd.o.to_f64(), plain_f.o, ref_f.o, pb.out_dtype());
+    set(kLse, to_f64(fwd.lse), plain_f32.lse, ref_f.lse, DType::f32);
+    set(kDq, got.dq.to_f64(), plain_b.dq, ref_b.dq, DType::f32);
+    set(kDk, got.dk.to_f64(), plain_b.dk, ref_b.dk, DType::f32);
+    set(kDv, got.dv.to_f64(), plain_b.dv, ref_b.dv, DType::f32);
+    return e;
+}
+
+void check_chain(const Case& c, const Runners& run) {
+    const Problem pb(c);
+    SCOPED_TRACE(c.name + " [" + pb.pattern.describe() + "]");
+    const ChainErrors e = chain_errors(pb, run);
+    for (int out = 0; out < kChainOuts; ++out)
+        EXPECT_TRUE(e.pass(out)) << chain_name(out) << ": max|kernel - fp64| = " << show(e.kernel[out])
+                                 << ", max|plain - fp64| = " << show(e.plain[out]) << ", floor " << show(e.floor[out])
+                                 << ", factor " << (out <= kLse ? kForwardFactor : kGradFactor);
+}
+
+double amplitude_for_score_std(double std) { return std::sqrt(std); }
+
+std::vector<SharpParam> sharp_params(std::int64_t n, const std::vector<DType>& dtypes) {
+    std::vector<SharpParam> out;
+    for (const auto& p : pattern_zoo(n, 8))
+        for (double sd : {4.0, 16.0, 64.0})
+            for (DType t : dtypes) out.push_back({p, sd, t});
+    return out;
+}
+
+Case sharp_case(const SharpParam& p, std::int64_t n, std::int64_t D) {
+    Case c;
+    c.name = sharp_name(p);
+    c.Sq = c.Sk = n;
+    c.Hq = 8;
+    c.Hkv = 2;
+    c.D = D;
+    c.dtype = p.dtype;
+    c.spec = p.pattern.spec;
+    c.amplitude = amplitude_for_score_std(p.score_std);
+    return c;
+}
+
+std::string sharp_name(const SharpParam& p) {
+    return p.pattern.name + "_std" + std::to_string(static_cast<int>(p.score_std)) + "_" + std::string(dtype_name(p.dtype));
+}
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Flat index of (s, h, d) in a contiguous [1, S, H, D] tensor.
+std::int64_t flat(std::int64_t s, std::int64_t h, std::int64_t H, std::int64_t D, std::int64_t d) {
+    return (s * H + h) * D + d;
+}
+
+bool row_all_nan(const Tensor& t, std::int64_t s, std::int64_t h) {
+    const std::int64_t H = t.shape()[2], D = t.shape()[3];
+    for (std::int64_t d = 0; d < D; ++d)
+        if (!std::isnan(t.get(flat(s, h, H, D, d)))) return false;
+    return true;
+}
+
+bool row_same(const Tensor& a, const Tensor& b, std::int64_t s, std::int64_t h) {
+    const std::int64_t H = a.shape()[2], D = a.shape()[3];
+    for (std::int64_t d = 0; d < D; ++d) {
+        const float x = a.get(flat(s, h, H, D, d)), y = b.get(flat(s, h, H, D, d));
+        if (std::memcmp(&x, &y, sizeof x) != 0) return false;
+    }
+    return true;
+}
+
+bool same_bits(float x, float y) { return std::memcmp(&x, &y, sizeof x) == 0; }
+
+std::vector<Case> nonfinite_cases(const std::vector<DType>& dtypes, std::int64_t n, std::int64_t D) {
+    std::vector<Case> out;
+    for (auto& z : pattern_zoo(n, 2))
+        for (const char* keep : {"dense", "causal", "window_16_0", "block_mask", "causal_alibi", "softcap"})
+            if (z.name == keep)
+                for (DType t : dtypes) {
+                    Case c;
+                    c.name = z.name + " " + std::string(dtype_name(t));
+                    c.Sq = c.Sk = n;
+                    c.D = D;
+                    c.dtype = t;
+                    c.spec = z.spec;
+                    out.push_back(c);
+                }
+    return out;
+}
+
+}  // namespace
+
+void check_bad_query_row(const Runners& run, const std::vector<DType>& dtypes, std::int64_t n, std::int64_t D) {
+    for (const Case& c : nonfinite_cases(dtypes, n, D))
+        for (float bad : {kNaN, kInf}) {
+            // Softcap bounds an infinite score to the cap: an Inf query is then an ordinary row.
+            if (std::isinf(bad) && c.spec.softcap > 0.0f) continue;
+            SCOPED_TRACE(c.name + (std::isnan(bad) ? " NaN" : " Inf"));
+            const Problem clean(c);
+            Problem pb(c);
+            const std::int64_t row = 100, head = 1;  // block_mask lets query block 6 see keys
+            pb.q.set(flat(row, head, c.Hq, D, 5), bad);
+            const FwdOut ref = run.forward(clean), got = run.forward(pb);
+            const BwdOut gref = run.backward(clean, ref), ggot = run.backward(pb, got);
+            for (std::int64_t h = 0; h < c.Hq; ++h)
+                for (std::int64_t s = 0; s < c.Sq; ++s) {
+                    const std::size_t li = lse_index(0, h, s, c.Hq, c.Sq);
+                    if (s == row && h == head) {
+                        EXPECT_TRUE(std::isnan(got.lse[li])) << "LSE of the bad row: " << got.lse[li];
+                        EXPECT_TRUE(row_all_nan(got.o, s, h)) << "O of the bad row";
+                        EXPECT_TRUE(row_all_nan(ggot.dq, s, h)) << "dQ of the bad row";
+                    } else {
+                        EXPECT_TRUE(same_bits(got.lse[li], ref.lse[li])) << "LSE row " << s << " head " << h;
+                        EXPECT_TRUE(row_same(got.o, ref.o, s, h)) << "O row " << s << " head " << h;
+                        EXPECT_TRUE(row_same(ggot.dq, gref.dq, s, h)) << "dQ row " << s << " head " << h;
+                    }
+                }
+        }
+}
+
+void check_nan_key(const Runners& run, const std::vector<DType>& dtypes, std::int64_t n, std::int64_t D) {
+    for (const Case& c : nonfinite_cases(dtypes, n, D)) {
+        SCOPED_TRACE(c.name);
+        const Problem clean(c);
+        Problem pb(c);
+        const std::int64_t key = 40;  // kv head 0 serves query head 0 (Hq = Hkv = 2)
+        pb.k.set(flat(key, 0, c.Hkv, D, 7), kNaN);
+        const FwdOut ref = run.forward(clean), got = run.forward(pb);
+        for (std::int64_t s = 0; s < c.Sq; ++s) {
+            const std::size_t li = lse_index(0, 0, s, c.Hq, c.Sq);
+            if (pb.pattern.allowed(pb.q_pos[s], pb.k_pos[key])) {
+                EXPECT_TRUE(std::isnan(got.lse[li])) << "row " << s << " may attend the NaN key: LSE " << got.lse[li];
+                EXPECT_TRUE(row_all_nan(got.o, s, 0)) << "row " << s;
+            } else {
+                EXPECT_TRUE(same_bits(got.lse[li], ref.lse[li])) << "row " << s << " cannot see the NaN key";
+                EXPECT_TRUE(row_same(got.o, ref.o, s, 0)) << "row " << s;
+            }
+            EXPECT_TRUE(row_same(got.o, ref.o, s, 1)) << "kv head 1 is untouched, row " << s;
+        }
+    }
+}
+
+void check_nan_value(const Runners& run, DType dtype, std::int64_t n, std::int64_t D) {
+    for (const Case& c : nonfinite_cases({dtype}, n, D)) {
+        SCOPED_TRACE(c.name);
+        const Problem clean(c);
+        Problem pb(c);
+        const std::int64_t key = 90;
+        pb.v.set(flat(key, 1, c.Hkv, D, 0), kNaN);
+        const FwdOut ref = run.forward(clean), got = run.forward(pb);
+        for (std::int64_t s = 0; s < c.Sq; ++s) {
+            if (!pb.pattern.allowed(pb.q_pos[s], pb.k_pos[key])) continue;
+            const std::size_t li = lse_index(0, 1, s, c.Hq, c.Sq);
+            EXPECT_TRUE(std::isnan(got.o.get(flat(s, 1, c.Hq, D, 0)))) << "row " << s;
+            EXPECT_TRUE(same_bits(got.lse[li], ref.lse[li])) << "LSE does not depend on V, row " << s;
+        }
+    }
+}
+
+void check_masked_row_with_nan_query(const Runners& run, DType dtype, std::int64_t n, std::int64_t D) {
+    for (const Case& c : nonfinite_cases({dtype}, n, D)) {
+        if (c.name.rfind("block_mask", 0) != 0) continue;
+        // The zoo's block mask leaves query block 1 (rows 16..31) without any key.
+        Problem pb(c);
+        pb.q.set(flat(20, 0, c.Hq, D, 0), kNaN);
+        const FwdOut got = run.forward(pb);
+        EXPECT_EQ(got.lse[lse_index(0, 0, 20, c.Hq, c.Sq)], -kInf);
+        for (std::int64_t d = 0; d < D; ++d) EXPECT_EQ(got.o.get(flat(20, 0, c.Hq, D, d)), 0.0f);
+    }
 }
 
 }  // namespace longattn::test

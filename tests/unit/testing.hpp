@@ -13,6 +13,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -167,5 +168,56 @@ std::vector<NamedSpec> pattern_zoo(std::int64_t n, std::int64_t heads);
 
 // Alibi slopes as in the ALiBi paper: 2^(-8 (h+1) / H).
 std::vector<float> alibi_slopes(std::int64_t heads);
+
+}  // namespace longattn::test
+
+namespace longattn::test {
+
+// The kernels of one backend, as the checks below call them (run_forward/run_backward on the CPU).
+struct Runners {
+    std::function<FwdOut(const Problem&)> forward;
+    std::function<BwdOut(const Problem&, const FwdOut&)> backward;
+};
+Runners cpu_runners(int threads = 0);
+
+// End to end, as a user runs it: the forward kernel's (O, LSE) feed the backward kernel, and each of
+// O, LSE, dQ, dK, dV is compared with fp64 next to the plain same-precision implementation, whose
+// backward recomputes P as a textbook softmax (as autograd through an unfused attention does).
+enum ChainOut { kO, kLse, kDq, kDk, kDv, kChainOuts };
+const char* chain_name(int out);
+struct ChainErrors {
+    double kernel[kChainOuts] = {};
+    double plain[kChainOuts] = {};
+    double floor[kChainOuts] = {};
+    bool pass(int out) const;  // the rule: factor 2 for O and LSE, 3 for gradients, plus the floor
+};
+ChainErrors chain_errors(const Problem& pb, const Runners& run);
+// Asserts the rule on every output of chain_errors.
+void check_chain(const Case& c, const Runners& run);
+
+// Sharp softmax: q and k scaled so that the scores have the given standard deviation with the default
+// scale 1/sqrt(D) (q.k of N(0, a^2) entries has standard deviation a^2 sqrt(D)), every pattern family of
+// pattern_zoo(n, 8), GQA 4:1.
+double amplitude_for_score_std(double std);
+struct SharpParam {
+    NamedSpec pattern;
+    double score_std;
+    DType dtype;
+};
+std::vector<SharpParam> sharp_params(std::int64_t n, const std::vector<DType>& dtypes);
+Case sharp_case(const SharpParam& p, std::int64_t n, std::int64_t D);
+std::string sharp_name(const SharpParam& p);
+
+// Non-finite inputs, as PyTorch treats them, over patterns that take every path of the kernels (FULL
+// tiles, interval and element masks, softcap and ALiBi), n tokens, head dim D:
+// a NaN or Inf in one element of a query row makes that row's O, LSE and dQ NaN (Inf under softcap is
+// the cap, an ordinary row); every other row is bit for bit the clean run's.
+void check_bad_query_row(const Runners& run, const std::vector<DType>& dtypes, std::int64_t n, std::int64_t D);
+// A NaN in a key makes NaN exactly the rows allowed to attend it; the others are the clean run's.
+void check_nan_key(const Runners& run, const std::vector<DType>& dtypes, std::int64_t n, std::int64_t D);
+// A NaN in a value makes NaN the rows that attend it, with their LSE unchanged.
+void check_nan_value(const Runners& run, DType dtype, std::int64_t n, std::int64_t D);
+// A row that may attend no key stays O = 0, LSE = -inf even with a NaN query.
+void check_masked_row_with_nan_query(const Runners& run, DType dtype, std::int64_t n, std::int64_t D);
 
 }  // namespace longattn::test
