@@ -152,10 +152,11 @@ ModOffsets add_mod(Blob& blob, const Pattern& pat, std::int64_t head_offset, std
 cuda::ScoreMod score_mod(const Pattern& pat, std::int64_t d, const DeviceBuffer& buf, const ModOffsets& m) {
     cuda::ScoreMod s;
     s.scale = pat.softmax_scale(d);
-    s.scale_log2 = s.scale * kLog2e;
     s.softcap = pat.has_softcap() ? pat.spec().softcap : 0.0f;
     s.inv_softcap = s.softcap > 0.0f ? 1.0f / s.softcap : 0.0f;
     s.general = pat.has_softcap() || pat.has_alibi();
+    s.unit = s.general ? 1.0f : s.scale;
+    s.unit_log2 = s.unit * kLog2e;
     if (m.alibi) {
         s.slopes = at<const float>(buf, m.slopes);
         s.q_pos = at<const std::int64_t>(buf, m.q_pos);
@@ -192,6 +193,7 @@ void flash_forward_cuda(const FwdParams& p) {
     a.o = dev_tensor(p.o);
     a.o_type = out_type(p.o.dtype);
     a.lse = p.lse;
+    a.lse_lo = p.lse_lo;
     a.B = static_cast<int>(B);
     a.Sq = static_cast<int>(Sq);
     a.Sk = static_cast<int>(Sk);
@@ -230,7 +232,7 @@ void flash_backward_cuda(const BwdParams& p) {
     const std::size_t all_ones = blob.add(ones);
     const ModOffsets mod = add_mod(blob, *p.pattern, p.head_offset, Hq, p.q_pos, Sq, p.k_pos, Sk);
     const auto row_count = static_cast<std::size_t>(B * Hq * Sq);
-    const std::size_t lse2 = blob.scratch(row_count * sizeof(float));
+    const std::size_t lse_row = blob.scratch(row_count * sizeof(float));
     const std::size_t delta = blob.scratch(row_count * sizeof(float));
 
     const int dq_stages = pick_stages(cuda::bwd_dq_smem(dp, 2), cuda::bwd_dq_smem(dp, 1), "backward dQ", D);
@@ -245,7 +247,7 @@ void flash_backward_cuda(const BwdParams& p) {
     a.dq = dev_tensor(p.dq);
     a.dk = dev_tensor(p.dk);
     a.dv = dev_tensor(p.dv);
-    a.lse2 = at<const float>(buf, lse2);
+    a.lse_row = at<const float>(buf, lse_row);
     a.delta = at<const float>(buf, delta);
     a.B = static_cast<int>(B);
     a.Sq = static_cast<int>(rows_q);
@@ -262,7 +264,7 @@ void flash_backward_cuda(const BwdParams& p) {
     prep.o_type = out_type(p.o.dtype);
     prep.dout_type = out_type(p.dout.dtype);
     prep.lse = p.lse;
-    prep.lse2 = at<float>(buf, lse2);
+    prep.lse_row = at<float>(buf, lse_row);
     prep.delta = at<float>(buf, delta);
     prep.B = static_cast<int>(B);
     prep.Sq = static_cast<int>(rows_q);

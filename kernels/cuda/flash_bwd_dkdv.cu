@@ -1,9 +1,10 @@
 // Backward, dK and dV: one CTA of 4 warps per (key tile of 64 keys, batch, kv head, output dim chunk);
 // the warps split the keys, 16 each, and compute the transposed products with keys as rows:
-//   S^T = K Q^T, dP^T = V dO^T (fp32); P^T = exp2(s - lse2); dS^T = P^T (dP^T - delta) (times the
+//   S^T = K Q^T, dP^T = V dO^T (fp32); P^T = exp(s * unit - LSE), the difference formed by one fused
+//   multiply-add so that neither term is rounded at its own magnitude; dS^T = P^T (dP^T - delta) (times the
 //   softcap derivative); dV += P^T dO and dK += dS^T Q over the CTA's dims.
 // K and V stay in shared memory; the work items (query tile of the plan, in query order) x (query head
-// of the kv head's group, in head order) stream Q, dO, lse2, delta and the tile's mask words through
+// of the kv head's group, in head order) stream Q, dO, LSE, delta and the tile's mask words through
 // `stages` cp.async slots. The CTA owns its keys' dK and dV, and that item order is the one order of
 // every sum: no atomics, the same bits on every run. dK is scaled by the softmax scale at the end.
 #include <cmath>
@@ -25,7 +26,7 @@ struct DkdvTiling {
     // registers, so S^T and dP^T cover half the item at a time.
     static constexpr int kSub = kChunk >= 128 ? 32 : 64;
     static constexpr int kTileBytes = kRows * kPitch<DP> * 2;
-    // A slot: Q tile, dO tile, lse2 and delta (fp32), mask words.
+    // A slot: Q tile, dO tile, LSE and delta (fp32), mask words.
     static constexpr int kSlotBytes = 2 * kTileBytes + kRows * (4 + 4 + 8);
     static constexpr int kKvBytes = 2 * kKeys * kPitch<DP> * 2;
     static constexpr int smem(int stages) { return kKvBytes + stages * kSlotBytes; }
@@ -34,7 +35,7 @@ struct DkdvTiling {
 struct Slot {
     std::uint16_t* q;
     std::uint16_t* dout;
-    float* lse2;
+    float* lse_row;
     float* delta;
     std::uint64_t* words;
 };
@@ -46,8 +47,8 @@ __device__ __forceinline__ Slot slot_at(unsigned char* smem, int st) {
     Slot s;
     s.q = reinterpret_cast<std::uint16_t*>(p);
     s.dout = reinterpret_cast<std::uint16_t*>(p + Tl::kTileBytes);
-    s.lse2 = reinterpret_cast<float*>(p + 2 * Tl::kTileBytes);
-    s.delta = s.lse2 + Tl::kRows;
+    s.lse_row = reinterpret_cast<float*>(p + 2 * Tl::kTileBytes);
+    s.delta = s.lse_row + Tl::kRows;
     s.words = reinterpret_cast<std::uint64_t*>(s.delta + Tl::kRows);
     return s;
 }
@@ -65,7 +66,7 @@ __device__ __forceinline__ void load_item(const BwdArgs& a, const Slot& s, int b
         const bool valid = r < nq;
         const std::int64_t li = (static_cast<std::int64_t>(b) * a.Hq + h) * a.Sq + q0 + (valid ? r : 0);
         const std::uint64_t* w = mask >= 0 ? a.plan.masks + static_cast<std::int64_t>(mask) * BQ : a.plan.all_ones;
-        cp_async<4>(smem_addr(s.lse2 + r), a.lse2 + li, valid);
+        cp_async<4>(smem_addr(s.lse_row + r), a.lse_row + li, valid);
         cp_async<4>(smem_addr(s.delta + r), a.delta + li, valid);
         cp_async<8>(smem_addr(s.words + r), w + (valid ? r : 0), valid);
     }
@@ -182,10 +183,8 @@ __global__ void __launch_bounds__(128) flash_bwd_dkdv_kernel(const BwdArgs a) {
                                                                                 k0 + min(kr, nk - 1))
                                                                  : 0.0f;
                                 x = general_score(x, a.mod, slope, dist, gate);
-                            } else {
-                                x *= a.mod.scale_log2;
                             }
-                            const float p = allowed ? exp2f(x - sl.lse2[cq]) : 0.0f;
+                            const float p = allowed ? exp2f(fmaf(x, a.mod.unit, -sl.lse_row[cq]) * kLog2e) : 0.0f;
                             s[nt][i] = p;
                             dp[nt][i] = p * (dp[nt][i] - sl.delta[cq]) * gate;
                         }

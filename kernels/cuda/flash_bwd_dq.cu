@@ -2,7 +2,8 @@
 // warps split the rows, 16 each. The CTA owns its rows of dQ and visits the plan's key tiles in key
 // order, so the sum over keys has one fixed order: no atomics, the same bits on every run.
 // Per key tile (K and V through `stages` cp.async slots, as the forward):
-//   S = Q K^T, dP = dO V^T (fp32); P = exp2(s - lse2) from the forward's final LSE (masked pairs 0);
+//   S = Q K^T, dP = dO V^T (fp32); P = exp(s * unit - LSE) from the forward's final LSE, the difference
+//   formed by one fused multiply-add (masked pairs 0);
 //   dS = P (dP - delta) (times the softcap derivative); dQ += dS K over the CTA's dims.
 // dQ is scaled by the softmax scale once at the end. Head dims above 128 split the output dims in chunks
 // of 128 (one CTA each, S and dP recomputed per chunk) so that the accumulators stay in registers.
@@ -61,12 +62,12 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
         for (int i = 0; i < 4; ++i) acc[nt][i] = 0.0f;
 
     if (seg < seg_end) {
-        float lse2[2], delta[2];
+        float lse_row[2], delta[2];
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int r = row_of(half);
             const std::int64_t li = (static_cast<std::int64_t>(b) * a.Hq + h) * a.Sq + q0 + r;
-            lse2[half] = r < nq ? a.lse2[li] : INFINITY;
+            lse_row[half] = r < nq ? a.lse_row[li] : INFINITY;
             delta[half] = r < nq ? a.delta[li] : 0.0f;
         }
         load_tile<BQ, DP, 128>(sq, row_ptr(a.q, b, q0, h), a.q.ss, nq, a.D, a.q.vec);
@@ -145,11 +146,9 @@ __global__ void __launch_bounds__(128) flash_bwd_dq_kernel(const BwdArgs a) {
                                                                             k0 + min(c, kvalid - 1))
                                                              : 0.0f;
                             x = general_score(x, a.mod, slope, dist, gate);
-                        } else {
-                            x *= a.mod.scale_log2;
                         }
                         const bool allowed = !masked || ((w >> c) & 1u);
-                        const float p = allowed ? exp2f(x - lse2[half]) : 0.0f;
+                        const float p = allowed ? exp2f(fmaf(x, a.mod.unit, -lse_row[half]) * kLog2e) : 0.0f;
                         s[nt][i] = p * (dp[nt][i] - delta[half]) * gate;
                     }
             }

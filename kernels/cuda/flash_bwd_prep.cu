@@ -1,5 +1,5 @@
-// Per-row inputs of the backward kernels: delta = rowsum(dO * O) from the final O, and the LSE in the
-// log2 scale of the scores, +inf for a row without keys so that P = exp2(s - inf) = 0 exactly.
+// Per-row inputs of the backward kernels: delta = rowsum(dO * O) from the final O, and the LSE with
+// +inf for a row without keys, so that P = exp(s - inf) = 0 exactly.
 // One warp per row; the warp's sum has a fixed shape, so reruns give the same bits.
 #include <cmath>
 
@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(256) bwd_prep_kernel(const PrepArgs a) {
         for (int w = 16; w > 0; w >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, w);
         if (lane == 0) {
             const float lse = a.lse[row];
-            a.lse2[row] = lse == -INFINITY ? INFINITY : lse * kLog2e;
+            a.lse_row[row] = lse == -INFINITY ? INFINITY : lse;
             a.delta[row] = sum;
         }
     }

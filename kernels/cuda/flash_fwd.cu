@@ -4,12 +4,14 @@
 // m-tile, MT m-tiles each). Q stays in shared memory (and in registers for head dims <= 128); the K and
 // V tiles of the plan's non-EMPTY key tiles stream through `stages` shared-memory slots with cp.async, so
 // with two slots the next tile loads while this one is computed. Per key tile:
-//   S = Q K^T (mma.m16n8k16, fp32), scores to the log2 scale (softcap and ALiBi first, in the natural
-//   scale), the plan's mask on PARTIAL tiles and past the last key, online softmax (row max, rescale of
-//   O and of the row sum), P rounded to the storage type, O += P V.
+//   S = Q K^T (mma.m16n8k16, fp32), softcap and ALiBi in the natural scale where present, the plan's
+//   mask on PARTIAL tiles and past the last key, online softmax (row max m in the scores' stored units,
+//   P = exp2((s - m) * unit * log2(e)), rescale of O and of the row sum), P rounded to the storage type,
+//   O += P V. The exponent is a difference of scores, never a score rounded at its own magnitude, and
+//   LSE = m * unit + ln(l) is formed in double (kernels/cpu/flash_fwd.cpp says why).
 // The row sum is kept per thread and reduced over the quad once at the end (the rescale factor is the
 // same for the four threads of a row). A row that never sees an allowed key keeps m = -inf and l = 0 and
-// is written as O = 0, LSE = -inf.
+// is written as O = 0, LSE = -inf; a row that met a NaN has l = NaN and is written as NaN.
 #include <cmath>
 
 #include "kernels/cuda/cuda_check.hpp"
@@ -64,7 +66,7 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
     const float slope = a.mod.slopes ? a.mod.slopes[h] : 0.0f;
     const auto row_of = [&](int mt, int half) { return warp * MT * 16 + mt * 16 + frag::c_row(lane, 2 * half); };
 
-    // Row state in the log2 scale: m the running max, l this thread's part of the row sum.
+    // Row state: m the running max in stored units, l this thread's part of the row sum.
     float m[MT][2], l[MT][2], o[MT][NO][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -81,24 +83,27 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
             for (int i = 0; i < 4; ++i) o[mt][nt][i] = 0.0f;
 
     if (a.accumulate) {
-        // Continue from the normalized partial: m = LSE (log2 scale), l = 1 (counted once per quad).
+        // Continue from the normalized partial: m = LSE in stored units (rounded), l = exp(LSE - m * unit)
+        // (1 up to m's rounding; counted once per quad), O times l.
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const int r = row_of(mt, half);
                 if (r >= nq) continue;
-                const float lse = a.lse[(static_cast<std::int64_t>(b) * a.Hq + h) * a.Sq + q0 + r];
-                if (lse == -INFINITY) continue;
-                m[mt][half] = lse * kLog2e;
-                l[mt][half] = (lane & 3) == 0 ? 1.0f : 0.0f;
+                const std::int64_t li = (static_cast<std::int64_t>(b) * a.Hq + h) * a.Sq + q0 + r;
+                if (a.lse[li] == -INFINITY) continue;
+                const double lse = static_cast<double>(a.lse[li]) + (a.lse_lo ? a.lse_lo[li] : 0.0f);
+                m[mt][half] = static_cast<float>(lse / a.mod.unit);
+                const float lrow = static_cast<float>(exp(lse - static_cast<double>(m[mt][half]) * a.mod.unit));
+                l[mt][half] = (lane & 3) == 0 ? lrow : 0.0f;
                 const float* orow = static_cast<const float*>(a.o.data) + b * a.o.sb + (q0 + r) * a.o.ss + h * a.o.sh;
 #pragma unroll
                 for (int nt = 0; nt < NO; ++nt)
 #pragma unroll
                     for (int j = 0; j < 2; ++j) {
                         const int c = nt * 8 + frag::c_col(lane, j);
-                        if (c < a.D) o[mt][nt][2 * half + j] = orow[c];
+                        if (c < a.D) o[mt][nt][2 * half + j] = orow[c] * lrow;
                     }
             }
     }
@@ -188,7 +193,7 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
                     }
                 }
 
-                // Scores to the log2 scale; the mask on PARTIAL tiles and on keys past the end.
+                // Softcap and ALiBi; the mask on PARTIAL tiles and on keys past the end.
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -207,14 +212,12 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
                                                                                     k0 + min(c, kvalid - 1))
                                                                      : 0.0f;
                                     x = general_score(x, a.mod, slope, dist, gate);
-                                } else {
-                                    x *= a.mod.scale_log2;
                                 }
                                 if (masked && !((w >> c) & 1u)) x = -INFINITY;
                             }
                     }
 
-                // Online softmax: new row max, rescale of what came before, P = exp2(S - max).
+                // Online softmax: new row max, rescale of what came before, P = exp2((S - max) * unit log2(e)).
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -225,14 +228,14 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
                         const float mnew = fmaxf(m[mt][half], quad_max(mx));
                         // Nothing allowed yet in this row: subtracting 0 keeps every P = exp2(-inf) = 0.
                         const float msub = mnew == -INFINITY ? 0.0f : mnew;
-                        const float alpha = exp2f(m[mt][half] - msub);
+                        const float alpha = exp2f((m[mt][half] - msub) * a.mod.unit_log2);
                         m[mt][half] = mnew;
                         float sum = 0.0f;
 #pragma unroll
                         for (int nt = 0; nt < NS; ++nt)
 #pragma unroll
                             for (int j = 0; j < 2; ++j) {
-                                const float p = exp2f(s[mt][nt][2 * half + j] - msub);
+                                const float p = exp2f((s[mt][nt][2 * half + j] - msub) * a.mod.unit_log2);
                                 s[mt][nt][2 * half + j] = p;
                                 sum += p;
                             }
@@ -292,7 +295,7 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
         for (int half = 0; half < 2; ++half) {
             const int r = row_of(mt, half);
             if (r >= nq) continue;
-            const bool any = lsum[mt][half] > 0.0f;
+            const bool any = lsum[mt][half] != 0.0f;  // NaN included: the row's O and LSE become NaN
             const float inv = any ? 1.0f / lsum[mt][half] : 0.0f;
             const std::int64_t row = q0 + r;
             const std::int64_t base = b * a.o.sb + row * a.o.ss + h * a.o.sh;
@@ -303,9 +306,13 @@ __global__ void __launch_bounds__(128) flash_fwd_kernel(const FwdArgs a) {
                     const int c = nt * 8 + frag::c_col(lane, j);
                     if (c < a.D) store_value(a.o.data, a.o_type, base + c, any ? o[mt][nt][2 * half + j] * inv : 0.0f);
                 }
-            if ((lane & 3) == 0)
-                a.lse[(static_cast<std::int64_t>(b) * a.Hq + h) * a.Sq + row] =
-                    any ? (m[mt][half] + log2f(lsum[mt][half])) * kLn2 : -INFINITY;
+            if ((lane & 3) == 0) {
+                const std::int64_t li = (static_cast<std::int64_t>(b) * a.Hq + h) * a.Sq + row;
+                const double lse = any ? static_cast<double>(m[mt][half]) * a.mod.unit + log(static_cast<double>(lsum[mt][half]))
+                                       : -INFINITY;
+                a.lse[li] = static_cast<float>(lse);
+                if (a.lse_lo) a.lse_lo[li] = any ? static_cast<float>(lse - static_cast<double>(a.lse[li])) : 0.0f;
+            }
         }
 }
 

@@ -26,10 +26,13 @@ struct DevPlan {
     const std::uint64_t* all_ones = nullptr;  // `rows` words of ~0: the mask of a FULL tile where one is copied
 };
 
-// Score modifiers, as the CPU kernels: s = scale * q.k; softcap; ALiBi; then the log2 scale of exp2.
+// Score modifiers, as the CPU kernels: s = scale * q.k; softcap; ALiBi. The kernels keep a score in
+// stored units: the raw q.k, or the natural score general_score() returns with softcap or ALiBi, and
+// form every exponent from a difference in those units (kernels/cpu/flash_fwd.cpp says why).
 struct ScoreMod {
     float scale = 1.0f;
-    float scale_log2 = 1.0f;     // scale * log2(e): the whole transform without softcap and ALiBi
+    float unit = 1.0f;           // natural score per stored unit: scale, or 1 when general
+    float unit_log2 = 1.0f;      // unit * log2(e)
     float softcap = 0.0f;        // > 0: s = softcap * tanh(s / softcap)
     float inv_softcap = 0.0f;
     int general = 0;             // softcap or ALiBi present
@@ -46,6 +49,7 @@ struct FwdArgs {
     DevTensor q, k, v, o;
     OutType o_type = OutType::f32;
     float* lse = nullptr;
+    float* lse_lo = nullptr;  // optional residual of the LSE (FwdParams::lse_lo)
     int B = 0, Sq = 0, Sk = 0, Hq = 0, Hkv = 0, D = 0;
     int accumulate = 0;
     int stages = 1;  // K/V tiles in flight: 2 overlaps the next tile's load with this one's math
@@ -55,7 +59,7 @@ struct FwdArgs {
 
 struct BwdArgs {
     DevTensor q, k, v, dout, dq, dk, dv;
-    const float* lse2 = nullptr;   // [B, Hq, Sq]: LSE * log2(e); +inf for rows without keys (P = 0)
+    const float* lse_row = nullptr;  // [B, Hq, Sq]: the LSE; +inf for rows without keys (P = 0)
     const float* delta = nullptr;  // [B, Hq, Sq]: rowsum(dO * O)
     int B = 0, Sq = 0, Sk = 0, Hq = 0, Hkv = 0, D = 0;
     int accumulate = 0;
@@ -69,7 +73,7 @@ struct PrepArgs {
     OutType o_type = OutType::f32;
     OutType dout_type = OutType::bf16;
     const float* lse = nullptr;
-    float* lse2 = nullptr;
+    float* lse_row = nullptr;
     float* delta = nullptr;
     int B = 0, Sq = 0, Hq = 0, D = 0;
 };

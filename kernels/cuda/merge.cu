@@ -30,6 +30,12 @@ __global__ void __launch_bounds__(256) merge_kernel(const MergeArgs a) {
         __syncwarp();  // every lane has read the row's LSE before lane 0 may overwrite it
         float* o1 = static_cast<float*>(a.acc.data) + b * a.acc.sb + s * a.acc.ss + h * a.acc.sh;
         const std::int64_t off2 = b * a.next.sb + s * a.next.ss + h * a.next.sh;
+        if (isnan(l1) || isnan(l2)) {
+            // A partial that met a NaN makes the row NaN, whatever the other holds.
+            for (int d = lane; d < a.D; d += 32) o1[d] = NAN;
+            if (lane == 0) a.lse_acc[li] = NAN;
+            continue;
+        }
         if (l2 == -INFINITY) {
             // The new shard saw no key: the accumulator stays, and a row empty in both is O = 0.
             if (l1 == -INFINITY)
@@ -41,10 +47,12 @@ __global__ void __launch_bounds__(256) merge_kernel(const MergeArgs a) {
             if (lane == 0) a.lse_acc[li] = l2;
             continue;
         }
-        // logaddexp around the larger term, so neither exponential can overflow.
-        const float mx = fmaxf(l1, l2), mn = fminf(l1, l2);
-        const float lse = mx + log1pf(expf(mn - mx));
-        const float w1 = expf(l1 - lse), w2 = expf(l2 - lse);
+        // logaddexp around the larger term in double, the weights from the difference of the two LSEs,
+        // never from the rounded result (kernels/cpu/merge.cpp).
+        const double mx = fmax(l1, l2), e = exp(static_cast<double>(fminf(l1, l2)) - mx);
+        const float wmx = static_cast<float>(1.0 / (1.0 + e)), wmn = static_cast<float>(e / (1.0 + e));
+        const float lse = static_cast<float>(mx + log1p(e));
+        const float w1 = l1 >= l2 ? wmx : wmn, w2 = l1 >= l2 ? wmn : wmx;
         for (int d = lane; d < a.D; d += 32) o1[d] = w1 * o1[d] + w2 * load_value(a.next.data, a.next_type, off2 + d);
         if (lane == 0) a.lse_acc[li] = lse;
     }

@@ -9,7 +9,6 @@
 namespace longattn::kernels::cuda {
 
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
 
 // A shared-memory tile holds rows of DP 16-bit elements at a pitch of DP + 8: the 16-byte skew puts the
 // 8 rows of one ldmatrix phase in 8 different bank groups (pitches of 144, 272, 528 bytes are 16 mod 128).
@@ -76,14 +75,15 @@ __device__ __forceinline__ float general_score(float dot, const ScoreMod& m, flo
     gate = 1.0f;
     if (m.softcap > 0.0f) {
         // tanh(y) = (e^{2y} - 1) / (e^{2y} + 1); |y| >= 9 is +-1 in fp32 already.
-        const float y = fminf(fmaxf(x * m.inv_softcap, -9.0f), 9.0f);
+        // A NaN score stays NaN (fminf and fmaxf would drop it).
+        const float y = isnan(x) ? x : fminf(fmaxf(x * m.inv_softcap, -9.0f), 9.0f);
         const float e = exp2f(y * (2.0f * kLog2e));
         const float t = __fdividef(e - 1.0f, e + 1.0f);
         x = m.softcap * t;
         gate = 1.0f - t * t;
     }
     if (slope != 0.0f) x -= slope * dist;
-    return x * kLog2e;
+    return x;
 }
 
 __device__ __forceinline__ float pos_distance(const std::int64_t* q_pos, const std::int64_t* k_pos, std::int64_t i,

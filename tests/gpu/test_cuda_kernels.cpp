@@ -866,6 +866,55 @@ TEST(CudaBackwardAccumulate, AddsToExistingContents) {
     expect_sum("dV", acc.dv, before_dv, fresh.dv);
 }
 
+// ---- Sharp softmax and non-finite inputs on the device -----------------------------------------
+
+Runners cuda_runners() { return {forward_cuda, backward_cuda}; }
+
+class CudaSharpSoftmax : public ::testing::TestWithParam<SharpParam> {};
+
+TEST_P(CudaSharpSoftmax, ForwardThenBackwardMeetTheRule) {
+    LONGATTN_REQUIRE_GPU();
+    check_chain(sharp_case(GetParam(), kN, 64), cuda_runners());
+}
+
+INSTANTIATE_TEST_SUITE_P(Zoo, CudaSharpSoftmax, ::testing::ValuesIn(sharp_params(kN, {DType::bf16, DType::f16})),
+                         [](const ::testing::TestParamInfo<SharpParam>& i) { return sharp_name(i.param); });
+
+TEST(CudaNonFinite, BadQueryRowGivesNanInThatRowOnly) {
+    LONGATTN_REQUIRE_GPU();
+    check_bad_query_row(cuda_runners(), {DType::bf16, DType::f16}, kN, 64);
+}
+
+TEST(CudaNonFinite, NanKeyReachesExactlyTheRowsThatMayAttendIt) {
+    LONGATTN_REQUIRE_GPU();
+    check_nan_key(cuda_runners(), {DType::bf16, DType::f16}, kN, 64);
+}
+
+TEST(CudaNonFinite, NanValueMakesTheRowsThatAttendItNanWithTheirLseIntact) {
+    LONGATTN_REQUIRE_GPU();
+    check_nan_value(cuda_runners(), DType::bf16, kN, 64);
+}
+
+TEST(CudaNonFinite, FullyMaskedRowsStayZeroWithANanQuery) {
+    LONGATTN_REQUIRE_GPU();
+    check_masked_row_with_nan_query(cuda_runners(), DType::bf16, kN, 64);
+}
+
+TEST(CudaNonFinite, AccumulatingOntoANanPartialStaysNan) {
+    LONGATTN_REQUIRE_GPU();
+    Case c;
+    c.Sq = c.Sk = kN;
+    c.dtype = DType::bf16;
+    c.o_dtype = DType::f32;  // an accumulating call needs an fp32 O
+    const Problem pb(c);
+    FwdOut part = forward_cuda(pb);
+    part.lse[lse_index(0, 0, 3, c.Hq, c.Sq)] = kNaN;
+    forward_cuda_into(pb, part, true);
+    EXPECT_TRUE(std::isnan(part.lse[lse_index(0, 0, 3, c.Hq, c.Sq)]));
+    for (std::int64_t d = 0; d < c.D; ++d) EXPECT_TRUE(std::isnan(part.o.get(3 * c.Hq * c.D + d))) << d;
+    EXPECT_TRUE(std::isfinite(part.lse[lse_index(0, 0, 4, c.Hq, c.Sq)]));
+}
+
 // ---- Merge on the device ----------------------------------------------------------------------
 
 TEST(CudaMerge, MatchesTheCpuMerge) {
@@ -881,6 +930,8 @@ TEST(CudaMerge, MatchesTheCpuMerge) {
             l1[i] = i % 5 == 0 ? -kInf : static_cast<float>(i % 7) - 3.0f;
             l2[i] = i % 3 == 0 ? -kInf : static_cast<float>(i % 11) * 0.5f - 2.0f;
             if (i == 4) l1[i] = 1e4f, l2[i] = 1e4f + 1.0f;
+            if (i == 7) l1[i] = kNaN;  // a NaN on either side makes the row NaN
+            if (i == 8) l2[i] = kNaN;
         }
         for (std::size_t i = 0; i < l1.size(); ++i)
             if (l1[i] == -kInf) {
@@ -898,8 +949,19 @@ TEST(CudaMerge, MatchesTheCpuMerge) {
         kernels::merge_partial_cuda(dacc.view(), dl1.get(), dadd.view(), dl2.get(), nullptr);
         Tensor got_o(DType::f32, {B, S, H, D}, 2);
         dacc.to_host(got_o);
-        const std::vector<float> got_l = dl1.to_host();
+        std::vector<float> got_l = dl1.to_host();
         SCOPED_TRACE(std::string(dtype_name(t)));
+        for (std::size_t i : {std::size_t{7}, std::size_t{8}}) {
+            ASSERT_TRUE(std::isnan(want_l[i]) && std::isnan(got_l[i])) << "row " << i;
+            const std::int64_t b = static_cast<std::int64_t>(i) / (H * S), h = (static_cast<std::int64_t>(i) / S) % H, s = static_cast<std::int64_t>(i) % S;
+            for (std::int64_t d = 0; d < D; ++d) {
+                const std::int64_t n = ((b * S + s) * H + h) * D + d;
+                ASSERT_TRUE(std::isnan(got_o.get(n))) << "row " << i;
+                got_o.set(n, 0.0f);  // out of the error maxima below
+                want_o.set(n, 0.0f);
+            }
+            got_l[i] = want_l[i] = 0.0f;
+        }
         const ErrorAt eo = max_abs_err(got_o.to_f64(), want_o.to_f64());
         const ErrorAt el = max_abs_err(to_f64(got_l), to_f64(want_l));
         EXPECT_LE(eo.err, 1e-5) << "O at " << eo.index;
