@@ -448,6 +448,8 @@ std::string sharp_name(const SharpParam& p) {
     return p.pattern.name + "_std" + std::to_string(static_cast<int>(p.score_std)) + "_" + std::string(dtype_name(p.dtype));
 }
 
+void PrintTo(const SharpParam& p, std::ostream* os) { *os << sharp_name(p); }
+
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();

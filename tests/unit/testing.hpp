@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -207,6 +208,7 @@ struct SharpParam {
 std::vector<SharpParam> sharp_params(std::int64_t n, const std::vector<DType>& dtypes);
 Case sharp_case(const SharpParam& p, std::int64_t n, std::int64_t D);
 std::string sharp_name(const SharpParam& p);
+void PrintTo(const SharpParam& p, std::ostream* os);  // gtest's name for a parameter
 
 // Non-finite inputs, as PyTorch treats them, over patterns that take every path of the kernels (FULL
 // tiles, interval and element masks, softcap and ALiBi), n tokens, head dim D:
