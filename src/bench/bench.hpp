@@ -53,6 +53,7 @@ struct Job {
     std::string load_dir;                // q.npy, k.npy, v.npy [S, H, D] (and dout.npy) instead of synthetic inputs
     std::string save_dir;                // out.npy [S, H, D], lse.npy [H, S] (and dq/dk/dv.npy) in global order
     std::string json_path, csv_path;     // the table for scripts
+    bool allow_nonfinite = false;        // let NaN/Inf in loaded inputs through (they propagate), and save them
     std::string command_line;            // as given, for the reports
     // Fault injection for the tests.
     int inject_failure = -1;             // this rank throws mid-run (the abort path)

@@ -80,6 +80,20 @@ std::vector<float> row_delta(const TensorView& o, const TensorView& dout) {
     return delta;
 }
 
+std::int64_t count_nonfinite(const RankRows& r, std::int64_t B, std::int64_t H) {
+    std::int64_t bad = 0;
+    for (const TensorView* t : {&r.o, &r.dq, &r.dk, &r.dv}) {
+        if (t->data == nullptr) continue;
+        for (std::int64_t b = 0; b < t->shape[0]; ++b)
+            for (std::int64_t s = 0; s < t->shape[1]; ++s)
+                for (std::int64_t h = 0; h < t->shape[2]; ++h)
+                    for (std::int64_t d = 0; d < t->shape[3]; ++d)
+                        bad += !std::isfinite(load_as_f32(t->data, t->dtype, t->offset(b, s, h, d)));
+    }
+    for (std::int64_t i = 0; i < B * H * r.S; ++i) bad += std::isnan(r.lse[i]) || r.lse[i] == INFINITY;
+    return bad;
+}
+
 CheckResult check_rows(const Job& job, const Inputs& in, const Pattern& pat, std::int64_t N, const RankRows& r,
                        int threads) {
     const std::int64_t B = job.batch, H = job.heads, Hkv = job.kv_heads, D = job.head_dim;
@@ -89,6 +103,7 @@ CheckResult check_rows(const Job& job, const Inputs& in, const Pattern& pat, std
     const std::vector<std::int64_t> rows = sampled_rows(r.S, job.check_rows);
     const auto nrows = static_cast<std::int64_t>(rows.size());
     CheckResult res;
+    res.wrong = count_nonfinite(r, B, H);  // anywhere in the outputs, sampled or not
     auto compare = [&](CheckResult& c, double want, double got) {
         const double e = std::isinf(want) && want == got ? 0.0 : std::fabs(want - got);
         c.max_err = std::isnan(e) ? INFINITY : std::max(c.max_err, e);

@@ -33,6 +33,9 @@ struct CheckResult {
 };
 
 double check_tolerance(DType t);
+// Values of this rank's outputs that are NaN or infinite (an LSE of -inf, a row without keys, is fine).
+// The check counts them as wrong; --save refuses to write them unless --allow-nonfinite.
+std::int64_t count_nonfinite(const RankRows& r, std::int64_t B, std::int64_t H);
 // Local row indices the check samples: spread evenly, the first and the last included.
 std::vector<std::int64_t> sampled_rows(std::int64_t S, int count);
 CheckResult check_rows(const Job& job, const Inputs& in, const Pattern& pat, std::int64_t N, const RankRows& r,

@@ -2,11 +2,15 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <vector>
+
+#include "longattn/error.hpp"
 
 namespace longattn::bench {
 
-Inputs::Inputs(const Job& job) : seed_(job.seed), dtype_(job.dtype), D_(job.head_dim) {
+Inputs::Inputs(const Job& job)
+    : seed_(job.seed), dtype_(job.dtype), D_(job.head_dim), allow_nonfinite_(job.allow_nonfinite) {
     if (job.load_dir.empty()) return;
     q_ = std::make_unique<NpyReader>(job.load_dir + "/q.npy", "load");
     k_ = std::make_unique<NpyReader>(job.load_dir + "/k.npy", "load");
@@ -40,9 +44,12 @@ void Inputs::fill(SynthTensor t, const TensorView& view, const std::int64_t* pos
         r->read(pos[s] * H * D, n * H * D, buf.data());
         for (std::int64_t i = 0; i < n; ++i)
             for (std::int64_t h = 0; h < H; ++h)
-                for (std::int64_t d = 0; d < D; ++d)
-                    store_from_f32(view.data, view.dtype, view.offset(0, s + i, h, d),
-                                   buf[static_cast<std::size_t>((i * H + h) * D + d)]);
+                for (std::int64_t d = 0; d < D; ++d) {
+                    const float x = buf[static_cast<std::size_t>((i * H + h) * D + d)];
+                    require(allow_nonfinite_ || std::isfinite(x), "load", r->path(), " holds ", x, " at row ", pos[s] + i,
+                            ", head ", h, ", dim ", d, "; --allow-nonfinite lets NaN and Inf through");
+                    store_from_f32(view.data, view.dtype, view.offset(0, s + i, h, d), x);
+                }
         s += n;
     }
 }

@@ -26,6 +26,7 @@ private:
     std::uint64_t seed_;
     DType dtype_;
     std::int64_t D_;
+    bool allow_nonfinite_;
     std::unique_ptr<NpyReader> q_, k_, v_, dout_;
 };
 

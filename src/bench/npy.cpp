@@ -10,6 +10,7 @@
 #include <sstream>
 #include <vector>
 
+#include "bench/parse.hpp"
 #include "longattn/error.hpp"
 
 namespace longattn::bench {
@@ -89,6 +90,7 @@ std::int64_t NpyHeader::numel() const {
 }
 
 NpyHeader npy_read_header(const std::string& path, const char* what) {
+    require_input_file(path, what);  // a FIFO or a device would block every rank in open()
     const int fd = ::open(path.c_str(), O_RDONLY);
     require(fd >= 0, what, "cannot open '", path, "': ", std::strerror(errno));
     struct Closer {
@@ -127,15 +129,16 @@ NpyHeader npy_read_header(const std::string& path, const char* what) {
     std::string item;
     while (std::getline(ss, item, ',')) {
         if (item.find_first_not_of(' ') == std::string::npos) continue;
-        try {
-            h.shape.push_back(std::stoll(item));
-        } catch (const std::exception&) {
-            require(false, what, "'", path, "': malformed shape ", shape);
-        }
+        std::size_t b = item.find_first_not_of(' '), e = item.find_last_not_of(' ');
+        h.shape.push_back(parse_int(item.substr(b, e - b + 1), what, "a shape of integer extents in " + quoted(path)));
     }
-    for (auto d : h.shape) require(d >= 0, what, "'", path, "': negative extent in shape ", shape);
+    for (auto d : h.shape) require(d >= 0, what, "'", visible(path), "': negative extent in shape ", visible(shape));
+    // The data's byte count must fit 64 bits: a crafted shape may not wrap into a plausible size.
+    std::int64_t bytes = static_cast<std::int64_t>(dtype_size(h.dtype));
+    const std::string desc = quoted(path).append(": shape ").append(visible(shape));
+    for (auto d : h.shape) bytes = checked_mul(bytes, d, what, desc);
     const off_t size = ::lseek(fd, 0, SEEK_END);
-    const auto need = static_cast<off_t>(h.data_offset + static_cast<std::size_t>(h.numel()) * dtype_size(h.dtype));
+    const auto need = static_cast<off_t>(checked_add(static_cast<std::int64_t>(h.data_offset), bytes, what, desc));
     require(size >= need, what, "'", path, "' is truncated: ", size, " bytes, its header needs ", need);
     return h;
 }

@@ -28,6 +28,7 @@ public:
     NpyReader(const NpyReader&) = delete;
     NpyReader& operator=(const NpyReader&) = delete;
     const NpyHeader& header() const { return h_; }
+    const std::string& path() const { return path_; }
     // out[0, n) = elements [first, first + n) as fp32.
     void read(std::int64_t first, std::int64_t n, float* out) const;
 

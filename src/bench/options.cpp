@@ -13,6 +13,7 @@
 #include "bench/bench.hpp"
 #include "bench/mirror.hpp"
 #include "bench/npy.hpp"
+#include "bench/parse.hpp"
 #include "longattn/error.hpp"
 
 namespace po = boost::program_options;
@@ -23,49 +24,11 @@ const char* mode_name(Mode m) { return m == Mode::fwd ? "fwd" : m == Mode::bwd ?
 
 namespace {
 
-// "64K" -> 65536, "1M" -> 1048576.
-std::int64_t parse_size(const std::string& s, const char* key) {
-    require(!s.empty(), key, "is empty; expected a number with an optional K, M or G suffix");
-    std::size_t used = 0;
-    long long v = 0;
-    try {
-        v = std::stoll(s, &used);
-    } catch (const std::exception&) {
-        require(false, key, "expected a number with an optional K, M or G suffix, got '", s, "'");
-    }
-    std::int64_t mul = 1;
-    const std::string suffix = s.substr(used);
-    if (suffix == "K" || suffix == "k") mul = 1 << 10;
-    else if (suffix == "M" || suffix == "m") mul = 1 << 20;
-    else if (suffix == "G" || suffix == "g") mul = 1 << 30;
-    else require(suffix.empty(), key, "unknown suffix '", suffix, "' in '", s, "'; allowed: K, M, G");
-    require(v > 0, key, "must be > 0, got '", s, "'");
-    return v * mul;
-}
-
-// Comma- (or whitespace-) separated sizes; "0" allowed where zero_ok.
-std::vector<std::int64_t> parse_list(const std::string& s, const char* key, bool zero_ok = false) {
-    std::vector<std::int64_t> out;
-    std::string norm = s;
-    for (char& c : norm)
-        if (c == ',' || c == '\n' || c == '\t' || c == '\r') c = ' ';
-    std::stringstream ss(norm);
-    std::string item;
-    while (ss >> item) out.push_back(zero_ok && item == "0" ? 0 : parse_size(item, key));
-    require(!out.empty(), key, "expected a comma-separated list of numbers, got '", s, "'");
-    return out;
-}
-
-double parse_number(const std::string& s, const char* key, const std::string& form) {
-    std::size_t used = 0;
-    double v = 0;
-    try {
-        v = std::stod(s, &used);
-    } catch (const std::exception&) {
-        used = 0;
-    }
-    require(used == s.size() && !s.empty() && std::isfinite(v), key, "expected ", form, ", got '", s, "'");
-    return v;
+std::string show_number(double x) {
+    std::ostringstream os;
+    os.precision(12);
+    os << x;
+    return os.str();
 }
 
 // --doc-dist uniform:MIN,MAX | exp:MEAN | lognormal:MEAN,SIGMA
@@ -73,7 +36,7 @@ DocSpec parse_doc_dist(const std::string& s) {
     const char* key = "doc-dist";
     const std::string form = "uniform:MIN,MAX, exp:MEAN or lognormal:MEAN,SIGMA";
     const auto colon = s.find(':');
-    require(colon != std::string::npos, key, "expected ", form, ", got '", s, "'");
+    require(colon != std::string::npos, key, "expected ", form, ", got '", visible(s), "'");
     const std::string kind = s.substr(0, colon), args = s.substr(colon + 1);
     std::vector<std::string> parts;
     std::stringstream ss(args);
@@ -81,30 +44,31 @@ DocSpec parse_doc_dist(const std::string& s) {
     while (std::getline(ss, item, ',')) parts.push_back(item);
     DocSpec d;
     if (kind == "uniform") {
-        require(parts.size() == 2, key, "expected uniform:MIN,MAX, got '", s, "'");
+        require(parts.size() == 2, key, "expected uniform:MIN,MAX, got '", visible(s), "'");
         d.kind = DocSpec::Kind::uniform;
         d.a = static_cast<double>(parse_size(parts[0], key));
         d.b = static_cast<double>(parse_size(parts[1], key));
-        require(d.b >= d.a, key, "uniform:MIN,MAX needs MAX >= MIN, got '", s, "'");
+        require(d.b >= d.a, key, "uniform:MIN,MAX needs MAX >= MIN, got '", visible(s), "'");
     } else if (kind == "exp") {
-        require(parts.size() == 1, key, "expected exp:MEAN, got '", s, "'");
+        require(parts.size() == 1, key, "expected exp:MEAN, got '", visible(s), "'");
         d.kind = DocSpec::Kind::exponential;
         d.a = static_cast<double>(parse_size(parts[0], key));
     } else if (kind == "lognormal") {
-        require(parts.size() == 2, key, "expected lognormal:MEAN,SIGMA, got '", s, "'");
+        require(parts.size() == 2, key, "expected lognormal:MEAN,SIGMA, got '", visible(s), "'");
         d.kind = DocSpec::Kind::lognormal;
         d.a = static_cast<double>(parse_size(parts[0], key));
         d.b = parse_number(parts[1], key, "SIGMA as a number in (0, 4]");
         require(d.b > 0 && d.b <= 4, key, "SIGMA must be in (0, 4], got ", d.b);
     } else {
-        require(false, key, "unknown distribution '", kind, "'; allowed: ", form);
+        require(false, key, "unknown distribution '", visible(kind), "'; allowed: ", form);
     }
     return d;
 }
 
 std::vector<std::int64_t> read_lens_file(const std::string& path) {
+    require_input_file(path, "doc-lens-file");
     std::ifstream f(path);
-    require(f.good(), "doc-lens-file", "cannot open '", path, "'");
+    require(f.good(), "doc-lens-file", "cannot open '", visible(path), "'");
     std::string text, line;
     while (std::getline(f, line))
         if (line.find('#') != std::string::npos) text += line.substr(0, line.find('#')) + " ";
@@ -114,8 +78,9 @@ std::vector<std::int64_t> read_lens_file(const std::string& path) {
 
 // Rows of 0/1 characters, one line per query block.
 void read_block_mask(const std::string& path, PatternSpec& p) {
+    require_input_file(path, "block-mask");
     std::ifstream f(path);
-    require(f.good(), "block-mask", "cannot open '", path, "'");
+    require(f.good(), "block-mask", "cannot open '", visible(path), "'");
     std::string line;
     std::int64_t rows = 0, cols = -1;
     while (std::getline(f, line)) {
@@ -123,38 +88,38 @@ void read_block_mask(const std::string& path, PatternSpec& p) {
         std::int64_t n = 0;
         for (char c : line) {
             if (c == ' ' || c == '\r') continue;
-            require(c == '0' || c == '1', "block-mask", "'", path, "' line ", rows + 1, ": only 0 and 1 are allowed, got '", c, "'");
+            require(c == '0' || c == '1', "block-mask", "'", visible(path), "' line ", rows + 1, ": only 0 and 1 are allowed, got '",
+                    visible(std::string(1, c)), "'");
             p.block_mask.push_back(static_cast<std::uint8_t>(c == '1'));
             ++n;
         }
-        require(cols < 0 || n == cols, "block-mask", "'", path, "': every row needs ", cols, " entries; row ", rows + 1, " has ", n);
+        require(cols < 0 || n == cols, "block-mask", "'", visible(path), "': every row needs ", cols, " entries; row ", rows + 1,
+                " has ", n);
         cols = n;
         ++rows;
     }
-    require(rows > 0 && cols > 0, "block-mask", "'", path, "' holds no rows");
+    require(rows > 0 && cols > 0, "block-mask", "'", visible(path), "' holds no rows");
     p.block_mask_rows = rows;
     p.block_mask_cols = cols;
-}
-
-bool writable_dir(const std::string& dir) { return ::access(dir.c_str(), W_OK | X_OK) == 0; }
-std::string parent_of(const std::string& path) {
-    const auto slash = path.find_last_of('/');
-    return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
 }
 
 // Loads the INI file into `vm`: keys "section.name" map to option "name" when its section matches.
 void store_config(const std::string& file, const po::options_description& all,
                   const std::map<std::string, std::string>& section_of, po::variables_map& vm) {
-    std::ifstream f(file);
-    require(f.good(), "config", "cannot open '", file, "'");
+    require_input_file(file, "config");
+    std::ifstream in(file);
+    require(in.good(), "config", "cannot open '", visible(file), "'");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) text.erase(0, 3);  // a UTF-8 byte order mark is not part of a key
+    std::istringstream f(text);
     po::parsed_options parsed = po::parse_config_file(f, all, true);
     for (auto& o : parsed.options) {
         if (!o.unregistered) {
-            require(section_of.count(o.string_key) != 0, "config", "'", file, "': '", o.string_key,
+            require(section_of.count(o.string_key) != 0, "config", "'", visible(file), "': '", visible(o.string_key),
                     "' cannot be set from a config file");
             continue;
         }
-        const std::string key = o.string_key;
+        const std::string key = visible(o.string_key);
         const auto dot = key.find('.');
         const std::string sec = dot == std::string::npos ? "" : key.substr(0, dot);
         const std::string name = dot == std::string::npos ? key : key.substr(dot + 1);
@@ -169,9 +134,9 @@ void store_config(const std::string& file, const po::options_description& all,
             if (s == sec) allowed << ' ' << n;
         const bool known_section = !allowed.str().empty();
         if (it != section_of.end())
-            require(false, key.c_str(), "unknown key in config '", file, "'; '", name, "' belongs in section [",
+            require(false, key.c_str(), "unknown key in config '", visible(file), "'; '", name, "' belongs in section [",
                     it->second, "] (", it->second, ".", name, ")");
-        require(false, key.c_str(), "unknown key in config '", file, "'; ",
+        require(false, key.c_str(), "unknown key in config '", visible(file), "'; ",
                 sec.empty()      ? "not an option of longattn-bench (see --help)"
                 : !known_section ? "sections are [run], [sweep], [shape], [dist], [pattern], [io]"
                                : "allowed in [" + sec + "]:" + allowed.str());
@@ -260,31 +225,42 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
       ("save", po::value(&j.save_dir)->default_value(""),
        "directory for out.npy [S, H, D] and lse.npy [H, S] (dq/dk/dv.npy with bwd), float32, global token order")
       ("json", po::value(&j.json_path)->default_value(""), "write the table as JSON to this file")
-      ("csv", po::value(&j.csv_path)->default_value(""), "write the table as CSV to this file");
+      ("csv", po::value(&j.csv_path)->default_value(""), "write the table as CSV to this file")
+      ("allow-nonfinite", po::value(&j.allow_nonfinite)->default_value(false),
+       "let NaN and Inf in loaded inputs through (they propagate to the outputs) and save such outputs");
     po::options_description general("General");
     general.add_options()("help,h", "print this help")("config", po::value(&config), "INI file with any of the options below");
     po::options_description hidden("Hidden");
     hidden.add_options()
         ("inject-failure", po::value(&j.inject_failure)->default_value(-1), "this rank throws mid-run")
         ("corrupt", po::value(&j.corrupt)->default_value(false), "perturb one output element before the check");
-    po::options_description visible;
-    visible.add(general).add(run.desc).add(sweep.desc).add(shape.desc).add(dist.desc).add(pat.desc).add(io.desc);
+    po::options_description shown;
+    shown.add(general).add(run.desc).add(sweep.desc).add(shape.desc).add(dist.desc).add(pat.desc).add(io.desc);
     po::options_description all;
-    all.add(visible).add(hidden);
+    all.add(shown).add(hidden);
+
+    // Boolean options work bare (--causal) and with a value (--causal false, --causal=false).
+    std::vector<std::string> bools;
+    for (const auto& o : all.options()) {
+        const auto* typed = dynamic_cast<const po::typed_value<bool>*>(o->semantic().get());
+        if (typed) bools.push_back(o->long_name());
+    }
+    const std::vector<std::string> args =
+        normalize_bool_flags(std::vector<std::string>(argv + std::min(argc, 1), argv + argc), bools, {{'c', "check"}});
 
     po::variables_map vm;
     try {
-        po::store(po::parse_command_line(argc, argv, all), vm);
+        po::store(po::command_line_parser(args).options(all).run(), vm);
         if (vm.count("config")) store_config(vm["config"].as<std::string>(), all, section_of, vm);
         po::notify(vm);
     } catch (const po::error& e) {
-        throw Error(std::string("option: ") + e.what());
+        throw Error("option: " + visible(e.what()));
     }
     if (vm.count("help")) {
         std::ostringstream os;
         os << "usage: longattn-bench [options]   (under mpirun for the distributed strategies)\n"
            << "In a --config INI file a key sits in its [section] or at the top: [pattern] causal = true\n"
-           << visible << '\n';
+           << shown << '\n';
         help_text = os.str();
         return j;
     }
@@ -336,12 +312,18 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
     if (!j.load_dir.empty()) {
         require(j.batch == 1, "batch", "must be 1 with --load (the files hold one sequence [S, H, D]), got ", j.batch);
         require(!given("minlen") && !given("maxlen") && !j.weak, "load", "the sequence length comes from the files; drop -b/-e/--scaling");
+        for (const char* f : {"/q.npy", "/k.npy", "/v.npy"}) require_input_file(j.load_dir + f, "load");
         const NpyHeader q = npy_read_header(j.load_dir + "/q.npy", "load");
         const NpyHeader k = npy_read_header(j.load_dir + "/k.npy", "load");
         const NpyHeader v = npy_read_header(j.load_dir + "/v.npy", "load");
-        require(q.shape.size() == 3 && k.shape.size() == 3 && v.shape == k.shape, "load",
-                "q.npy, k.npy, v.npy must be [S, H, D] with k and v alike; got q ", q.shape.size(), "-d, k ",
-                k.shape.size(), "-d");
+        const auto dims = [](const NpyHeader& h) {
+            std::string t = "[";
+            for (std::size_t i = 0; i < h.shape.size(); ++i) t += (i ? ", " : "") + std::to_string(h.shape[i]);
+            return t + "]";
+        };
+        require(q.shape.size() == 3 && k.shape.size() == 3 && v.shape.size() == 3, "load",
+                "q.npy, k.npy, v.npy must be 3-d [S, H, D]; got q ", dims(q), ", k ", dims(k), ", v ", dims(v));
+        require(v.shape == k.shape, "load", "v.npy must have k.npy's shape; got k ", dims(k), ", v ", dims(v));
         require(q.shape[0] == k.shape[0] && q.shape[2] == k.shape[2], "load",
                 "q.npy and k.npy must share S and D; got q [", q.shape[0], ", ", q.shape[1], ", ", q.shape[2], "], k [",
                 k.shape[0], ", ", k.shape[1], ", ", k.shape[2], "]");
@@ -354,6 +336,7 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
         j.head_dim = q.shape[2];
         j.lengths = {q.shape[0]};
         if (::access((j.load_dir + "/dout.npy").c_str(), F_OK) == 0) {
+            require_input_file(j.load_dir + "/dout.npy", "load");
             const NpyHeader d = npy_read_header(j.load_dir + "/dout.npy", "load");
             require(d.shape == q.shape, "load", "dout.npy must have q.npy's shape");
         }
@@ -361,10 +344,18 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
         const std::int64_t lo = parse_size(minlen, "minlen");
         const std::int64_t hi = maxlen.empty() ? lo : parse_size(maxlen, "maxlen");
         require(hi >= lo, "maxlen", "must be >= minlen (", lo, "), got ", hi);
-        require(factor > 1.0 || lo == hi, "factor", "must be > 1 for a sweep, got ", factor);
-        for (double L = static_cast<double>(lo); L <= static_cast<double>(hi) * (1 + 1e-9); L *= factor) {
-            j.lengths.push_back(static_cast<std::int64_t>(L));
+        require(std::isfinite(factor) && (factor > 1.0 || lo == hi), "factor", "must be a number > 1 for a sweep, got ", factor);
+        // Each length is the previous one times the factor, rounded down; a factor that leaves a length
+        // unchanged (or a sweep of more than 64 lengths) is refused rather than run forever.
+        for (std::int64_t L = lo; L <= hi;) {
+            j.lengths.push_back(L);
             if (lo == hi) break;
+            const double next = std::floor(static_cast<double>(L) * factor);
+            if (next > static_cast<double>(hi)) break;
+            require(static_cast<std::int64_t>(next) > L, "factor", show_number(factor), " does not grow the length ", L,
+                    "; use a larger factor (the next length must be at least ", L + 1, ")");
+            require(j.lengths.size() < 64, "factor", show_number(factor), " makes a sweep of more than 64 lengths from ", lo, " to ", hi);
+            L = static_cast<std::int64_t>(next);
         }
     }
     require(j.heads >= 1, "heads", "must be >= 1, got ", j.heads);
@@ -373,14 +364,22 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
             j.kv_heads);
     require(j.head_dim >= 1 && j.head_dim <= 256, "head-dim", "must be in [1, 256], got ", j.head_dim);
 
+    // Every tensor's element count and byte size must fit 64 bits for every length of the sweep.
+    for (std::int64_t L : j.lengths) {
+        const std::string what = std::to_string(j.batch) + " x " + std::to_string(L) + " tokens x " +
+                                 std::to_string(j.heads) + " heads x " + std::to_string(j.head_dim) + " dims x 4 bytes";
+        const char* key = j.load_dir.empty() ? "minlen" : "load";
+        checked_mul(checked_mul(checked_mul(checked_mul(j.batch, L, key, what), j.heads, key, what), j.head_dim, key, what), 4,
+                    key, what);
+    }
+
     if (!window.empty()) {
         const auto comma = window.find(',');
-        require(comma != std::string::npos, "window", "expected LEFT,RIGHT (-1 = unbounded), got '", window, "'");
-        try {
-            j.pattern.window = Window{std::stoll(window.substr(0, comma)), std::stoll(window.substr(comma + 1))};
-        } catch (const std::exception&) {
-            require(false, "window", "expected LEFT,RIGHT integers (-1 = unbounded), got '", window, "'");
-        }
+        const std::string form = "LEFT,RIGHT integers (-1 = unbounded)";
+        require(comma != std::string::npos && window.find(',', comma + 1) == std::string::npos, "window", "expected ",
+                form, ", got '", visible(window), "'");
+        j.pattern.window = Window{parse_int(window.substr(0, comma), "window", form),
+                                  parse_int(window.substr(comma + 1), "window", form)};
     }
     // Documents: one way at a time.
     const int doc_ways = (j.docs.count != 0) + !doc_lens.empty() + !doc_lens_file.empty() + !doc_dist.empty();
@@ -404,13 +403,13 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
     if (!block_mask.empty()) read_block_mask(block_mask, j.pattern);
 
     // Outputs: checked now so that a bad path fails before any work, and nothing is half-written.
-    require(j.save_dir.empty() || writable_dir(j.save_dir), "save", "'", j.save_dir, "' is not a writable directory");
+    if (!j.save_dir.empty()) require_output_dir(j.save_dir, "save");
     require(j.save_dir.empty() || j.batch == 1, "save", "needs batch 1 (the files hold one sequence [S, H, D])");
     require(j.save_dir.empty() || j.lengths.size() == 1, "save", "needs one sequence length, not a sweep of ",
             j.lengths.size());
     require(j.save_dir.empty() || j.threads.size() == 1, "save", "needs one thread count, not a sweep");
     for (const auto& [path, name] : {std::pair{j.json_path, "json"}, std::pair{j.csv_path, "csv"}})
-        require(path.empty() || writable_dir(parent_of(path)), name, "the directory of '", path, "' is not writable");
+        if (!path.empty()) require_output_file(path, name);
 
     PatternSpec probe = spec_for_length(j, j.lengths.back());  // validate the pattern before any work starts
     Pattern{probe};
@@ -418,7 +417,36 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
 }
 
 void validate_for_ranks(const Job& job, int ranks) {
+    if (job.weak)
+        for (std::int64_t L : job.lengths)
+            checked_mul(checked_mul(checked_mul(checked_mul(checked_mul(L, ranks, "minlen", "weak scaling: " + std::to_string(L) +
+                                                                                              " tokens per rank x " +
+                                                                                              std::to_string(ranks) + " ranks"),
+                                                            job.batch, "minlen", "the tensors"),
+                                                job.heads, "minlen", "the tensors"),
+                                    job.head_dim, "minlen", "the tensors"),
+                        4, "minlen", "the tensors");
     const std::int64_t n = total_tokens(job, job.lengths.back(), ranks);
+    // What is fixed in tokens must fit the shortest sequence of the sweep: nothing is clamped silently.
+    const std::int64_t shortest = total_tokens(job, job.lengths.front(), ranks);
+    require(job.docs.kind != DocSpec::Kind::equal || job.docs.count <= shortest, "docs", job.docs.count,
+            " documents do not fit in ", shortest, " tokens (at most one per token)");
+    if (job.docs.kind == DocSpec::Kind::lens)
+        for (std::int64_t len : job.docs.lens)
+            require(len <= shortest, "doc-lens", "a document of ", len,
+                    " tokens does not fit in a sequence of ", shortest);
+    require(job.pattern.global_first <= shortest, "global", "must be in [0, ", shortest, "] for a sequence of ", shortest,
+            " tokens, got ", job.pattern.global_first);
+    for (std::int64_t g : job.pattern.global_list)
+        require(g < shortest, "global-list", "positions must be in [0, ", shortest, ") for a sequence of ", shortest,
+                " tokens, got ", g);
+    if (!job.pattern.block_mask.empty())
+        for (std::int64_t L : job.lengths) {
+            const std::int64_t nb = (total_tokens(job, L, ranks) + job.pattern.block - 1) / job.pattern.block;
+            require(job.pattern.block_mask_rows == nb && job.pattern.block_mask_cols == nb, "block-mask", "is ",
+                    job.pattern.block_mask_rows, " x ", job.pattern.block_mask_cols, " blocks; a sequence of ",
+                    total_tokens(job, L, ranks), " tokens in blocks of ", job.pattern.block, " needs ", nb, " x ", nb);
+        }
     if (job.pattern.window)
         for (std::int64_t w : {job.pattern.window->left, job.pattern.window->right})
             require(w >= -1 && w < n, "window", "each side must be -1 (unbounded) or in [0, ", n,

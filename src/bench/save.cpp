@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <memory>
+#include <stdexcept>
 #include <vector>
 
 #include "bench/npy.hpp"
@@ -41,6 +42,13 @@ void write_rows(NpyWriter& w, const TensorView& t, const RankRows& r) {
 
 void save_outputs(const Job& job, std::int64_t N, const RankRows& r, comm::Communicator* comm) {
     const bool root = comm == nullptr || comm->rank() == 0;
+    if (!job.allow_nonfinite) {
+        std::int64_t bad = count_nonfinite(r, job.batch, job.heads);
+        if (comm) comm->all_reduce_sum(&bad, 1);  // every rank refuses alike
+        if (bad > 0)
+            throw std::runtime_error("save: the outputs hold " + std::to_string(bad) +
+                                     " NaN or infinite values; nothing is saved (--allow-nonfinite saves them)");
+    }
     std::int64_t tag = ::getpid();  // one temporary name for all ranks: the creating rank's pid
     if (comm) comm->broadcast(&tag, sizeof(tag), 0);
     const std::string dir = job.save_dir + "/", suffix = std::to_string(tag);

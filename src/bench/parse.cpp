@@ -1,0 +1,204 @@
+#include "bench/parse.hpp"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+
+#include "longattn/error.hpp"
+
+namespace longattn::bench {
+
+std::string visible(const std::string& s) {
+    std::string out;
+    for (unsigned char c : s) {
+        if (c < 0x20 || c == 0x7f) {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\x%02x", c);
+            out += buf;
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    return out;
+}
+
+std::string quoted(const std::string& s) {
+    std::string out(1, '\'');
+    out.append(visible(s)).push_back('\'');
+    return out;
+}
+
+std::int64_t parse_int(const std::string& s, const char* key, const std::string& form) {
+    std::size_t i = 0;
+    if (i < s.size() && (s[i] == '-' || s[i] == '+')) ++i;
+    bool digits = i < s.size();
+    for (std::size_t j = i; j < s.size(); ++j) digits = digits && s[j] >= '0' && s[j] <= '9';
+    require(digits, key, "expected ", form, ", got '", visible(s), "'");
+    errno = 0;
+    const long long v = std::strtoll(s.c_str(), nullptr, 10);
+    require(errno != ERANGE, key, "'", visible(s), "' is out of range (at most 9223372036854775807 in magnitude)");
+    return v;
+}
+
+std::int64_t parse_size(const std::string& s, const char* key) {
+    const std::string form = "a positive number with an optional K, M or G suffix";
+    require(!s.empty(), key, "is empty; expected ", form);
+    std::size_t end = s.size();
+    std::int64_t mul = 1;
+    const char last = s.back();
+    if (last == 'K' || last == 'k') mul = std::int64_t{1} << 10;
+    else if (last == 'M' || last == 'm') mul = std::int64_t{1} << 20;
+    else if (last == 'G' || last == 'g') mul = std::int64_t{1} << 30;
+    if (mul > 1) --end;
+    const std::string num = s.substr(0, end);
+    std::size_t digits = 0;
+    while (digits < num.size() && num[digits] >= '0' && num[digits] <= '9') ++digits;
+    if (digits > 0 && digits < num.size() && mul == 1) {
+        // "4Q": a number with something else after it.
+        const std::string suffix = num.substr(digits);
+        require(false, key, "unknown suffix '", visible(suffix), "' in '", visible(s), "'; allowed: K, M, G");
+    }
+    const std::int64_t v = parse_int(num, key, form);
+    require(v > 0, key, "must be > 0, got '", visible(s), "'");
+    std::int64_t r = 0;
+    require(!__builtin_mul_overflow(v, mul, &r), key, "'", visible(s), "' overflows 64-bit sizes");
+    return r;
+}
+
+std::vector<std::int64_t> parse_list(const std::string& s, const char* key, bool zero_ok) {
+    std::vector<std::int64_t> out;
+    std::string norm = s;
+    for (char& c : norm)
+        if (c == ',' || c == '\n' || c == '\t' || c == '\r') c = ' ';
+    std::stringstream ss(norm);
+    std::string item;
+    while (ss >> item) out.push_back(zero_ok && item == "0" ? 0 : parse_size(item, key));
+    require(!out.empty(), key, "expected a comma-separated list of numbers, got '", visible(s), "'");
+    return out;
+}
+
+double parse_number(const std::string& s, const char* key, const std::string& form) {
+    std::size_t used = 0;
+    double v = 0;
+    try {
+        v = std::stod(s, &used);
+    } catch (const std::exception&) {
+        used = 0;
+    }
+    require(used == s.size() && !s.empty() && std::isfinite(v), key, "expected ", form, ", got '", visible(s), "'");
+    return v;
+}
+
+std::int64_t checked_mul(std::int64_t a, std::int64_t b, const char* key, const std::string& what) {
+    std::int64_t r = 0;
+    require(!__builtin_mul_overflow(a, b, &r), key, what, " overflows 64-bit sizes");
+    return r;
+}
+
+std::int64_t checked_add(std::int64_t a, std::int64_t b, const char* key, const std::string& what) {
+    std::int64_t r = 0;
+    require(!__builtin_add_overflow(a, b, &r), key, what, " overflows 64-bit sizes");
+    return r;
+}
+
+namespace {
+
+void require_path_length(const std::string& path, const char* key) {
+    require(!path.empty(), key, "is an empty path");
+    require(path.size() < PATH_MAX, key, "path of ", path.size(), " bytes is longer than the system allows (", PATH_MAX - 1, ")");
+    std::size_t start = 0;
+    while (start <= path.size()) {
+        const std::size_t slash = path.find('/', start);
+        const std::size_t end = slash == std::string::npos ? path.size() : slash;
+        require(end - start <= NAME_MAX, key, "'", visible(path), "' has a name of ", end - start,
+                " bytes; at most ", NAME_MAX, " are allowed");
+        if (slash == std::string::npos) break;
+        start = slash + 1;
+    }
+}
+
+std::string parent_of(const std::string& path) {
+    const auto slash = path.find_last_of('/');
+    return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// Creates and removes a file in dir: the only test of writability that holds for root and for
+// read-only or virtual file systems alike. Returns the reason it cannot, or "".
+std::string cannot_create_in(const std::string& dir) {
+    std::string tmpl = dir + "/.longattn-probe-XXXXXX";
+    const int fd = ::mkstemp(tmpl.data());
+    if (fd < 0) return std::strerror(errno);
+    ::close(fd);
+    ::unlink(tmpl.c_str());
+    return "";
+}
+
+}  // namespace
+
+void require_input_file(const std::string& path, const char* key) {
+    require_path_length(path, key);
+    struct stat st {};
+    const int rc = ::stat(path.c_str(), &st);
+    const std::string why = rc == 0 ? "" : std::strerror(errno);
+    require(rc == 0, key, "cannot open '", visible(path), "': ", why);
+    require(S_ISREG(st.st_mode), key, "'", visible(path), "' is ",
+            S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO" : "not a regular file",
+            "; a regular file is needed");
+}
+
+void require_output_dir(const std::string& dir, const char* key) {
+    require_path_length(dir, key);
+    struct stat st {};
+    require(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), key, "'", visible(dir), "' is not a writable directory");
+    const std::string why = cannot_create_in(dir);
+    require(why.empty(), key, "cannot create files in '", visible(dir), "': ", why);
+}
+
+void require_output_file(const std::string& path, const char* key) {
+    require_path_length(path, key);
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0)
+        require(S_ISREG(st.st_mode), key, "'", visible(path), "' exists and is not a regular file");
+    const std::string dir = parent_of(path);
+    require(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && cannot_create_in(dir).empty(), key,
+            "the directory of '", visible(path), "' is not writable");
+}
+
+std::vector<std::string> normalize_bool_flags(const std::vector<std::string>& args, const std::vector<std::string>& names,
+                                              const std::vector<std::pair<char, std::string>>& shorts) {
+    const auto is_word = [](const std::string& w) {
+        for (const char* b : {"true", "false", "1", "0", "yes", "no", "on", "off"})
+            if (w == b) return true;
+        return false;
+    };
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        std::string name;
+        if (a.size() > 2 && a.compare(0, 2, "--") == 0 && a.find('=') == std::string::npos) {
+            for (const auto& n : names)
+                if (a.compare(2, std::string::npos, n) == 0) name = n;
+        } else if (a.size() == 2 && a[0] == '-' && a[1] != '-') {
+            for (const auto& [c, n] : shorts)
+                if (a[1] == c) name = n;
+        }
+        if (name.empty()) {
+            out.push_back(a);
+            continue;
+        }
+        std::string joined = "--";
+        joined.append(name).append("=");
+        joined.append(i + 1 < args.size() && is_word(args[i + 1]) ? args[++i] : std::string("true"));
+        out.push_back(joined);
+    }
+    return out;
+}
+
+}  // namespace longattn::bench
