@@ -250,7 +250,11 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
 
     po::variables_map vm;
     try {
-        po::store(po::command_line_parser(args).options(all).run(), vm);
+        const po::parsed_options parsed = po::command_line_parser(args).options(all).run();
+        const std::vector<std::string> stray = po::collect_unrecognized(parsed.options, po::include_positional);
+        require(stray.empty(), "option", "unexpected argument '", stray.empty() ? "" : visible(stray.front()),
+                "'; every value belongs to an option (--name value)");
+        po::store(parsed, vm);
         if (vm.count("config")) store_config(vm["config"].as<std::string>(), all, section_of, vm);
         po::notify(vm);
     } catch (const po::error& e) {

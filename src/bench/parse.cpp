@@ -50,22 +50,16 @@ std::int64_t parse_int(const std::string& s, const char* key, const std::string&
 std::int64_t parse_size(const std::string& s, const char* key) {
     const std::string form = "a positive number with an optional K, M or G suffix";
     require(!s.empty(), key, "is empty; expected ", form);
-    std::size_t end = s.size();
+    std::size_t end = s[0] == '-' || s[0] == '+' ? 1 : 0;
+    const std::size_t first = end;
+    while (end < s.size() && s[end] >= '0' && s[end] <= '9') ++end;
+    const std::string suffix = s.substr(end);
     std::int64_t mul = 1;
-    const char last = s.back();
-    if (last == 'K' || last == 'k') mul = std::int64_t{1} << 10;
-    else if (last == 'M' || last == 'm') mul = std::int64_t{1} << 20;
-    else if (last == 'G' || last == 'g') mul = std::int64_t{1} << 30;
-    if (mul > 1) --end;
-    const std::string num = s.substr(0, end);
-    std::size_t digits = 0;
-    while (digits < num.size() && num[digits] >= '0' && num[digits] <= '9') ++digits;
-    if (digits > 0 && digits < num.size() && mul == 1) {
-        // "4Q": a number with something else after it.
-        const std::string suffix = num.substr(digits);
-        require(false, key, "unknown suffix '", visible(suffix), "' in '", visible(s), "'; allowed: K, M, G");
-    }
-    const std::int64_t v = parse_int(num, key, form);
+    if (suffix == "K" || suffix == "k") mul = std::int64_t{1} << 10;
+    else if (suffix == "M" || suffix == "m") mul = std::int64_t{1} << 20;
+    else if (suffix == "G" || suffix == "g") mul = std::int64_t{1} << 30;
+    else require(suffix.empty() || end == first, key, "unknown suffix '", visible(suffix), "' in '", visible(s), "'; allowed: K, M, G");
+    const std::int64_t v = parse_int(suffix.empty() || mul > 1 ? s.substr(0, end) : s, key, form);
     require(v > 0, key, "must be > 0, got '", visible(s), "'");
     std::int64_t r = 0;
     require(!__builtin_mul_overflow(v, mul, &r), key, "'", visible(s), "' overflows 64-bit sizes");

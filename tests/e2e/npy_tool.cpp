@@ -2,8 +2,13 @@
 //   npy_tool make DIR S H HKV D SEED fp32|fp16   q.npy, k.npy, v.npy, dout.npy [S, H(KV), D] holding the
 //                                                 bench's synthetic inputs of that seed
 //   npy_tool diff A B TOL                         exit 1 unless same shape and max |a - b| <= TOL
+//   npy_tool poke FILE INDEX VALUE                element INDEX of a float32 FILE becomes VALUE (nan, inf...)
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -66,7 +71,16 @@ int main(int argc, char** argv) {
                         static_cast<long long>(n), worst, tol);
             return worst <= tol ? 0 : 1;
         }
-        std::fprintf(stderr, "usage: npy_tool make DIR S H HKV D SEED fp32|fp16 | npy_tool diff A B TOL\n");
+        if (cmd == "poke" && argc == 5) {
+            const NpyHeader h = npy_read_header(argv[2], "poke");
+            const float x = std::strtof(argv[4], nullptr);
+            const int fd = ::open(argv[2], O_WRONLY);
+            const bool ok = fd >= 0 && h.dtype == DType::f32 &&
+                            ::pwrite(fd, &x, 4, static_cast<off_t>(h.data_offset + 4 * std::stoull(argv[3]))) == 4;
+            if (fd >= 0) ::close(fd);
+            return ok ? 0 : 1;
+        }
+        std::fprintf(stderr, "usage: npy_tool make DIR S H HKV D SEED fp32|fp16 | diff A B TOL | poke FILE INDEX VALUE\n");
         return 2;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "npy_tool: %s\n", e.what());

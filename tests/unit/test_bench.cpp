@@ -10,6 +10,7 @@
 
 #include "bench/bench.hpp"
 #include "bench/npy.hpp"
+#include "bench/parse.hpp"
 #include "bench/save.hpp"
 #include "longattn/error.hpp"
 
@@ -299,3 +300,86 @@ TEST(Options, BadInputNamesTheKeyAndWhatIsAllowed) {
     EXPECT_NE(error_of([&] { validate_for_ranks(parse({"-b", "1K"}), 2); }).find("strategy: 'kernel' runs in one process"),
               std::string::npos);
 }
+
+namespace {
+
+TEST(Parse, SizesAreWholeNumbersWithSuffixesAndNeverWrap) {
+    EXPECT_EQ(parse_size("7", "k"), 7);
+    EXPECT_EQ(parse_size("64K", "k"), 65536);
+    EXPECT_EQ(parse_size("3m", "k"), 3 << 20);
+    EXPECT_EQ(parse_size("2G", "k"), std::int64_t{2} << 30);
+    EXPECT_EQ(parse_size("9223372036854775807", "k"), INT64_MAX);
+    EXPECT_EQ(parse_size("8589934591G", "k"), std::int64_t{8589934591} << 30);
+    for (const char* bad : {"", "0", "-1", "+0", "4Q", "4KK", "1e3", "K", "12abcK", " 5", "5 "})
+        EXPECT_NE(error_of([&] { parse_size(bad, "minlen"); }).find("minlen: "), std::string::npos) << bad;
+    EXPECT_NE(error_of([] { parse_size("9223372036854775807K", "minlen"); }).find("overflows 64-bit sizes"), std::string::npos);
+    EXPECT_NE(error_of([] { parse_size("8589934592G", "minlen"); }).find("overflows 64-bit sizes"), std::string::npos);
+    EXPECT_NE(error_of([] { parse_size("99999999999999999999", "minlen"); }).find("out of range"), std::string::npos);
+    EXPECT_EQ(parse_list("1K, 2K\t0", "k", true), (std::vector<std::int64_t>{1024, 2048, 0}));
+}
+
+TEST(Parse, IntegersAreWholeAndInRange) {
+    EXPECT_EQ(parse_int("-1", "w", "n"), -1);
+    EXPECT_EQ(parse_int("+5", "w", "n"), 5);
+    EXPECT_EQ(parse_int("-9223372036854775808", "w", "n"), INT64_MIN);
+    for (const char* bad : {"", "-", "5 ", " 5", "0x10", "1e3", "1.0", "١"})
+        EXPECT_NE(error_of([&] { parse_int(bad, "window", "an integer"); }).find("window: expected an integer"),
+                  std::string::npos)
+            << bad;
+    EXPECT_NE(error_of([] { parse_int("9223372036854775808", "w", "n"); }).find("out of range"), std::string::npos);
+}
+
+TEST(Parse, CheckedArithmetic) {
+    EXPECT_EQ(checked_mul(INT64_MAX / 2, 2, "k", "x"), INT64_MAX - 1);
+    EXPECT_EQ(checked_add(INT64_MAX - 1, 1, "k", "x"), INT64_MAX);
+    EXPECT_NE(error_of([] { checked_mul(INT64_MAX / 2 + 1, 2, "minlen", "the tensors"); }).find("minlen: the tensors overflows"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { checked_add(INT64_MAX, 1, "load", "'q.npy'"); }).find("load: 'q.npy' overflows"), std::string::npos);
+}
+
+TEST(Parse, ControlCharactersAreShownEscaped) {
+    EXPECT_EQ(visible("plain text, UTF-8 é"), "plain text, UTF-8 é");
+    EXPECT_EQ(visible("\x1b[31mred\t\x7f"), "\\x1b[31mred\\x09\\x7f");
+    EXPECT_EQ(quoted("a\nb"), "'a\\x0ab'");
+}
+
+TEST(Parse, BooleanFlagsWorkBareAndWithAValue) {
+    const std::vector<std::string> names = {"causal", "check"};
+    const std::vector<std::pair<char, std::string>> shorts = {{'c', "check"}};
+    using V = std::vector<std::string>;
+    EXPECT_EQ(normalize_bool_flags(V{"--causal", "--heads", "4"}, names, shorts), (V{"--causal=true", "--heads", "4"}));
+    EXPECT_EQ(normalize_bool_flags(V{"--causal", "false", "-c", "0"}, names, shorts), (V{"--causal=false", "--check=0"}));
+    EXPECT_EQ(normalize_bool_flags(V{"--causal=yes", "-c"}, names, shorts), (V{"--causal=yes", "--check=true"}));
+    EXPECT_EQ(normalize_bool_flags(V{"--causalx", "-b", "1K"}, names, shorts), (V{"--causalx", "-b", "1K"}));
+    // Through the parser: bare, valued, and a stray argument refused.
+    EXPECT_TRUE(parse({"--causal", "-b", "1K"}).pattern.causal);
+    EXPECT_FALSE(parse({"--causal", "off", "-b", "1K"}).pattern.causal);
+    EXPECT_FALSE(parse({"-c", "false"}).check);
+    EXPECT_NE(error_of([] { parse({"-b", "1K", "2K"}); }).find("option: unexpected argument '2K'"), std::string::npos);
+}
+
+TEST(Parse, SweepsGrowAndStayBounded) {
+    EXPECT_EQ(parse({"-b", "1000", "-e", "3000", "-f", "1.5"}).lengths, (std::vector<std::int64_t>{1000, 1500, 2250}));
+    EXPECT_EQ(parse({"-b", "1K", "-e", "4K"}).lengths, (std::vector<std::int64_t>{1024, 2048, 4096}));
+    EXPECT_NE(error_of([] { parse({"-b", "4K", "-e", "8K", "-f", "1.0000001"}); }).find("does not grow the length 4096"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { parse({"-b", "1000", "-e", "1G", "-f", "1.1"}); }).find("more than 64 lengths"), std::string::npos);
+}
+
+TEST(Parse, WhatDoesNotFitIsRefusedNotClamped) {
+    EXPECT_NE(error_of([] { validate_for_ranks(parse({"-b", "1K", "--docs", "2000"}), 1); }).find("docs: 2000 documents"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { validate_for_ranks(parse({"-b", "1K", "--doc-lens", "2K"}), 1); }).find("doc-lens: a document of 2048"),
+              std::string::npos);
+    EXPECT_NE(error_of([] { validate_for_ranks(parse({"-b", "1K", "--global-list", "3,1024"}), 1); }).find("got 1024"),
+              std::string::npos);
+    // Weak scaling: the sequence is the per-rank length times the ranks, so more fits.
+    validate_for_ranks(parse({"-b", "1K", "--scaling", "weak", "--strategy", "ring", "--doc-lens", "2K"}), 2);
+    EXPECT_NE(error_of([] { validate_for_ranks(parse({"-b", "4G", "--scaling", "weak", "--strategy", "ring", "--heads", "1024",
+                                                      "--head-dim", "256"}),
+                                               1 << 20); })
+                  .find("overflows 64-bit sizes"),
+              std::string::npos);
+}
+
+}  // namespace
