@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include "bench/bench.hpp"
 #include "bench/mirror.hpp"
@@ -148,7 +149,7 @@ void store_config(const std::string& file, const po::options_description& all,
 
 Job parse_job(int argc, char** argv, std::string& help_text) {
     std::string device, comm_name, mode, dtype, window, doc_lens, doc_lens_file, doc_dist, threads, minlen, maxlen, config, strategy,
-        layout, global_list, block_mask, scaling;
+        layout, global_list, block_mask, scaling, seed, doc_seed, random_seed;
     double factor = 2;
     Job j;
     // Section of every option, for the INI mapping.
@@ -171,7 +172,7 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
     run("mode", po::value(&mode)->default_value("fwd"), "fwd | bwd | fwd+bwd")
        ("device", po::value(&device)->default_value("cpu"), "cpu | cuda (the CUDA kernels; one GPU per rank by local rank)")
        ("threads,t", po::value(&threads)->default_value("0"), "threads per rank, or a list to sweep in kernel mode (0 = all)")
-       ("seed", po::value(&j.seed)->default_value(1), "seed of the synthetic inputs");
+       ("seed", po::value(&seed)->default_value("1"), "seed of the synthetic inputs (0 to 2^63-1)");
     auto sweep = group("Sweep, nccl-tests style [sweep]", "sweep");
     sweep("minlen,b", po::value(&minlen)->default_value("8K"), "smallest sequence length (K/M/G suffixes)")
          ("maxlen,e", po::value(&maxlen)->default_value(""), "largest sequence length (default: minlen)")
@@ -208,14 +209,14 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
        ("doc-lens-file", po::value(&doc_lens_file)->default_value(""), "file of document lengths (whitespace or commas)")
        ("doc-dist", po::value(&doc_dist)->default_value(""),
         "drawn document lengths: uniform:MIN,MAX | exp:MEAN | lognormal:MEAN,SIGMA")
-       ("doc-seed", po::value(&j.docs.seed)->default_value(1), "seed of --doc-dist")
+       ("doc-seed", po::value(&doc_seed)->default_value("1"), "seed of --doc-dist")
        ("global", po::value(&j.pattern.global_first)->default_value(0), "first N tokens are global")
        ("global-list", po::value(&global_list)->default_value(""), "further global token positions")
        ("block", po::value(&j.pattern.block)->default_value(64), "block size of the block-mask, strided and random parts")
        ("block-mask", po::value(&block_mask)->default_value(""), "file of 0/1 rows: allowed key blocks per query block")
        ("stride", po::value(&j.pattern.stride)->default_value(0), "every s-th key block column (0 = off)")
        ("random", po::value(&j.pattern.random_blocks)->default_value(0), "random key blocks per query block")
-       ("random-seed", po::value(&j.pattern.random_seed)->default_value(0), "seed of the random blocks")
+       ("random-seed", po::value(&random_seed)->default_value("0"), "seed of the random blocks")
        ("softcap", po::value(&j.pattern.softcap)->default_value(0.0f), "tanh softcap of scores (0 = off)")
        ("scale", po::value(&j.pattern.scale)->default_value(0.0f), "softmax scale (0 = 1/sqrt(head-dim))")
        ("alibi", po::value(&j.alibi)->default_value(false), "ALiBi slopes 2^(-8(h+1)/heads)");
@@ -271,6 +272,13 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
     for (int i = 0; i < argc; ++i) j.command_line += (i ? " " : "") + std::string(argv[i]);
     auto given = [&](const char* name) { return vm.count(name) && !vm[name].defaulted(); };
 
+    // Seeds are read as signed integers: a negative one is an error, not a wrapped 2^64 - 1.
+    for (const auto& [text, key, out] : {std::tuple{&seed, "seed", &j.seed}, std::tuple{&doc_seed, "doc-seed", &j.docs.seed},
+                                         std::tuple{&random_seed, "random-seed", &j.pattern.random_seed}}) {
+        const std::int64_t v = parse_int(*text, key, "a seed in [0, 2^63)");
+        require(v >= 0, key, "must be in [0, 2^63), got ", v);
+        *out = static_cast<std::uint64_t>(v);
+    }
     if (mode == "fwd") j.mode = Mode::fwd;
     else if (mode == "bwd") j.mode = Mode::bwd;
     else if (mode == "fwd+bwd") j.mode = Mode::fwd_bwd;
