@@ -15,8 +15,6 @@ using cpu::load;
 using cpu::splat;
 using cpu::store;
 using cpu::vf;
-using cpu::vmax;
-inline vf vmin(vf a, vf b) { return a < b ? a : b; }
 
 // 2^f for f in [-0.5, 0.5]: the Taylor series of e^{f ln 2} to degree 7; the first omitted term is
 // below 6e-9 relative, under half an fp32 ulp.

@@ -485,8 +485,8 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
             // std::max keeps its first argument when either is NaN: a NaN row maximum stays NaN.
             const float mnew = std::max(mold, mblk);
             if (mnew == kNegInf) {
-                // Nothing allowed so far in this row: P = 0 keeps O = 0 and l = 0. A NaN score among the
-                // masked ones (the max skips NaN) makes the row NaN.
+                // Nothing allowed so far in this row: P = 0 keeps O = 0 and l = 0. But the max skips NaN: an
+                // allowed score that is NaN makes the row NaN.
                 bool nan = false;
                 for (std::int64_t j = c0; j < c1; ++j) nan = nan || std::isnan(srow[j]);
                 if (nan) sc.m[r] = sc.l[r] = std::numeric_limits<float>::quiet_NaN();
