@@ -104,6 +104,14 @@ void read_block_mask(const std::string& path, PatternSpec& p) {
     p.block_mask_cols = cols;
 }
 
+// Boost.Program_options fills its messages by replacing %name% tokens in a loop, which never ends when
+// the user's text holds such a token: any %...% in the input is refused before the parser sees it.
+void refuse_placeholders(const std::string& text, const char* key) {
+    const auto a = text.find('%');
+    if (a != std::string::npos && text.find('%', a + 1) != std::string::npos)
+        require(false, key, "'%...%' is not allowed in options or config files, got ", quoted(text.substr(a, 40)));
+}
+
 // Loads the INI file into `vm`: keys "section.name" map to option "name" when its section matches.
 void store_config(const std::string& file, const po::options_description& all,
                   const std::map<std::string, std::string>& section_of, po::variables_map& vm) {
@@ -111,6 +119,7 @@ void store_config(const std::string& file, const po::options_description& all,
     std::ifstream in(file);
     require(in.good(), "config", "cannot open '", visible(file), "'");
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    refuse_placeholders(text, "config");
     if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) text.erase(0, 3);  // a UTF-8 byte order mark is not part of a key
     std::istringstream f(text);
     po::parsed_options parsed = po::parse_config_file(f, all, true);
@@ -248,6 +257,7 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
     }
     const std::vector<std::string> args =
         normalize_bool_flags(std::vector<std::string>(argv + std::min(argc, 1), argv + argc), bools, {{'c', "check"}});
+    for (const std::string& a : args) refuse_placeholders(a, "option");
 
     po::variables_map vm;
     try {
