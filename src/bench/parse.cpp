@@ -73,7 +73,10 @@ std::vector<std::int64_t> parse_list(const std::string& s, const char* key, bool
         if (c == ',' || c == '\n' || c == '\t' || c == '\r') c = ' ';
     std::stringstream ss(norm);
     std::string item;
-    while (ss >> item) out.push_back(zero_ok && item == "0" ? 0 : parse_size(item, key));
+    while (ss >> item) {
+        if (zero_ok && !item.empty() && item[0] == '-') require(false, key, "must be >= 0, got ", quoted(item));
+        out.push_back(zero_ok && item == "0" ? 0 : parse_size(item, key));
+    }
     require(!out.empty(), key, "expected a comma-separated list of numbers, got '", visible(s), "'");
     return out;
 }
