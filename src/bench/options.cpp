@@ -105,11 +105,20 @@ void read_block_mask(const std::string& path, PatternSpec& p) {
 }
 
 // Boost.Program_options fills its messages by replacing %name% tokens in a loop, which never ends when
-// the user's text holds such a token: any %...% in the input is refused before the parser sees it.
+// the user's text holds such a token: a %name% (letters and '_' between two '%') outside a comment is
+// refused before the parser sees it.
 void refuse_placeholders(const std::string& text, const char* key) {
-    const auto a = text.find('%');
-    if (a != std::string::npos && text.find('%', a + 1) != std::string::npos)
-        require(false, key, "'%...%' is not allowed in options or config files, got ", quoted(text.substr(a, 40)));
+    std::size_t line = 0;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        if (text[i] == '\n') line = i + 1;
+        if (text[i] != '%') continue;
+        const std::size_t first = text.find_first_not_of(" \t", line);
+        if (first != std::string::npos && text[first] == '#') continue;  // a comment line
+        std::size_t j = i + 1;
+        while (j < text.size() && ((text[j] >= 'a' && text[j] <= 'z') || text[j] == '_')) ++j;
+        if (j > i + 1 && j < text.size() && text[j] == '%')
+            require(false, key, "'%name%' tokens are not allowed in options or config files, got ", quoted(text.substr(i, j + 1 - i)));
+    }
 }
 
 // Loads the INI file into `vm`: keys "section.name" map to option "name" when its section matches.
