@@ -104,6 +104,15 @@ void read_block_mask(const std::string& path, PatternSpec& p) {
     p.block_mask_cols = cols;
 }
 
+// Every tensor of a sequence of n tokens: its element count and byte size (at most 4 bytes an element)
+// must fit 64 bits.
+void require_tensors_fit(const Job& j, std::int64_t n, const char* key) {
+    const std::string what = std::to_string(j.batch) + " x " + std::to_string(n) + " tokens x " + std::to_string(j.heads) +
+                             " heads x " + std::to_string(j.head_dim) + " dims x 4 bytes";
+    checked_mul(checked_mul(checked_mul(checked_mul(j.batch, n, key, what), j.heads, key, what), j.head_dim, key, what), 4,
+                key, what);
+}
+
 // Boost.Program_options fills its messages by replacing %name% tokens in a loop, which never ends when
 // the user's text holds such a token: a %name% (letters and '_' between two '%') outside a comment is
 // refused before the parser sees it.
@@ -395,14 +404,7 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
             j.kv_heads);
     require(j.head_dim >= 1 && j.head_dim <= 256, "head-dim", "must be in [1, 256], got ", j.head_dim);
 
-    // Every tensor's element count and byte size must fit 64 bits for every length of the sweep.
-    for (std::int64_t L : j.lengths) {
-        const std::string what = std::to_string(j.batch) + " x " + std::to_string(L) + " tokens x " +
-                                 std::to_string(j.heads) + " heads x " + std::to_string(j.head_dim) + " dims x 4 bytes";
-        const char* key = j.load_dir.empty() ? "minlen" : "load";
-        checked_mul(checked_mul(checked_mul(checked_mul(j.batch, L, key, what), j.heads, key, what), j.head_dim, key, what), 4,
-                    key, what);
-    }
+    for (std::int64_t L : j.lengths) require_tensors_fit(j, L, j.load_dir.empty() ? "minlen" : "load");
 
     if (!window.empty()) {
         const auto comma = window.find(',');
@@ -450,13 +452,11 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
 void validate_for_ranks(const Job& job, int ranks) {
     if (job.weak)
         for (std::int64_t L : job.lengths)
-            checked_mul(checked_mul(checked_mul(checked_mul(checked_mul(L, ranks, "minlen", "weak scaling: " + std::to_string(L) +
-                                                                                              " tokens per rank x " +
-                                                                                              std::to_string(ranks) + " ranks"),
-                                                            job.batch, "minlen", "the tensors"),
-                                                job.heads, "minlen", "the tensors"),
-                                    job.head_dim, "minlen", "the tensors"),
-                        4, "minlen", "the tensors");
+            require_tensors_fit(job,
+                                checked_mul(L, ranks, "minlen",
+                                            "weak scaling: " + std::to_string(L) + " tokens per rank x " +
+                                                std::to_string(ranks) + " ranks"),
+                                "minlen");
     const std::int64_t n = total_tokens(job, job.lengths.back(), ranks);
     // What is fixed in tokens must fit the shortest sequence of the sweep: nothing is clamped silently.
     const std::int64_t shortest = total_tokens(job, job.lengths.front(), ranks);

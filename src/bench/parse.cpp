@@ -61,9 +61,7 @@ std::int64_t parse_size(const std::string& s, const char* key) {
     else require(suffix.empty() || end == first, key, "unknown suffix '", visible(suffix), "' in '", visible(s), "'; allowed: K, M, G");
     const std::int64_t v = parse_int(suffix.empty() || mul > 1 ? s.substr(0, end) : s, key, form);
     require(v > 0, key, "must be > 0, got '", visible(s), "'");
-    std::int64_t r = 0;
-    require(!__builtin_mul_overflow(v, mul, &r), key, "'", visible(s), "' overflows 64-bit sizes");
-    return r;
+    return checked_mul(v, mul, key, quoted(s));
 }
 
 std::vector<std::int64_t> parse_list(const std::string& s, const char* key, bool zero_ok) {
