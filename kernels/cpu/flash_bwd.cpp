@@ -39,6 +39,7 @@
 #include "kernels/cpu/buffer.hpp"
 #include "kernels/cpu/bwd_kernels.hpp"
 #include "kernels/cpu/rows.hpp"
+#include "longattn/block_plan.hpp"
 
 namespace longattn::kernels {
 namespace {
@@ -62,53 +63,14 @@ constexpr std::int64_t kScratchFloats = std::int64_t{16} << 20;
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 std::int64_t ceil_div(std::int64_t x, std::int64_t m) { return (x + m - 1) / m; }
 
-struct QBlock {
-    std::int64_t qb;
-    BlockClass cls;
-};
-
-struct Problem {
+struct BwdCall {
     const BwdParams* p = nullptr;
     std::int64_t B = 0, Sq = 0, Sk = 0, Hq = 0, Hkv = 0, G = 0, D = 0, Dp = 0;
     std::int64_t bq = 0, bk = 0, nqb = 0, nkb = 0;
     float scale = 1.0f, softcap = 0.0f;
     bool general = false;  // softcap or ALiBi: scores need more than one FMA before the exponent
-    std::vector<std::int64_t> k_lo, k_hi;      // position hull of each key block
-    std::vector<std::int64_t> tree_lo, tree_hi;  // hulls of query blocks as a segment tree, root 1
+    HullTree queries, keys;  // position hulls of the query and key blocks (longattn/block_plan.hpp)
 };
-
-void build_tree(Problem& pr, std::size_t node, std::int64_t lo, std::int64_t hi) {
-    if (hi - lo == 1) {
-        const std::int64_t i0 = lo * pr.bq, n = std::min(pr.bq, pr.Sq - i0);
-        const auto [mn, mx] = std::minmax_element(pr.p->q_pos + i0, pr.p->q_pos + i0 + n);
-        pr.tree_lo[node] = *mn;
-        pr.tree_hi[node] = *mx;
-        return;
-    }
-    const std::int64_t mid = (lo + hi) / 2;
-    build_tree(pr, 2 * node, lo, mid);
-    build_tree(pr, 2 * node + 1, mid, hi);
-    pr.tree_lo[node] = std::min(pr.tree_lo[2 * node], pr.tree_lo[2 * node + 1]);
-    pr.tree_hi[node] = std::max(pr.tree_hi[2 * node], pr.tree_hi[2 * node + 1]);
-}
-
-// Appends the query blocks of [lo, hi) ∩ [qa, qb) that may attend key block kb, in order. EMPTY and FULL
-// are exact for a hull, so they hold for every block inside it and only PARTIAL hulls are split: a
-// window over a long sequence costs a few classifications per key block.
-void collect(const Problem& pr, std::int64_t kb, std::int64_t qa, std::int64_t qb, std::size_t node, std::int64_t lo,
-             std::int64_t hi, std::vector<QBlock>& out) {
-    if (hi <= qa || lo >= qb) return;
-    const BlockClass c = pr.p->pattern->classify(pr.tree_lo[node], pr.tree_hi[node] + 1, pr.k_lo[static_cast<std::size_t>(kb)],
-                                                 pr.k_hi[static_cast<std::size_t>(kb)] + 1);
-    if (c == BlockClass::empty) return;
-    if (c == BlockClass::full || hi - lo == 1) {
-        for (std::int64_t q = std::max(lo, qa); q < std::min(hi, qb); ++q) out.push_back({q, c});
-        return;
-    }
-    const std::int64_t mid = (lo + hi) / 2;
-    collect(pr, kb, qa, qb, 2 * node, lo, mid, out);
-    collect(pr, kb, qa, qb, 2 * node + 1, mid, hi, out);
-}
 
 // One chunk of query blocks [qb0, qb1) and its per-row inputs, shared read-only by the units.
 struct Chunk {
@@ -120,28 +82,28 @@ struct Chunk {
     float* delta = nullptr; // [B][Hq][rows]
     float* dq = nullptr;    // [nsplit][B][Hq][rows][Dp]
     std::vector<std::int64_t> kbs;                 // key blocks some row of the chunk may attend
-    std::vector<std::vector<QBlock>> pairs;        // per entry of kbs: its query blocks
+    std::vector<std::vector<TileRun>> pairs;       // per entry of kbs: its query blocks
     std::vector<std::int64_t> split_begin;         // nsplit + 1 offsets into kbs
     std::vector<std::int64_t> split_rows;          // per split: chunk rows [2s, 2s+1) its dQ slice covers
     std::int64_t nsplit = 0;
 
-    std::int64_t row_index(const Problem& pr, std::int64_t b, std::int64_t h, std::int64_t r) const {
+    std::int64_t row_index(const BwdCall& pr, std::int64_t b, std::int64_t h, std::int64_t r) const {
         return (b * pr.Hq + h) * rows + r;
     }
 };
 
 // Per-thread buffers of one unit.
-struct Scratch {
+struct ThreadBuffers {
     Buffer kt, vt, kr, dk, dv, s, dp, bias, kposf;
     std::vector<std::uint8_t> mask;
 
-    explicit Scratch(const Problem& pr)
+    explicit ThreadBuffers(const BwdCall& pr)
         : kt(pr.D * pr.bk), vt(pr.D * pr.bk), kr(pr.bk * pr.Dp), dk(pr.bk * pr.Dp), dv(pr.bk * pr.Dp),
           s(pr.bq * pr.bk), dp(pr.bq * pr.bk), bias(pr.bq * pr.bk), kposf(pr.bk),
           mask(static_cast<std::size_t>(pr.bk)) {}
 };
 
-void pack_key_block(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
+void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
     const BwdParams& p = *pr.p;
     const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.bk;
     const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
@@ -167,7 +129,7 @@ void pack_key_block(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t
 
 // Turns S (raw q.k) into P and dP into scale * dS for one query block against one key block, in place.
 // bias (when given) is 0 for allowed pairs and -inf for masked ones, row stride bk.
-void softmax_grad(const Problem& pr, Scratch& sc, const Chunk& ch, std::int64_t b, std::int64_t h, std::int64_t r0,
+void softmax_grad(const BwdCall& pr, ThreadBuffers& sc, const Chunk& ch, std::int64_t b, std::int64_t h, std::int64_t r0,
                   std::int64_t nq, std::int64_t ncols, const float* bias, const std::int64_t* qpos, float slope,
                   std::int64_t pos_base) {
     const std::int64_t bk = pr.bk;
@@ -226,7 +188,38 @@ void softmax_grad(const Problem& pr, Scratch& sc, const Chunk& ch, std::int64_t 
     }
 }
 
-void run_unit(const Problem& pr, const Chunk& ch, Scratch& sc, std::int64_t b, std::int64_t hk, std::int64_t split,
+// The additive mask of query block qb against key block kb (n keys, ncols columns with the padding):
+// -inf on disallowed pairs and on the zero-padded key columns, row stride bk.
+void block_bias(const BwdCall& pr, ThreadBuffers& sc, std::int64_t kb, std::int64_t qb, BlockClass cls, float* bias) {
+    const BwdParams& p = *pr.p;
+    const std::int64_t bk = pr.bk, j0 = kb * bk, n = pr.keys.tile_rows(kb), ncols = round_up(n, kLanes);
+    const std::int64_t i0 = qb * pr.bq, nq = pr.queries.tile_rows(qb);
+    const std::int64_t kbase = pr.keys.run_start(kb);
+    // Causal, document and window masks over consecutive keys: one interval per row.
+    const bool by_bounds = p.pattern->rows_are_intervals() && kbase != kScattered;
+    for (std::int64_t r = 0; r < nq; ++r) {
+        float* brow = bias + r * bk;
+        if (cls == BlockClass::partial && by_bounds) {
+            std::int64_t a, z;
+            p.pattern->row_interval(p.q_pos[i0 + r], a, z);
+            a = std::clamp<std::int64_t>(a - kbase, 0, n);
+            z = std::clamp<std::int64_t>(z - kbase, a, n);
+            std::fill(brow, brow + a, -kInf);
+            std::fill(brow + a, brow + z, 0.0f);
+            std::fill(brow + z, brow + n, -kInf);
+        } else if (cls == BlockClass::partial) {
+            p.pattern->mask_row(p.q_pos[i0 + r], p.k_pos + j0, n, sc.mask.data());
+            for (std::int64_t j = 0; j < n; ++j) brow[j] = sc.mask[static_cast<std::size_t>(j)] ? 0.0f : -kInf;
+        } else {
+            std::fill(brow, brow + n, 0.0f);
+        }
+        std::fill(brow + n, brow + ncols, -kInf);
+    }
+}
+
+// One (batch, kv head, split) unit: its key blocks' dK/dV in full for this chunk, its dQ
+// contributions into the split's private slice.
+void run_unit(const BwdCall& pr, const Chunk& ch, ThreadBuffers& sc, std::int64_t b, std::int64_t hk, std::int64_t split,
               float* row) {
     const BwdParams& p = *pr.p;
     const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.bk, G = pr.G;
@@ -247,56 +240,34 @@ void run_unit(const Problem& pr, const Chunk& ch, Scratch& sc, std::int64_t b, s
     for (std::int64_t e = ch.split_begin[static_cast<std::size_t>(split)];
          e < ch.split_begin[static_cast<std::size_t>(split) + 1]; ++e) {
         const std::int64_t kb = ch.kbs[static_cast<std::size_t>(e)];
-        const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
+        const std::int64_t j0 = kb * bk, n = pr.keys.tile_rows(kb);
         const std::int64_t ncols = round_up(n, kLanes), nv = ncols / kLanes;
         pack_key_block(pr, sc, b, hk, kb, row);
         std::fill(dK, dK + bk * Dp, 0.0f);
         std::fill(dV, dV + bk * Dp, 0.0f);
         const std::int64_t pos_base = p.k_pos[j0];
-        bool by_bounds = p.pattern->rows_are_intervals();
-        for (std::int64_t j = 1; j < n && by_bounds; ++j) by_bounds = p.k_pos[j0 + j] == pos_base + j;
         if (pr.general)
             for (std::int64_t j = 0; j < ncols; ++j)
                 sc.kposf.get()[j] = j < n ? static_cast<float>(p.k_pos[j0 + j] - pos_base) : 0.0f;
 
-        for (const QBlock& qbk : ch.pairs[static_cast<std::size_t>(e)]) {
-            const std::int64_t i0 = qbk.qb * pr.bq, nq = std::min(pr.bq, pr.Sq - i0);
-            const std::int64_t r0 = i0 - ch.row0;  // row inside the chunk
-            const std::int64_t* qpos = p.q_pos + i0;
-            // Additive mask: -inf on disallowed pairs and on the zero-padded key columns.
-            const bool masked = qbk.cls == BlockClass::partial || n < ncols;
-            if (masked) {
-                for (std::int64_t r = 0; r < nq; ++r) {
-                    float* brow = bias + r * bk;
-                    if (qbk.cls == BlockClass::partial && by_bounds) {
-                        // Causal, document and window masks over consecutive keys: one interval per row.
-                        std::int64_t a, z;
-                        p.pattern->row_interval(qpos[r], a, z);
-                        a = std::clamp<std::int64_t>(a - pos_base, 0, n);
-                        z = std::clamp<std::int64_t>(z - pos_base, a, n);
-                        std::fill(brow, brow + a, -kInf);
-                        std::fill(brow + a, brow + z, 0.0f);
-                        std::fill(brow + z, brow + n, -kInf);
-                    } else if (qbk.cls == BlockClass::partial) {
-                        p.pattern->mask_row(qpos[r], p.k_pos + j0, n, sc.mask.data());
-                        for (std::int64_t j = 0; j < n; ++j) brow[j] = sc.mask[static_cast<std::size_t>(j)] ? 0.0f : -kInf;
-                    } else {
-                        std::fill(brow, brow + n, 0.0f);
-                    }
-                    std::fill(brow + n, brow + ncols, -kInf);
+        for (const TileRun& run : ch.pairs[static_cast<std::size_t>(e)]) {
+            const bool masked = run.cls == BlockClass::partial || n < ncols;
+            for (std::int64_t qb = run.first; qb < run.first + run.count; ++qb) {
+                const std::int64_t i0 = qb * pr.bq, nq = pr.queries.tile_rows(qb);
+                const std::int64_t r0 = i0 - ch.row0;  // row inside the chunk
+                if (masked) block_bias(pr, sc, kb, qb, run.cls, bias);
+                for (std::int64_t h = h0; h < h0 + G; ++h) {
+                    const float* Q = ch.q + ch.row_index(pr, b, h, r0) * Dp;
+                    const float* dO = ch.dout + ch.row_index(pr, b, h, r0) * Dp;
+                    float* dQ = dqs + ch.row_index(pr, b, h, r0) * Dp;
+                    const float slope = p.pattern->has_alibi() ? p.pattern->alibi_slope(p.head_offset + h) : 0.0f;
+                    bwd::gemm<ALayout::row>(nq, nv, D, Q, Dp, sc.kt.get(), bk, S, bk, false);
+                    bwd::gemm<ALayout::row>(nq, nv, D, dO, Dp, sc.vt.get(), bk, dP, bk, false);
+                    softmax_grad(pr, sc, ch, b, h, r0, nq, ncols, masked ? bias : nullptr, p.q_pos + i0, slope, pos_base);
+                    bwd::gemm<ALayout::col>(n, Dp / kLanes, nq, S, bk, dO, Dp, dV, Dp, true);
+                    bwd::gemm<ALayout::col>(n, Dp / kLanes, nq, dP, bk, Q, Dp, dK, Dp, true);
+                    bwd::gemm<ALayout::row>(nq, Dp / kLanes, n, dP, bk, sc.kr.get(), Dp, dQ, Dp, true);
                 }
-            }
-            for (std::int64_t h = h0; h < h0 + G; ++h) {
-                const float* Q = ch.q + ch.row_index(pr, b, h, r0) * Dp;
-                const float* dO = ch.dout + ch.row_index(pr, b, h, r0) * Dp;
-                float* dQ = dqs + ch.row_index(pr, b, h, r0) * Dp;
-                const float slope = p.pattern->has_alibi() ? p.pattern->alibi_slope(p.head_offset + h) : 0.0f;
-                bwd::gemm<ALayout::row>(nq, nv, D, Q, Dp, sc.kt.get(), bk, S, bk, false);
-                bwd::gemm<ALayout::row>(nq, nv, D, dO, Dp, sc.vt.get(), bk, dP, bk, false);
-                softmax_grad(pr, sc, ch, b, h, r0, nq, ncols, masked ? bias : nullptr, qpos, slope, pos_base);
-                bwd::gemm<ALayout::col>(n, Dp / kLanes, nq, S, bk, dO, Dp, dV, Dp, true);
-                bwd::gemm<ALayout::col>(n, Dp / kLanes, nq, dP, bk, Q, Dp, dK, Dp, true);
-                bwd::gemm<ALayout::row>(nq, Dp / kLanes, n, dP, bk, sc.kr.get(), Dp, dQ, Dp, true);
             }
         }
         for (std::int64_t j = 0; j < n; ++j) {
@@ -310,6 +281,12 @@ void run_unit(const Problem& pr, const Chunk& ch, Scratch& sc, std::int64_t b, s
     }
 }
 
+std::int64_t tiles_in(const std::vector<TileRun>& runs) {
+    std::int64_t n = 0;
+    for (const TileRun& r : runs) n += r.count;
+    return n;
+}
+
 // Splits the chunk's key blocks into nsplit contiguous ranges of about equal work (query blocks
 // attending them), by prefix sums: a function of the pattern and shapes only.
 void plan_splits(Chunk& ch, std::int64_t units_per_split) {
@@ -320,7 +297,7 @@ void plan_splits(Chunk& ch, std::int64_t units_per_split) {
     std::vector<std::int64_t> prefix(static_cast<std::size_t>(nk + 1), 0);
     for (std::int64_t e = 0; e < nk; ++e)
         prefix[static_cast<std::size_t>(e + 1)] =
-            prefix[static_cast<std::size_t>(e)] + static_cast<std::int64_t>(ch.pairs[static_cast<std::size_t>(e)].size());
+            prefix[static_cast<std::size_t>(e)] + tiles_in(ch.pairs[static_cast<std::size_t>(e)]);
     const std::int64_t total = prefix.back();
     ch.split_begin[0] = 0;
     for (std::int64_t s = 1; s < ch.nsplit; ++s) {
@@ -334,14 +311,14 @@ void plan_splits(Chunk& ch, std::int64_t units_per_split) {
 
 // The chunk rows each split's dQ slice covers: only they are zeroed and reduced, which for a window
 // is a few query blocks per split instead of the whole chunk.
-void plan_split_rows(const Problem& pr, Chunk& ch) {
+void plan_split_rows(const BwdCall& pr, Chunk& ch) {
     ch.split_rows.assign(static_cast<std::size_t>(2 * ch.nsplit), 0);
     for (std::int64_t s = 0; s < ch.nsplit; ++s) {
         std::int64_t lo = ch.qb1, hi = ch.qb0;
         for (std::int64_t e = ch.split_begin[static_cast<std::size_t>(s)]; e < ch.split_begin[static_cast<std::size_t>(s) + 1]; ++e)
-            for (const QBlock& q : ch.pairs[static_cast<std::size_t>(e)]) {
-                lo = std::min(lo, q.qb);
-                hi = std::max(hi, q.qb + 1);
+            for (const TileRun& run : ch.pairs[static_cast<std::size_t>(e)]) {
+                lo = std::min(lo, run.first);
+                hi = std::max(hi, run.first + run.count);
             }
         if (lo >= hi) lo = hi = ch.qb0;
         ch.split_rows[static_cast<std::size_t>(2 * s)] = lo * pr.bq - ch.row0;
@@ -349,11 +326,75 @@ void plan_split_rows(const Problem& pr, Chunk& ch) {
     }
 }
 
-}  // namespace
+// The chunk's key blocks with the query blocks of [qb0, qb1) that may attend each, and the splits.
+void plan_chunk(const BwdCall& pr, Chunk& ch, std::int64_t units_per_split, int nt) {
+    const BwdParams& p = *pr.p;
+    ch.pairs.resize(static_cast<std::size_t>(pr.nkb));
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
+    for (std::int64_t kb = 0; kb < pr.nkb; ++kb)
+        collect_tiles(*p.pattern, pr.queries, true, pr.keys.tile_lo(kb), pr.keys.tile_end(kb),
+                      ch.pairs[static_cast<std::size_t>(kb)], ch.qb0, ch.qb1);
+    std::int64_t w = 0;
+    for (std::int64_t kb = 0; kb < pr.nkb; ++kb) {
+        if (ch.pairs[static_cast<std::size_t>(kb)].empty()) continue;
+        ch.kbs.push_back(kb);
+        if (w != kb) ch.pairs[static_cast<std::size_t>(w)] = std::move(ch.pairs[static_cast<std::size_t>(kb)]);
+        ++w;
+    }
+    ch.pairs.resize(static_cast<std::size_t>(w));
+    plan_splits(ch, units_per_split);
+    plan_split_rows(pr, ch);
+}
 
-void flash_backward_cpu(const BwdParams& p) {
-    validate(p);
-    Problem pr;
+// Row t of the chunk ([B][Hq][rows] order): Q and dO in fp32, LSE as hi + lo, delta.
+void load_chunk_row(const BwdCall& pr, const Chunk& ch, std::int64_t t, float* orow) {
+    const BwdParams& p = *pr.p;
+    const std::int64_t b = t / (pr.Hq * ch.rows), h = (t / ch.rows) % pr.Hq, i = ch.row0 + t % ch.rows;
+    float* qd = ch.q + t * pr.Dp;
+    float* dod = ch.dout + t * pr.Dp;
+    load_row(p.q.data, p.q.dtype, p.q.offset(b, i, h, 0), pr.D, 1.0f, qd);
+    load_row(p.dout.data, p.dout.dtype, p.dout.offset(b, i, h, 0), pr.D, 1.0f, dod);
+    load_row(p.o.data, p.o.dtype, p.o.offset(b, i, h, 0), pr.D, 1.0f, orow);
+    std::fill(qd + pr.D, qd + pr.Dp, 0.0f);
+    std::fill(dod + pr.D, dod + pr.Dp, 0.0f);
+    float delta = 0.0f;
+    // The same arithmetic, in the same order, as the dP = dO V^T product (fused multiply-adds where the
+    // machine has them): a row whose O is one V row (a one-hot softmax) then gets dP - delta = 0
+    // exactly, as it should.
+    for (std::int64_t d = 0; d < pr.D; ++d) {
+#ifdef __FMA__
+        delta = std::fma(dod[d], orow[d], delta);
+#else
+        delta += dod[d] * orow[d];
+#endif
+    }
+    const float lse = p.lse[(b * pr.Hq + h) * pr.Sq + i];
+    // A row without keys has lse = -inf: +inf in the exponent's offset makes its P exactly 0. Scores are
+    // natural in the general path and raw (LSE / scale units) otherwise.
+    const double unit = pr.general ? 1.0 : pr.scale;
+    const float hi = lse == -kInf ? kInf : static_cast<float>(lse / unit);
+    ch.lse_hi[t] = hi;
+    ch.lse_lo[t] = lse == -kInf ? 0.0f : static_cast<float>((lse - static_cast<double>(hi) * unit) / unit);
+    ch.delta[t] = delta;
+}
+
+// dQ row t of the chunk: the splits' slices summed in split order.
+void reduce_dq_row(const BwdCall& pr, const Chunk& ch, std::int64_t t) {
+    const BwdParams& p = *pr.p;
+    const std::int64_t nrows = pr.B * pr.Hq * ch.rows;
+    const std::int64_t b = t / (pr.Hq * ch.rows), h = (t / ch.rows) % pr.Hq, r = t % ch.rows;
+    float* out = p.dq.ptr<float>() + p.dq.offset(b, ch.row0 + r, h, 0);
+    if (!p.accumulate) std::fill_n(out, pr.D, 0.0f);
+    for (std::int64_t s = 0; s < ch.nsplit; ++s) {
+        if (r < ch.split_rows[static_cast<std::size_t>(2 * s)] || r >= ch.split_rows[static_cast<std::size_t>(2 * s + 1)])
+            continue;
+        const float* src = ch.dq + (s * nrows + t) * pr.Dp;
+        for (std::int64_t d = 0; d < pr.D; ++d) out[d] += src[d];
+    }
+}
+
+BwdCall make_call(const BwdParams& p) {
+    BwdCall pr;
     pr.p = &p;
     pr.B = p.q.shape[0];
     pr.Sq = p.q.shape[1];
@@ -370,6 +411,14 @@ void flash_backward_cpu(const BwdParams& p) {
     pr.scale = p.pattern->softmax_scale(pr.D);
     pr.softcap = p.pattern->has_softcap() ? p.pattern->spec().softcap : 0.0f;
     pr.general = p.pattern->has_softcap() || p.pattern->has_alibi();
+    return pr;
+}
+
+}  // namespace
+
+void flash_backward_cpu(const BwdParams& p) {
+    validate(p);
+    BwdCall pr = make_call(p);
     const int nt = p.threads > 0 ? p.threads : omp_get_max_threads();
 
     // Gradients of keys nobody attends are exactly 0; the chunks below only add.
@@ -383,26 +432,15 @@ void flash_backward_cpu(const BwdParams& p) {
         }
     }
     if (pr.B == 0 || pr.Sq == 0 || pr.Hq == 0) return;
-
-    pr.tree_lo.assign(static_cast<std::size_t>(4 * pr.nqb), 0);
-    pr.tree_hi.assign(static_cast<std::size_t>(4 * pr.nqb), 0);
-    build_tree(pr, 1, 0, pr.nqb);
-    pr.k_lo.resize(static_cast<std::size_t>(pr.nkb));
-    pr.k_hi.resize(static_cast<std::size_t>(pr.nkb));
-    for (std::int64_t kb = 0; kb < pr.nkb; ++kb) {
-        const std::int64_t j0 = kb * pr.bk, n = std::min(pr.bk, pr.Sk - j0);
-        const auto [mn, mx] = std::minmax_element(p.k_pos + j0, p.k_pos + j0 + n);
-        pr.k_lo[static_cast<std::size_t>(kb)] = *mn;
-        pr.k_hi[static_cast<std::size_t>(kb)] = *mx;
-    }
+    pr.queries = HullTree(p.q_pos, pr.Sq, pr.bq);
+    pr.keys = HullTree(p.k_pos, pr.Sk, pr.bk);
 
     // Chunk height: Q, dO and up to max_split dQ slices per row of every (batch, head) fit the bound.
     const std::int64_t units_per_split = pr.B * pr.Hkv;
     const std::int64_t max_split = std::clamp<std::int64_t>(ceil_div(kTargetUnits, units_per_split), 1, std::max<std::int64_t>(pr.nkb, 1));
     const std::int64_t per_row = (max_split + 2) * pr.B * pr.Hq * pr.Dp;
     const std::int64_t chunk_qb = std::clamp<std::int64_t>(kScratchFloats / (per_row * pr.bq), 1, pr.nqb);
-    const std::int64_t chunk_rows = std::min(chunk_qb * pr.bq, pr.Sq);
-    const std::int64_t row_elems = pr.B * pr.Hq * chunk_rows;
+    const std::int64_t row_elems = pr.B * pr.Hq * std::min(chunk_qb * pr.bq, pr.Sq);
     // Kept per calling thread between calls (up to kScratchFloats each): a ring step's chunked calls
     // would otherwise fault in fresh pages every time.
     thread_local Buffer qbuf, dobuf, lsebuf, deltabuf, dqbuf;
@@ -427,83 +465,25 @@ void flash_backward_cpu(const BwdParams& p) {
         ch.lse_lo = ch.lse_hi + row_elems;
         ch.delta = deltabuf.get();
         ch.dq = dqbuf.get();
-        ch.pairs.resize(static_cast<std::size_t>(pr.nkb));
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
-        for (std::int64_t kb = 0; kb < pr.nkb; ++kb) {
-            auto& out = ch.pairs[static_cast<std::size_t>(kb)];
-            collect(pr, kb, ch.qb0, ch.qb1, 1, 0, pr.nqb, out);
-        }
-        {
-            std::int64_t w = 0;
-            for (std::int64_t kb = 0; kb < pr.nkb; ++kb) {
-                if (ch.pairs[static_cast<std::size_t>(kb)].empty()) continue;
-                ch.kbs.push_back(kb);
-                if (w != kb) ch.pairs[static_cast<std::size_t>(w)] = std::move(ch.pairs[static_cast<std::size_t>(kb)]);
-                ++w;
-            }
-            ch.pairs.resize(static_cast<std::size_t>(w));
-        }
-        plan_splits(ch, units_per_split);
-        plan_split_rows(pr, ch);
+        plan_chunk(pr, ch, units_per_split, nt);
         const std::int64_t nrows = pr.B * pr.Hq * ch.rows;
         const std::int64_t nunits = units_per_split * ch.nsplit;
 
 #pragma omp parallel num_threads(nt)
         {
             Buffer row(static_cast<std::size_t>(pr.Dp));
-            Buffer orow(static_cast<std::size_t>(pr.Dp));
             if (nunits > 0) {
 #pragma omp for schedule(static)
-                for (std::int64_t t = 0; t < nrows; ++t) {
-                    const std::int64_t b = t / (pr.Hq * ch.rows), h = (t / ch.rows) % pr.Hq, r = t % ch.rows;
-                    const std::int64_t i = ch.row0 + r;
-                    float* qd = ch.q + t * pr.Dp;
-                    float* dod = ch.dout + t * pr.Dp;
-                    load_row(p.q.data, p.q.dtype, p.q.offset(b, i, h, 0), pr.D, 1.0f, qd);
-                    load_row(p.dout.data, p.dout.dtype, p.dout.offset(b, i, h, 0), pr.D, 1.0f, dod);
-                    load_row(p.o.data, p.o.dtype, p.o.offset(b, i, h, 0), pr.D, 1.0f, orow.get());
-                    std::fill(qd + pr.D, qd + pr.Dp, 0.0f);
-                    std::fill(dod + pr.D, dod + pr.Dp, 0.0f);
-                    float delta = 0.0f;
-                    // The same arithmetic, in the same order, as the dP = dO V^T product (fused multiply-adds
-                    // where the machine has them): a row whose O is one V row (a one-hot softmax) then gets
-                    // dP - delta = 0 exactly, as it should.
-                    for (std::int64_t d = 0; d < pr.D; ++d) {
-#ifdef __FMA__
-                        delta = std::fma(dod[d], orow.get()[d], delta);
-#else
-                        delta += dod[d] * orow.get()[d];
-#endif
-                    }
-                    const float lse = p.lse[(b * pr.Hq + h) * pr.Sq + i];
-                    // A row without keys has lse = -inf: +inf in the exponent's offset makes its P exactly 0.
-                    // Scores are natural in the general path and raw (LSE / scale units) otherwise.
-                    const double unit = pr.general ? 1.0 : pr.scale;
-                    const float hi = lse == -kInf ? kInf : static_cast<float>(lse / unit);
-                    ch.lse_hi[t] = hi;
-                    ch.lse_lo[t] = lse == -kInf ? 0.0f : static_cast<float>((lse - static_cast<double>(hi) * unit) / unit);
-                    ch.delta[t] = delta;
-                }
-                Scratch sc(pr);
+                for (std::int64_t t = 0; t < nrows; ++t) load_chunk_row(pr, ch, t, row.get());
+                ThreadBuffers sc(pr);
 #pragma omp for schedule(dynamic, 1)
                 for (std::int64_t u = 0; u < nunits; ++u) {
                     const std::int64_t split = u % ch.nsplit, bh = u / ch.nsplit;
                     run_unit(pr, ch, sc, bh / pr.Hkv, bh % pr.Hkv, split, row.get());
                 }
             }
-            // dQ rows: the splits' slices summed in split order.
 #pragma omp for schedule(static)
-            for (std::int64_t t = 0; t < nrows; ++t) {
-                const std::int64_t b = t / (pr.Hq * ch.rows), h = (t / ch.rows) % pr.Hq, r = t % ch.rows;
-                float* out = p.dq.ptr<float>() + p.dq.offset(b, ch.row0 + r, h, 0);
-                if (!p.accumulate) std::fill_n(out, pr.D, 0.0f);
-                for (std::int64_t s = 0; s < ch.nsplit; ++s) {
-                    if (r < ch.split_rows[static_cast<std::size_t>(2 * s)] || r >= ch.split_rows[static_cast<std::size_t>(2 * s + 1)])
-                        continue;
-                    const float* src = ch.dq + (s * nrows + t) * pr.Dp;
-                    for (std::int64_t d = 0; d < pr.D; ++d) out[d] += src[d];
-                }
-            }
+            for (std::int64_t t = 0; t < nrows; ++t) reduce_dq_row(pr, ch, t);
         }
     }
 }

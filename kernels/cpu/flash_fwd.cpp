@@ -13,9 +13,9 @@
 // of a score at its own magnitude (at |S * scale| near 88 one fp32 ulp is 7.6e-6) never enters the
 // softmax, and LSE = m * scale + ln(l) is formed in double and rounded once. The LSE is then as exact
 // as a textbook fp32 softmax's, which the backward needs to recompute P from it.
-// With softcap or ALiBi the scores are first transformed in the natural scale. Key blocks are chosen by
-// classifying hulls of positions through the Pattern, coarse to fine, so a window over a long sequence
-// costs a few classifications per query block instead of one per key block.
+// With softcap or ALiBi the scores are first transformed in the natural scale. Key blocks come from the
+// block planner (longattn/block_plan.hpp): a window over a long sequence costs a few classifications per
+// query block instead of one per key block.
 #include <omp.h>
 
 #include <algorithm>
@@ -33,6 +33,7 @@
 #include "kernels/cpu/buffer.hpp"
 #include "kernels/cpu/rows.hpp"
 #include "kernels/cpu/simd.hpp"
+#include "longattn/block_plan.hpp"
 
 namespace longattn::kernels {
 namespace {
@@ -53,7 +54,6 @@ constexpr int kPanel = 4 * kLanes;  // keys per K panel and dims per V panel: 4 
 constexpr int kPanelVecs = kPanel / kLanes;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-constexpr std::int64_t kScattered = std::numeric_limits<std::int64_t>::min();
 
 // Query rows per task and keys per block. The query block is a multiple of kRows; the key block is a
 // multiple of kPanel.
@@ -122,7 +122,7 @@ inline void pv_tile(std::int64_t n, const float* p, std::int64_t p_rs, const flo
 }
 
 // Everything a task reads; built once per call.
-struct Problem {
+struct FwdCall {
     const FwdParams* p = nullptr;
     std::int64_t B = 0, Sq = 0, Sk = 0, Hq = 0, Hkv = 0, D = 0, Dp = 0;
     Blocking blk{};
@@ -140,10 +140,7 @@ struct Problem {
     // Per key block of the group: 0 not packed, 1 being packed, 2 packed. A block is packed by the first
     // task that needs it, just before its use, so a window's blocks are still in cache when they are read.
     std::atomic<std::uint8_t>* packed = nullptr;
-    // Position hulls of key blocks as a segment tree over [0, nkb): node 1 is the root.
-    std::vector<std::int64_t> tree_lo, tree_hi;
-    // Per key block: the position of its first key when its positions are consecutive, else kScattered.
-    std::vector<std::int64_t> kstart;
+    HullTree keys;  // position hulls of the key blocks (longattn/block_plan.hpp)
 
     float* kblock(std::int64_t b, std::int64_t hk, std::int64_t kb) const {
         return kpack + ((b * Hkv + hk - group0) * nkb + kb) * kblock_sz;
@@ -153,85 +150,7 @@ struct Problem {
     }
 };
 
-void build_tree(Problem& pr, std::size_t node, std::int64_t lo, std::int64_t hi) {
-    if (hi - lo == 1) {
-        const std::int64_t j0 = lo * pr.blk.bk, n = std::min(pr.blk.bk, pr.Sk - j0);
-        const std::int64_t* kp = pr.p->k_pos + j0;
-        const auto [mn, mx] = std::minmax_element(kp, kp + n);
-        pr.tree_lo[node] = *mn;
-        pr.tree_hi[node] = *mx;
-        bool run = true;
-        for (std::int64_t j = 1; j < n && run; ++j) run = kp[j] == kp[0] + j;
-        pr.kstart[static_cast<std::size_t>(lo)] = run ? kp[0] : kScattered;
-        return;
-    }
-    const std::int64_t mid = (lo + hi) / 2;
-    build_tree(pr, 2 * node, lo, mid);
-    build_tree(pr, 2 * node + 1, mid, hi);
-    pr.tree_lo[node] = std::min(pr.tree_lo[2 * node], pr.tree_lo[2 * node + 1]);
-    pr.tree_hi[node] = std::max(pr.tree_hi[2 * node], pr.tree_hi[2 * node + 1]);
-}
-
-struct KeyBlock {
-    std::int64_t kb;
-    BlockClass cls;
-};
-
-// Appends the non-empty key blocks of [lo, hi) for the query hull [q_lo, q_hi], in key order. A class
-// found for a hull holds for every block inside it (EMPTY and FULL are exact), so only partial hulls
-// are split.
-void collect_blocks(const Problem& pr, std::int64_t q_lo, std::int64_t q_hi, std::size_t node, std::int64_t lo,
-                    std::int64_t hi, std::vector<KeyBlock>& out) {
-    const BlockClass c = pr.p->pattern->classify(q_lo, q_hi + 1, pr.tree_lo[node], pr.tree_hi[node] + 1);
-    if (c == BlockClass::empty) return;
-    if (c == BlockClass::full || hi - lo == 1) {
-        for (std::int64_t kb = lo; kb < hi; ++kb) out.push_back({kb, c});
-        return;
-    }
-    const std::int64_t mid = (lo + hi) / 2;
-    collect_blocks(pr, q_lo, q_hi, 2 * node, lo, mid, out);
-    collect_blocks(pr, q_lo, q_hi, 2 * node + 1, mid, hi, out);
-}
-
-// The same for a pattern whose rows are key intervals: row r of the task allows positions [pa[r], pz[r]).
-// The classes come from the rows themselves instead of the query hull, in O(rows) per block found.
-struct RowIntervals {
-    const std::int64_t *pa, *pz;
-    std::int64_t nq;
-    std::int64_t lo, hi;    // union of the non-empty intervals (lo >= hi: none)
-    std::int64_t amax, zmin;  // every row allows [amax, zmin) (when amax < zmin)
-};
-
-BlockClass classify_rows(const RowIntervals& ri, std::int64_t klo, std::int64_t khi) {
-    if (ri.amax <= klo && khi < ri.zmin) return BlockClass::full;
-    bool any = false, all = true;
-    for (std::int64_t r = 0; r < ri.nq; ++r) {
-        const bool meets = ri.pa[r] <= khi && ri.pz[r] > klo && ri.pa[r] < ri.pz[r];
-        any = any || meets;
-        all = all && ri.pa[r] <= klo && khi < ri.pz[r];
-    }
-    return all ? BlockClass::full : any ? BlockClass::partial : BlockClass::empty;
-}
-
-void collect_blocks_by_rows(const Problem& pr, const RowIntervals& ri, std::size_t node, std::int64_t lo,
-                            std::int64_t hi, std::vector<KeyBlock>& out) {
-    const std::int64_t klo = pr.tree_lo[node], khi = pr.tree_hi[node];
-    if (khi < ri.lo || klo >= ri.hi) return;
-    if (ri.amax <= klo && khi < ri.zmin) {
-        for (std::int64_t kb = lo; kb < hi; ++kb) out.push_back({kb, BlockClass::full});
-        return;
-    }
-    if (hi - lo == 1) {
-        const BlockClass c = classify_rows(ri, klo, khi);
-        if (c != BlockClass::empty) out.push_back({lo, c});
-        return;
-    }
-    const std::int64_t mid = (lo + hi) / 2;
-    collect_blocks_by_rows(pr, ri, 2 * node, lo, mid, out);
-    collect_blocks_by_rows(pr, ri, 2 * node + 1, mid, hi, out);
-}
-
-void pack_key_block(const Problem& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
+void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
     const FwdParams& p = *pr.p;
     const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.blk.bk;
     const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
@@ -258,7 +177,7 @@ void pack_key_block(const Problem& pr, std::int64_t b, std::int64_t hk, std::int
     }
 }
 
-void ensure_packed(const Problem& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
+void ensure_packed(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
     std::atomic<std::uint8_t>& st = pr.packed[(b * pr.Hkv + hk - pr.group0) * pr.nkb + kb];
     if (st.load(std::memory_order_acquire) == 2) return;
     std::uint8_t expected = 0;
@@ -271,16 +190,16 @@ void ensure_packed(const Problem& pr, std::int64_t b, std::int64_t hk, std::int6
 }
 
 // Per-thread scratch for one query block.
-struct Scratch {
+struct ThreadBuffers {
     Buffer q, s, o, rmax, alpha, kposf, tmp;
     std::vector<float> m, l;
     std::vector<std::uint8_t> mask;
     std::vector<std::int64_t> vlo, vhi;  // per row group: key vectors [vlo, vhi) of the block it needs
     std::vector<std::int64_t> ia, ib;    // per row of a partial block masked by bounds: keys [ia, ib)
     std::vector<std::int64_t> pa, pz;    // per row of an interval pattern: allowed positions [pa, pz)
-    std::vector<KeyBlock> blocks;
+    std::vector<TileRun> blocks;
 
-    explicit Scratch(const Problem& pr)
+    explicit ThreadBuffers(const FwdCall& pr)
         : q(static_cast<std::size_t>(pr.blk.bq * pr.D)),
           s(static_cast<std::size_t>(pr.blk.bq * pr.blk.bk)),
           o(static_cast<std::size_t>(pr.blk.bq * pr.Dp)),
@@ -300,7 +219,7 @@ struct Scratch {
 };
 
 // Raw scores to natural ones: scale, softcap, ALiBi.
-void transform_row(const Problem& pr, float* s, std::int64_t ncols, float slope, float qposf, const float* kposf) {
+void transform_row(const FwdCall& pr, float* s, std::int64_t ncols, float slope, float qposf, const float* kposf) {
     const float cap = pr.softcap;
     for (std::int64_t j = 0; j < ncols; j += kLanes) {
         vf x = load(s + j) * pr.scale;
@@ -319,159 +238,167 @@ void transform_row(const Problem& pr, float* s, std::int64_t ncols, float slope,
     }
 }
 
-void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, std::int64_t qb) {
-    const FwdParams& p = *pr.p;
-    const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.blk.bk;
-    const std::int64_t i0 = qb * pr.blk.bq, nq = std::min(pr.blk.bq, pr.Sq - i0);
-    const std::int64_t nq_pad = round_up(nq, kRows);
-    const std::int64_t hk = h / (pr.Hq / pr.Hkv);
-    const std::int64_t ldq = D, lds = bk, ldo = Dp;
-    float* Q = sc.q.get();
-    float* S = sc.s.get();
-    float* O = sc.o.get();
-    float* rmax = sc.rmax.get();
-    float* alpha = sc.alpha.get();
+// One task: query block qb of head h of batch entry b, on the calling thread's buffers. Its rows carry
+// the online-softmax state (m, l, O * l) across the key blocks.
+class Task {
+public:
+    Task(const FwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::int64_t h, std::int64_t qb)
+        : pr_(pr), p_(*pr.p), sc_(sc), b_(b), h_(h), hk_(h / (pr.Hq / pr.Hkv)), i0_(qb * pr.blk.bq),
+          nq_(std::min(pr.blk.bq, pr.Sq - i0_)), nq_pad_(round_up(nq_, kRows)), ngroups_(nq_pad_ / kRows),
+          qpos_(p_.q_pos + i0_), intervals_(p_.pattern->rows_are_intervals()),
+          slope_(p_.pattern->has_alibi() ? p_.pattern->alibi_slope(p_.head_offset + h) : 0.0f) {}
 
-    for (std::int64_t r = 0; r < nq_pad; ++r) {
-        if (r < nq)
-            load_row(p.q.data, p.q.dtype, p.q.offset(b, i0 + r, h, 0), D, 1.0f, Q + r * ldq);
-        else
-            std::fill(Q + r * ldq, Q + (r + 1) * ldq, 0.0f);
+    void run() {
+        begin();
+        sc_.blocks.clear();
+        if (intervals_) {
+            RowIntervals(*p_.pattern, qpos_, nq_, sc_.pa.data(), sc_.pz.data()).collect(pr_.keys, sc_.blocks);
+        } else {
+            const auto [qmn, qmx] = std::minmax_element(qpos_, qpos_ + nq_);
+            collect_tiles(*p_.pattern, pr_.keys, false, *qmn, *qmx + 1, sc_.blocks);
+        }
+        for (const TileRun& run : sc_.blocks)
+            for (std::int64_t kb = run.first; kb < run.first + run.count; ++kb) attend(kb, run.cls);
+        finish();
     }
-    std::fill(O, O + nq_pad * ldo, 0.0f);
-    std::fill(sc.m.begin(), sc.m.end(), kNegInf);
-    std::fill(sc.l.begin(), sc.l.end(), 0.0f);
-    if (p.accumulate) {
+
+private:
+    // Q rows in fp32 (zero padding rows), and the running state: fresh, or continued from the partial.
+    void begin() {
+        const std::int64_t D = pr_.D, ldo = pr_.Dp;
+        float* Q = sc_.q.get();
+        float* O = sc_.o.get();
+        for (std::int64_t r = 0; r < nq_pad_; ++r) {
+            if (r < nq_)
+                load_row(p_.q.data, p_.q.dtype, p_.q.offset(b_, i0_ + r, h_, 0), D, 1.0f, Q + r * D);
+            else
+                std::fill(Q + r * D, Q + (r + 1) * D, 0.0f);
+        }
+        std::fill(O, O + nq_pad_ * ldo, 0.0f);
+        std::fill(sc_.m.begin(), sc_.m.end(), kNegInf);
+        std::fill(sc_.l.begin(), sc_.l.end(), 0.0f);
+        if (!p_.accumulate) return;
         // Continue the online softmax from the given partial: with m = LSE in stored-score units (rounded)
         // and l = exp(LSE - m * smul) (1 up to m's rounding, in double), the state is (m, l, O * l); a row
         // without keys so far stays empty, a NaN partial stays NaN.
-        for (std::int64_t r = 0; r < nq; ++r) {
-            const std::int64_t li = (b * pr.Hq + h) * pr.Sq + i0 + r;
-            const float lse_hi = p.lse[li];
+        for (std::int64_t r = 0; r < nq_; ++r) {
+            const std::int64_t li = lse_index(r);
+            const float lse_hi = p_.lse[li];
             if (lse_hi == kNegInf) continue;
-            const double lse = static_cast<double>(lse_hi) + (p.lse_lo ? p.lse_lo[li] : 0.0f);
-            const float m = static_cast<float>(lse / pr.smul);
-            sc.m[static_cast<std::size_t>(r)] = m;
-            const float l = static_cast<float>(std::exp(lse - static_cast<double>(m) * pr.smul));
-            sc.l[static_cast<std::size_t>(r)] = l;
-            const float* prev = p.o.ptr<float>() + p.o.offset(b, i0 + r, h, 0);
+            const double lse = static_cast<double>(lse_hi) + (p_.lse_lo ? p_.lse_lo[li] : 0.0f);
+            const float m = static_cast<float>(lse / pr_.smul);
+            sc_.m[static_cast<std::size_t>(r)] = m;
+            const float l = static_cast<float>(std::exp(lse - static_cast<double>(m) * pr_.smul));
+            sc_.l[static_cast<std::size_t>(r)] = l;
+            const float* prev = p_.o.ptr<float>() + p_.o.offset(b_, i0_ + r, h_, 0);
             for (std::int64_t d = 0; d < D; ++d) O[r * ldo + d] = prev[d] * l;
         }
     }
 
-    const std::int64_t* qpos = p.q_pos + i0;
-    sc.blocks.clear();
-    const bool intervals = p.pattern->rows_are_intervals();
-    if (intervals) {
-        RowIntervals ri{sc.pa.data(), sc.pz.data(), nq, INT64_MAX, INT64_MIN, INT64_MIN, INT64_MAX};
-        for (std::int64_t r = 0; r < nq; ++r) {
-            std::int64_t& a = sc.pa[static_cast<std::size_t>(r)];
-            std::int64_t& z = sc.pz[static_cast<std::size_t>(r)];
-            p.pattern->row_interval(qpos[r], a, z);
-            if (a < z) {
-                ri.lo = std::min(ri.lo, a);
-                ri.hi = std::max(ri.hi, z);
-            }
-            ri.amax = std::max(ri.amax, a);
-            ri.zmin = std::min(ri.zmin, z);
+    // Key block kb of class cls into the running state.
+    void attend(std::int64_t kb, BlockClass cls) {
+        const std::int64_t j0 = kb * pr_.blk.bk, n = std::min(pr_.blk.bk, pr_.Sk - j0);
+        const std::int64_t nvec = (n + kLanes - 1) / kLanes;
+        ensure_packed(pr_, b_, hk_, kb, sc_.tmp.get());
+        const bool partial = cls == BlockClass::partial;
+        // Causal, document and window masks over consecutive keys are one interval per row.
+        const std::int64_t kbase = pr_.keys.run_start(kb);
+        const bool by_bounds = intervals_ && kbase != kScattered;
+        for (std::int64_t g = 0; g < ngroups_; ++g) {
+            sc_.vlo[g] = 0;
+            sc_.vhi[g] = nvec;
         }
-        if (pr.nkb > 0) collect_blocks_by_rows(pr, ri, 1, 0, pr.nkb, sc.blocks);
-    } else if (pr.nkb > 0) {
-        const auto [qmn, qmx] = std::minmax_element(qpos, qpos + nq);
-        collect_blocks(pr, *qmn, *qmx, 1, 0, pr.nkb, sc.blocks);
+        if (partial) group_bounds(j0, n, kbase, by_bounds);
+        scores(pr_.kblock(b_, hk_, kb), nvec);
+        if (slope_ != 0.0f) {
+            float* kf = sc_.kposf.get();
+            for (std::int64_t j = 0; j < n; ++j) kf[j] = static_cast<float>(p_.k_pos[j0 + j] - qpos_[0]);
+            for (std::int64_t j = n; j < nvec * kLanes; ++j) kf[j] = 0.0f;
+        }
+        softmax(n, partial, by_bounds, pr_.general || partial || n % kLanes != 0);
+        accumulate_pv(pr_.vblock(b_, hk_, kb), n);
     }
 
-    const float slope = p.pattern->has_alibi() ? p.pattern->alibi_slope(p.head_offset + h) : 0.0f;
-    const std::int64_t pos_base = qpos[0];
-
-    const std::int64_t ngroups = nq_pad / kRows;
-    for (const KeyBlock& kbk : sc.blocks) {
-        const std::int64_t j0 = kbk.kb * bk, n = std::min(bk, pr.Sk - j0);
-        const std::int64_t nvec = (n + kLanes - 1) / kLanes;
-        ensure_packed(pr, b, hk, kbk.kb, sc.tmp.get());
-        const float* kt = pr.kblock(b, hk, kbk.kb);
-        const float* vp = pr.vblock(b, hk, kbk.kb);
-        const bool partial = kbk.cls == BlockClass::partial;
-        const bool fix = pr.general || partial || n % kLanes != 0;
-        // Causal, document and window masks over consecutive keys are one interval per row.
-        const std::int64_t kbase = pr.kstart[static_cast<std::size_t>(kbk.kb)];
-        const bool by_bounds = intervals && kbase != kScattered;
-
-        // A partial block is masked row by row before any arithmetic: each group of kRows rows then
-        // computes only the key vectors between its first and last allowed key, which on a window's
-        // edge or the causal diagonal is about half the block.
-        for (std::int64_t g = 0; g < ngroups; ++g) {
-            sc.vlo[g] = 0;
-            sc.vhi[g] = nvec;
-        }
-        if (partial) {
-            for (std::int64_t g = 0; g < ngroups; ++g) {
-                std::int64_t lo = n, hi = 0;
-                for (std::int64_t r = g * kRows; r < std::min(nq, (g + 1) * kRows); ++r) {
-                    std::int64_t a = 0, z = n;
-                    if (by_bounds) {
-                        a = std::clamp<std::int64_t>(sc.pa[static_cast<std::size_t>(r)] - kbase, 0, n);
-                        z = std::clamp<std::int64_t>(sc.pz[static_cast<std::size_t>(r)] - kbase, a, n);
-                        sc.ia[static_cast<std::size_t>(r)] = a;
-                        sc.ib[static_cast<std::size_t>(r)] = z;
-                    } else {
-                        std::uint8_t* mk = sc.mask.data() + r * bk;
-                        p.pattern->mask_row(qpos[r], p.k_pos + j0, n, mk);
-                        while (a < n && !mk[a]) ++a;
-                        while (z > a && !mk[z - 1]) --z;
-                    }
-                    if (a < z) {
-                        lo = std::min(lo, a);
-                        hi = std::max(hi, z);
-                    }
+    // A partial block is masked row by row before any arithmetic: each group of kRows rows then computes
+    // only the key vectors between its first and last allowed key, which on a window's edge or the causal
+    // diagonal is about half the block.
+    void group_bounds(std::int64_t j0, std::int64_t n, std::int64_t kbase, bool by_bounds) {
+        const std::int64_t bk = pr_.blk.bk;
+        for (std::int64_t g = 0; g < ngroups_; ++g) {
+            std::int64_t lo = n, hi = 0;
+            for (std::int64_t r = g * kRows; r < std::min(nq_, (g + 1) * kRows); ++r) {
+                std::int64_t a = 0, z = n;
+                if (by_bounds) {
+                    a = std::clamp<std::int64_t>(sc_.pa[static_cast<std::size_t>(r)] - kbase, 0, n);
+                    z = std::clamp<std::int64_t>(sc_.pz[static_cast<std::size_t>(r)] - kbase, a, n);
+                    sc_.ia[static_cast<std::size_t>(r)] = a;
+                    sc_.ib[static_cast<std::size_t>(r)] = z;
+                } else {
+                    std::uint8_t* mk = sc_.mask.data() + r * bk;
+                    p_.pattern->mask_row(qpos_[r], p_.k_pos + j0, n, mk);
+                    while (a < n && !mk[a]) ++a;
+                    while (z > a && !mk[z - 1]) --z;
                 }
-                sc.vlo[g] = lo < hi ? lo / kLanes : 0;
-                sc.vhi[g] = lo < hi ? (hi + kLanes - 1) / kLanes : 0;
+                if (a < z) {
+                    lo = std::min(lo, a);
+                    hi = std::max(hi, z);
+                }
             }
+            sc_.vlo[g] = lo < hi ? lo / kLanes : 0;
+            sc_.vhi[g] = lo < hi ? (hi + kLanes - 1) / kLanes : 0;
         }
+    }
 
-        for (std::int64_t r = 0; r < nq_pad; ++r) store(rmax + r * kLanes, splat(kNegInf));
+    // S = Q K^T on each row group's key vectors, with the lane-wise row maxima.
+    void scores(const float* kt, std::int64_t nvec) {
+        const std::int64_t D = pr_.D, lds = pr_.blk.bk;
+        const float* Q = sc_.q.get();
+        float* S = sc_.s.get();
+        float* rmax = sc_.rmax.get();
+        for (std::int64_t r = 0; r < nq_pad_; ++r) store(rmax + r * kLanes, splat(kNegInf));
         for (std::int64_t pn = 0; pn * kPanelVecs < nvec; ++pn) {
             const float* kpan = kt + pn * D * kPanel;
-            for (std::int64_t g = 0; g < ngroups; ++g) {
-                const std::int64_t v0 = std::max(sc.vlo[g], pn * kPanelVecs);
-                const std::int64_t v1 = std::min(sc.vhi[g], (pn + 1) * kPanelVecs);
+            for (std::int64_t g = 0; g < ngroups_; ++g) {
+                const std::int64_t v0 = std::max(sc_.vlo[g], pn * kPanelVecs);
+                const std::int64_t v1 = std::min(sc_.vhi[g], (pn + 1) * kPanelVecs);
                 if (v0 >= v1) continue;
                 const std::int64_t r = g * kRows;
                 const float* ktv = kpan + (v0 - pn * kPanelVecs) * kLanes;
                 float* sv = S + r * lds + v0 * kLanes;
                 switch (v1 - v0) {
-                    case 4: score_tile<4>(D, Q + r * ldq, ldq, ktv, sv, lds, rmax + r * kLanes); break;
-                    case 3: score_tile<3>(D, Q + r * ldq, ldq, ktv, sv, lds, rmax + r * kLanes); break;
-                    case 2: score_tile<2>(D, Q + r * ldq, ldq, ktv, sv, lds, rmax + r * kLanes); break;
-                    default: score_tile<1>(D, Q + r * ldq, ldq, ktv, sv, lds, rmax + r * kLanes); break;
+                    case 4: score_tile<4>(D, Q + r * D, D, ktv, sv, lds, rmax + r * kLanes); break;
+                    case 3: score_tile<3>(D, Q + r * D, D, ktv, sv, lds, rmax + r * kLanes); break;
+                    case 2: score_tile<2>(D, Q + r * D, D, ktv, sv, lds, rmax + r * kLanes); break;
+                    default: score_tile<1>(D, Q + r * D, D, ktv, sv, lds, rmax + r * kLanes); break;
                 }
             }
         }
+    }
 
-        if (slope != 0.0f) {
-            float* kf = sc.kposf.get();
-            for (std::int64_t j = 0; j < n; ++j) kf[j] = static_cast<float>(p.k_pos[j0 + j] - pos_base);
-            for (std::int64_t j = n; j < nvec * kLanes; ++j) kf[j] = 0.0f;
-        }
-
-        for (std::int64_t r = 0; r < nq_pad; ++r) {
+    // Scores to P in place (transform and mask first where `fix`), the new row maxima and sums, and
+    // alpha: the rescale of the rows' earlier O.
+    void softmax(std::int64_t n, bool partial, bool by_bounds, bool fix) {
+        const std::int64_t lds = pr_.blk.bk;
+        float* S = sc_.s.get();
+        const float* rmax = sc_.rmax.get();
+        float* alpha = sc_.alpha.get();
+        for (std::int64_t r = 0; r < nq_pad_; ++r) {
             const std::int64_t g = r / kRows;
-            const std::int64_t c0 = sc.vlo[g] * kLanes, c1 = sc.vhi[g] * kLanes;
+            const std::int64_t c0 = sc_.vlo[g] * kLanes, c1 = sc_.vhi[g] * kLanes;
             alpha[r] = 1.0f;
             if (c0 >= c1) continue;
             float* srow = S + r * lds;
             float mblk;
-            if (fix && r < nq) {
-                if (pr.general)
-                    transform_row(pr, srow + c0, c1 - c0, slope, static_cast<float>(qpos[r] - pos_base),
-                                  sc.kposf.get() + c0);
+            if (fix && r < nq_) {
+                if (pr_.general)
+                    transform_row(pr_, srow + c0, c1 - c0, slope_, static_cast<float>(qpos_[r] - qpos_[0]),
+                                  sc_.kposf.get() + c0);
                 if (partial && by_bounds) {
-                    const std::int64_t a = sc.ia[static_cast<std::size_t>(r)], z = sc.ib[static_cast<std::size_t>(r)];
+                    const std::int64_t a = sc_.ia[static_cast<std::size_t>(r)], z = sc_.ib[static_cast<std::size_t>(r)];
                     for (std::int64_t j = c0; j < std::min(a, c1); ++j) srow[j] = kNegInf;
                     for (std::int64_t j = std::max(z, c0); j < std::min(c1, n); ++j) srow[j] = kNegInf;
                 } else if (partial) {
-                    const std::uint8_t* mk = sc.mask.data() + r * bk;
+                    const std::uint8_t* mk = sc_.mask.data() + r * lds;
                     for (std::int64_t j = c0; j < std::min(c1, n); ++j) srow[j] = mk[j] ? srow[j] : kNegInf;
                 }
                 for (std::int64_t j = std::max(c0, n); j < c1; ++j) srow[j] = kNegInf;
@@ -481,7 +408,7 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
             } else {
                 mblk = hmax(load(rmax + r * kLanes));
             }
-            const float mold = sc.m[r];
+            const float mold = sc_.m[r];
             // std::max keeps its first argument when either is NaN: a NaN row maximum stays NaN.
             const float mnew = std::max(mold, mblk);
             if (mnew == kNegInf) {
@@ -489,13 +416,13 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
                 // allowed score that is NaN makes the row NaN.
                 bool nan = false;
                 for (std::int64_t j = c0; j < c1; ++j) nan = nan || std::isnan(srow[j]);
-                if (nan) sc.m[r] = sc.l[r] = std::numeric_limits<float>::quiet_NaN();
+                if (nan) sc_.m[r] = sc_.l[r] = std::numeric_limits<float>::quiet_NaN();
                 std::fill(srow + c0, srow + c1, 0.0f);
                 continue;
             }
-            alpha[r] = std::exp2((mold - mnew) * pr.c2);
+            alpha[r] = std::exp2((mold - mnew) * pr_.c2);
             const vf mv = splat(mnew);
-            const auto expo = [&](const float* x) { return cpu::exp2v((load(x) - mv) * pr.c2); };
+            const auto expo = [&](const float* x) { return cpu::exp2v((load(x) - mv) * pr_.c2); };
             vf sum0{}, sum1{};
             std::int64_t j = c0;
             for (; j + 2 * kLanes <= c1; j += 2 * kLanes) {
@@ -511,15 +438,22 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
                 store(srow + j, e0);
                 sum0 += e0;
             }
-            sc.l[r] = sc.l[r] * alpha[r] + cpu::hsum(sum0 + sum1);
-            sc.m[r] = mnew;
+            sc_.l[r] = sc_.l[r] * alpha[r] + cpu::hsum(sum0 + sum1);
+            sc_.m[r] = mnew;
         }
+    }
 
+    // O = alpha * O + P V over each row group's keys.
+    void accumulate_pv(const float* vp, std::int64_t n) {
+        const std::int64_t Dp = pr_.Dp, bk = pr_.blk.bk, lds = bk, ldo = Dp;
+        const float* S = sc_.s.get();
+        float* O = sc_.o.get();
+        const float* alpha = sc_.alpha.get();
         for (std::int64_t d0 = 0; d0 < Dp; d0 += kPanel) {
             const std::int64_t w = std::min<std::int64_t>(kPanel, Dp - d0);
             const float* vpan = vp + d0 * bk;
-            for (std::int64_t g = 0; g < ngroups; ++g) {
-                const std::int64_t k0 = sc.vlo[g] * kLanes, k1 = std::min(sc.vhi[g] * kLanes, n);
+            for (std::int64_t g = 0; g < ngroups_; ++g) {
+                const std::int64_t k0 = sc_.vlo[g] * kLanes, k1 = std::min(sc_.vhi[g] * kLanes, n);
                 if (k0 >= k1) continue;
                 const std::int64_t r = g * kRows;
                 const float* pg = S + r * lds + k0;
@@ -535,28 +469,43 @@ void run_task(const Problem& pr, Scratch& sc, std::int64_t b, std::int64_t h, st
         }
     }
 
-    for (std::int64_t r = 0; r < nq; ++r) {
-        const float l = sc.l[r];
-        const std::int64_t li = (b * pr.Hq + h) * pr.Sq + i0 + r;
-        if (l != 0.0f) {  // l is NaN on a row that met a NaN: O and LSE are NaN
-            store_row(p.o.data, p.o.dtype, p.o.offset(b, i0 + r, h, 0), D, 1.0f / l, O + r * ldo);
-            // m * smul + ln(l) in double, rounded once.
-            const double lse = static_cast<double>(sc.m[r]) * pr.smul + std::log(static_cast<double>(l));
-            p.lse[li] = static_cast<float>(lse);
-            if (p.lse_lo) p.lse_lo[li] = static_cast<float>(lse - static_cast<double>(p.lse[li]));
-        } else {
-            store_row(p.o.data, p.o.dtype, p.o.offset(b, i0 + r, h, 0), D, 0.0f, O + r * ldo);
-            p.lse[li] = kNegInf;
-            if (p.lse_lo) p.lse_lo[li] = 0.0f;
+    // O = (O * l) / l and LSE rows out.
+    void finish() {
+        const float* O = sc_.o.get();
+        for (std::int64_t r = 0; r < nq_; ++r) {
+            const float l = sc_.l[r];
+            const std::int64_t li = lse_index(r);
+            const std::int64_t off = p_.o.offset(b_, i0_ + r, h_, 0);
+            if (l != 0.0f) {  // l is NaN on a row that met a NaN: O and LSE are NaN
+                store_row(p_.o.data, p_.o.dtype, off, pr_.D, 1.0f / l, O + r * pr_.Dp);
+                // m * smul + ln(l) in double, rounded once.
+                const double lse = static_cast<double>(sc_.m[r]) * pr_.smul + std::log(static_cast<double>(l));
+                p_.lse[li] = static_cast<float>(lse);
+                if (p_.lse_lo) p_.lse_lo[li] = static_cast<float>(lse - static_cast<double>(p_.lse[li]));
+            } else {
+                store_row(p_.o.data, p_.o.dtype, off, pr_.D, 0.0f, O + r * pr_.Dp);
+                p_.lse[li] = kNegInf;
+                if (p_.lse_lo) p_.lse_lo[li] = 0.0f;
+            }
         }
     }
-}
+
+    std::int64_t lse_index(std::int64_t r) const { return (b_ * pr_.Hq + h_) * pr_.Sq + i0_ + r; }
+
+    const FwdCall& pr_;
+    const FwdParams& p_;
+    ThreadBuffers& sc_;
+    const std::int64_t b_, h_, hk_, i0_, nq_, nq_pad_, ngroups_;
+    const std::int64_t* qpos_;
+    const bool intervals_;
+    const float slope_;
+};
 
 }  // namespace
 
 void flash_forward_cpu(const FwdParams& p) {
     validate(p);
-    Problem pr;
+    FwdCall pr;
     pr.p = &p;
     pr.B = p.q.shape[0];
     pr.Sq = p.q.shape[1];
@@ -585,12 +534,7 @@ void flash_forward_cpu(const FwdParams& p) {
     pr.kpack = pack.reserve(static_cast<std::size_t>(group * head_floats));
     pr.vpack = pr.kpack + group * pr.nkb * pr.kblock_sz;
     const cpu::TrimOnExit trim{pack, kKeepPackFloats};
-    if (pr.nkb > 0) {
-        pr.tree_lo.assign(static_cast<std::size_t>(4 * pr.nkb), 0);
-        pr.tree_hi.assign(static_cast<std::size_t>(4 * pr.nkb), 0);
-        pr.kstart.assign(static_cast<std::size_t>(pr.nkb), kScattered);
-        build_tree(pr, 1, 0, pr.nkb);
-    }
+    pr.keys = HullTree(p.k_pos, pr.Sk, pr.blk.bk);
 
     const std::size_t nstates = static_cast<std::size_t>(group * pr.nkb);
     std::unique_ptr<std::atomic<std::uint8_t>[]> packed(new std::atomic<std::uint8_t>[nstates]);
@@ -600,7 +544,7 @@ void flash_forward_cpu(const FwdParams& p) {
     const std::int64_t G = pr.Hq / pr.Hkv;
 #pragma omp parallel num_threads(nt)
     {
-        Scratch sc(pr);
+        ThreadBuffers sc(pr);
         for (std::int64_t g0 = 0; g0 < heads; g0 += group) {
             const std::int64_t g1 = std::min(heads, g0 + group);
             // Every thread reads pr.group0 and the pack states only after the single's barrier.
@@ -615,7 +559,7 @@ void flash_forward_cpu(const FwdParams& p) {
             for (std::int64_t t = 0; t < ntasks; ++t) {
                 const std::int64_t bh = g0 + t / (G * pr.nqb), qb = pr.nqb - 1 - t % pr.nqb;
                 const std::int64_t b = bh / pr.Hkv, h = (bh % pr.Hkv) * G + (t / pr.nqb) % G;
-                run_task(pr, sc, b, h, qb);
+                Task(pr, sc, b, h, qb).run();
             }
         }
     }

@@ -4,35 +4,10 @@
 #include <cstddef>
 #include <numeric>
 
+#include "longattn/block_plan.hpp"
+
 namespace longattn::kernels::cuda {
 namespace {
-
-// Position hulls of consecutive tiles as a segment tree over [0, tiles): node 1 is the root.
-struct HullTree {
-    std::vector<std::int64_t> lo, hi;
-
-    HullTree(const std::int64_t* pos, std::int64_t n, std::int64_t tile, std::int64_t tiles)
-        : lo(static_cast<std::size_t>(4 * std::max<std::int64_t>(tiles, 1))),
-          hi(static_cast<std::size_t>(4 * std::max<std::int64_t>(tiles, 1))) {
-        if (tiles > 0) build(pos, n, tile, 1, 0, tiles);
-    }
-
-    void build(const std::int64_t* pos, std::int64_t n, std::int64_t tile, std::size_t node, std::int64_t a,
-               std::int64_t b) {
-        if (b - a == 1) {
-            const std::int64_t j0 = a * tile, j1 = std::min(n, j0 + tile);
-            const auto [mn, mx] = std::minmax_element(pos + j0, pos + j1);
-            lo[node] = *mn;
-            hi[node] = *mx;
-            return;
-        }
-        const std::int64_t mid = (a + b) / 2;
-        build(pos, n, tile, 2 * node, a, mid);
-        build(pos, n, tile, 2 * node + 1, mid, b);
-        lo[node] = std::min(lo[2 * node], lo[2 * node + 1]);
-        hi[node] = std::max(hi[2 * node], hi[2 * node + 1]);
-    }
-};
 
 // Appends a run of FULL tiles to the segments of one tile, out[begin, end), joining it to the previous
 // run when they touch.
@@ -42,24 +17,6 @@ void append_full(std::vector<Segment>& out, std::size_t begin, std::int64_t firs
         return;
     }
     out.push_back({static_cast<std::int32_t>(first), static_cast<std::int32_t>(count), -1, 0});
-}
-
-// Non-empty tiles of [a, b) of `tree` against the fixed hull [f_lo, f_hi] on the other side, in order:
-// FULL ranges as runs (mask -1), PARTIAL leaves as candidates (mask -2, resolved by the caller). EMPTY and FULL
-// are exact for a rectangle, so they hold for every tile inside a range and only PARTIAL ranges split.
-void collect(const Pattern& pat, const HullTree& tree, bool tree_is_query, std::int64_t f_lo, std::int64_t f_hi,
-             std::size_t node, std::int64_t a, std::int64_t b, std::vector<Segment>& out) {
-    const BlockClass c = tree_is_query ? pat.classify(tree.lo[node], tree.hi[node] + 1, f_lo, f_hi + 1)
-                                       : pat.classify(f_lo, f_hi + 1, tree.lo[node], tree.hi[node] + 1);
-    if (c == BlockClass::empty) return;
-    if (c == BlockClass::full) return append_full(out, 0, a, b - a);
-    if (b - a == 1) {
-        out.push_back({static_cast<std::int32_t>(a), 1, -2, 0});
-        return;
-    }
-    const std::int64_t mid = (a + b) / 2;
-    collect(pat, tree, tree_is_query, f_lo, f_hi, 2 * node, a, mid, out);
-    collect(pat, tree, tree_is_query, f_lo, f_hi, 2 * node + 1, mid, b, out);
 }
 
 std::uint64_t bits(std::int64_t a, std::int64_t z) {  // bits [a, z) of a word, 0 <= a <= z <= 64
@@ -75,15 +32,15 @@ struct Planner {
     const std::int64_t* q_pos;
     const std::int64_t* k_pos;
     std::int64_t sq, sk, rows;
-    std::vector<std::int64_t> k_start;  // first key position of each key tile
-    std::vector<bool> k_run;            // the tile's key positions are consecutive
+    const HullTree& keys;
     std::vector<std::uint8_t> row_mask;
 
     // The exact mask words of tile (qt, kt) into out[0, rows).
     Verdict mask_tile(std::int64_t qt, std::int64_t kt, std::uint64_t* out) {
         const std::int64_t i0 = qt * rows, nq = std::min(rows, sq - i0);
         const std::int64_t j0 = kt * kKeyTile, nk = std::min(kKeyTile, sk - j0);
-        const bool by_bounds = pat.rows_are_intervals() && k_run[static_cast<std::size_t>(kt)];
+        const std::int64_t base = keys.run_start(kt);
+        const bool by_bounds = pat.rows_are_intervals() && base != kScattered;
         const std::uint64_t all = bits(0, nk);
         bool any = false, every = true;
         for (std::int64_t r = 0; r < rows; ++r) {
@@ -93,7 +50,6 @@ struct Planner {
                 if (by_bounds) {
                     std::int64_t a = 0, z = 0;
                     pat.row_interval(q, a, z);
-                    const std::int64_t base = k_start[static_cast<std::size_t>(kt)];
                     a = std::clamp<std::int64_t>(a - base, 0, nk);
                     z = std::clamp<std::int64_t>(z - base, a, nk);
                     w = bits(a, z);
@@ -132,32 +88,20 @@ TilePlan plan_tiles(const Pattern& pattern, const std::int64_t* q_pos, std::int6
     plan.q_tiles = (sq + rows - 1) / rows;
     plan.k_tiles = (sk + kKeyTile - 1) / kKeyTile;
 
-    Planner pl{pattern, q_pos, k_pos, sq, sk, rows, {}, {}, std::vector<std::uint8_t>(kKeyTile)};
-    pl.k_start.assign(static_cast<std::size_t>(plan.k_tiles), 0);
-    pl.k_run.assign(static_cast<std::size_t>(plan.k_tiles), false);
-    for (std::int64_t kt = 0; kt < plan.k_tiles; ++kt) {
-        const std::int64_t j0 = kt * kKeyTile, nk = std::min(kKeyTile, sk - j0);
-        bool run = true;
-        for (std::int64_t j = 1; j < nk && run; ++j) run = k_pos[j0 + j] == k_pos[j0] + j;
-        pl.k_start[static_cast<std::size_t>(kt)] = k_pos[j0];
-        pl.k_run[static_cast<std::size_t>(kt)] = run;
-    }
-
-    const HullTree ktree(k_pos, sk, kKeyTile, plan.k_tiles);
-    const HullTree qtree(q_pos, sq, rows, plan.q_tiles);
+    const HullTree ktree(k_pos, sk, kKeyTile);
+    const HullTree qtree(q_pos, sq, rows);
+    Planner pl{pattern, q_pos, k_pos, sq, sk, rows, ktree, std::vector<std::uint8_t>(kKeyTile)};
     std::vector<std::uint64_t> words(static_cast<std::size_t>(rows));
 
     TileIndex& bq = plan.by_query;
     bq.seg_ptr.assign(static_cast<std::size_t>(plan.q_tiles + 1), 0);
-    std::vector<Segment> found;
+    std::vector<TileRun> found;
     for (std::int64_t qt = 0; qt < plan.q_tiles; ++qt) {
         found.clear();
-        const std::int64_t i0 = qt * rows, nq = std::min(rows, sq - i0);
-        const auto [qmn, qmx] = std::minmax_element(q_pos + i0, q_pos + i0 + nq);
-        if (plan.k_tiles > 0) collect(pattern, ktree, false, *qmn, *qmx, 1, 0, plan.k_tiles, found);
+        collect_tiles(pattern, ktree, false, qtree.tile_lo(qt), qtree.tile_end(qt), found);
         const std::size_t begin = bq.segs.size();
-        for (const Segment& s : found) {
-            if (s.mask == -1) {
+        for (const TileRun& s : found) {
+            if (s.cls == BlockClass::full) {
                 append_full(bq.segs, begin, s.first, s.count);
                 plan.full_tiles += s.count;
                 continue;
@@ -169,7 +113,7 @@ TilePlan plan_tiles(const Pattern& pattern, const std::int64_t* q_pos, std::int6
                     ++plan.full_tiles;
                     break;
                 case Verdict::partial:
-                    bq.segs.push_back({s.first, 1, static_cast<std::int32_t>(plan.partial_tiles), 0});
+                    bq.segs.push_back({static_cast<std::int32_t>(s.first), 1, static_cast<std::int32_t>(plan.partial_tiles), 0});
                     plan.masks.insert(plan.masks.end(), words.begin(), words.end());
                     ++plan.partial_tiles;
                     break;
@@ -186,12 +130,10 @@ TilePlan plan_tiles(const Pattern& pattern, const std::int64_t* q_pos, std::int6
     bk.seg_ptr.assign(static_cast<std::size_t>(plan.k_tiles + 1), 0);
     for (std::int64_t kt = 0; kt < plan.k_tiles; ++kt) {
         found.clear();
-        const std::int64_t j0 = kt * kKeyTile, nk = std::min(kKeyTile, sk - j0);
-        const auto [kmn, kmx] = std::minmax_element(k_pos + j0, k_pos + j0 + nk);
-        if (plan.q_tiles > 0) collect(pattern, qtree, true, *kmn, *kmx, 1, 0, plan.q_tiles, found);
+        collect_tiles(pattern, qtree, true, ktree.tile_lo(kt), ktree.tile_end(kt), found);
         const std::size_t begin = bk.segs.size();
-        for (const Segment& s : found) {
-            if (s.mask == -1) {
+        for (const TileRun& s : found) {
+            if (s.cls == BlockClass::full) {
                 append_full(bk.segs, begin, s.first, s.count);
                 continue;
             }
@@ -206,7 +148,7 @@ TilePlan plan_tiles(const Pattern& pattern, const std::int64_t* q_pos, std::int6
             if (it->mask < 0)
                 append_full(bk.segs, begin, s.first, 1);
             else
-                bk.segs.push_back({s.first, 1, it->mask, 0});
+                bk.segs.push_back({static_cast<std::int32_t>(s.first), 1, it->mask, 0});
         }
         bk.seg_ptr[static_cast<std::size_t>(kt + 1)] = static_cast<std::int32_t>(bk.segs.size());
     }

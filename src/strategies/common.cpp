@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "longattn/block_plan.hpp"
 #include "longattn/tensor_ops.hpp"
 
 namespace longattn::dist {
@@ -34,40 +35,13 @@ Shards gather_shards(comm::Communicator& comm, const std::int64_t* local_pos, st
     return sh;
 }
 
-namespace {
-
-// Runs of consecutive positions as [lo, hi); more than a few runs collapse into one hull.
-std::vector<std::pair<std::int64_t, std::int64_t>> runs_of(const std::int64_t* pos, std::int64_t n) {
-    constexpr std::size_t kMaxRuns = 8;
-    std::vector<std::pair<std::int64_t, std::int64_t>> runs;
-    for (std::int64_t i = 0; i < n; ++i) {
-        if (!runs.empty() && runs.back().second == pos[i]) ++runs.back().second;
-        else runs.emplace_back(pos[i], pos[i] + 1);
-        if (runs.size() > kMaxRuns) {
-            const auto [lo, hi] = std::minmax_element(pos, pos + n);
-            return {{*lo, *hi + 1}};
-        }
-    }
-    return runs;
-}
-
-}  // namespace
-
 std::vector<std::vector<char>> needed_matrix(const Shards& sh, const Pattern& pat) {
     const std::size_t P = sh.count.size();
-    std::vector<std::vector<std::pair<std::int64_t, std::int64_t>>> runs(P);
-    for (std::size_t r = 0; r < P; ++r) runs[r] = runs_of(sh.pos_of(static_cast<int>(r)), sh.count[r]);
+    std::vector<PositionRuns> runs(P);
+    for (std::size_t r = 0; r < P; ++r) runs[r] = position_runs(sh.pos_of(static_cast<int>(r)), sh.count[r]);
     std::vector<std::vector<char>> need(P, std::vector<char>(P, 0));
     for (std::size_t o = 0; o < P; ++o)
-        for (std::size_t d = 0; d < P; ++d)
-            for (const auto& [k0, k1] : runs[o]) {
-                for (const auto& [q0, q1] : runs[d])
-                    if (pat.classify(q0, q1, k0, k1) != BlockClass::empty) {
-                        need[o][d] = 1;
-                        break;
-                    }
-                if (need[o][d]) break;
-            }
+        for (std::size_t d = 0; d < P; ++d) need[o][d] = may_attend(pat, runs[d], runs[o]) ? 1 : 0;
     return need;
 }
 
@@ -76,15 +50,15 @@ std::pair<std::int64_t, std::int64_t> rows_needed_elsewhere(const Shards& sh, co
     const std::size_t P = sh.count.size();
     const std::int64_t n = sh.count[static_cast<std::size_t>(o)];
     const std::int64_t* kp = sh.pos_of(o);
-    std::vector<std::vector<std::pair<std::int64_t, std::int64_t>>> runs(P);
+    std::vector<PositionRuns> runs(P);
     for (std::size_t d = 0; d < P; ++d)
-        if (static_cast<int>(d) != o) runs[d] = runs_of(sh.pos_of(static_cast<int>(d)), sh.count[d]);
-    // Rows [a, b) of shard o are needed when some other rank's query run may attend their key hull.
+        if (static_cast<int>(d) != o) runs[d] = position_runs(sh.pos_of(static_cast<int>(d)), sh.count[d]);
+    // Rows [a, b) of shard o are needed when some other rank's queries may attend their key hull.
     auto needed = [&](std::int64_t a, std::int64_t b) {
         const auto [lo, hi] = std::minmax_element(kp + a, kp + b);
-        for (const auto& rr : runs)
-            for (const auto& [q0, q1] : rr)
-                if (pat.classify(q0, q1, *lo, *hi + 1) != BlockClass::empty) return true;
+        const PositionRuns hull{{*lo, *hi + 1}};
+        for (const PositionRuns& rr : runs)
+            if (may_attend(pat, rr, hull)) return true;
         return false;
     };
     std::int64_t first = 0, last = n;
