@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <stdexcept>
 
-#include "comm/mpi/device_memory.hpp"
+#include "comm/device_memory.hpp"
 #include "longattn/error.hpp"
 
 namespace longattn::comm {

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "comm/mpi/device_memory.hpp"
+#include "comm/device_memory.hpp"
 
 // Open MPI declares its run-time CUDA query in mpi-ext.h; other MPIs are treated as not CUDA-aware.
 #if defined(OPEN_MPI) && __has_include(<mpi-ext.h>)

@@ -4,10 +4,11 @@
 #include <cstring>
 #include <string>
 
+#include "longattn/build_config.hpp"
 #include "longattn/error.hpp"
 
-#ifdef LONGATTN_HAVE_CUDA
-#include "comm/mpi/device_memory.hpp"
+#if LONGATTN_HAVE_CUDA
+#include "comm/device_memory.hpp"
 #include "comm/mpi/device_staging.hpp"
 #endif
 
@@ -28,7 +29,7 @@ void check(int rc, const char* what) {
 }  // namespace
 
 void DeviceStagingDeleter::operator()(DeviceStaging* p) const {
-#ifdef LONGATTN_HAVE_CUDA
+#if LONGATTN_HAVE_CUDA
     delete p;
 #else
     (void)p;  // never allocated without CUDA
@@ -43,7 +44,7 @@ MpiCommunicator::MpiCommunicator(MPI_Comm parent) {
     check(MPI_Comm_dup(parent, &comm_), "Comm_dup");
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
-#ifdef LONGATTN_HAVE_CUDA
+#if LONGATTN_HAVE_CUDA
     // Without a visible device no buffer can be device memory: the host path stays as it is.
     if (cuda_device_count() > 0) device_.reset(new DeviceStaging());
 #endif
@@ -59,7 +60,7 @@ Request MpiCommunicator::post(bool send, void* buf, std::size_t bytes, int peer,
     std::size_t id = 0;
     while (id < slots_.size() && slots_[id].in_use) ++id;
     if (id == slots_.size()) slots_.emplace_back();
-#ifdef LONGATTN_HAVE_CUDA
+#if LONGATTN_HAVE_CUDA
     if (device_) buf = send ? device_->stage_send(static_cast<int>(id), buf, bytes)
                             : device_->stage_recv(static_cast<int>(id), buf, bytes);
 #endif
@@ -89,7 +90,7 @@ Request MpiCommunicator::irecv(void* buf, std::size_t bytes, int src, int tag) {
 
 void MpiCommunicator::finish_slot(std::size_t id) {
     slots_[id].in_use = false;
-#ifdef LONGATTN_HAVE_CUDA
+#if LONGATTN_HAVE_CUDA
     if (device_) device_->complete(static_cast<int>(id));  // a staged receive lands on the device
 #endif
 }
@@ -150,7 +151,7 @@ void MpiCommunicator::all_to_all_v(const void* send, const std::size_t* send_byt
 }
 
 void MpiCommunicator::local_copy(void* dst, const void* src, std::size_t bytes) {
-#ifdef LONGATTN_HAVE_CUDA
+#if LONGATTN_HAVE_CUDA
     if (device_ && (is_device_memory(dst) || is_device_memory(src))) {
         copy_bytes(dst, src, bytes);
         return;
@@ -161,13 +162,13 @@ void MpiCommunicator::local_copy(void* dst, const void* src, std::size_t bytes) 
 
 void MpiCommunicator::allreduce(void* data, std::size_t n, MPI_Datatype type, std::size_t elem_bytes, MPI_Op op) {
     void* p = data;
-#ifdef LONGATTN_HAVE_CUDA
+#if LONGATTN_HAVE_CUDA
     if (device_) p = device_->borrow(data, n * elem_bytes, true);
 #else
     (void)elem_bytes;
 #endif
     check(MPI_Allreduce(MPI_IN_PLACE, p, static_cast<int>(n), type, op, comm_), "Allreduce");
-#ifdef LONGATTN_HAVE_CUDA
+#if LONGATTN_HAVE_CUDA
     if (device_) device_->give_back(data, p, n * elem_bytes, true);
 #endif
 }
@@ -191,13 +192,13 @@ void MpiCommunicator::all_gather_v(const void* send, void* recv, const std::size
 
 void MpiCommunicator::broadcast(void* buf, std::size_t bytes, int root) {
     void* mpi_buf = buf;
-#ifdef LONGATTN_HAVE_CUDA
+#if LONGATTN_HAVE_CUDA
     if (device_) mpi_buf = device_->borrow(buf, bytes, rank_ == root);
 #endif
     auto* p = static_cast<char*>(mpi_buf);
     for (std::size_t done = 0; done < bytes; done += kPart)
         check(MPI_Bcast(p + done, static_cast<int>(std::min(kPart, bytes - done)), MPI_BYTE, root, comm_), "Bcast");
-#ifdef LONGATTN_HAVE_CUDA
+#if LONGATTN_HAVE_CUDA
     if (device_) device_->give_back(buf, mpi_buf, bytes, rank_ != root);
 #endif
 }

@@ -5,7 +5,7 @@
 
 #include <vector>
 
-#include "comm/mpi/device_memory.hpp"
+#include "comm/device_memory.hpp"
 #include "comm/nccl/nccl_check.hpp"
 #include "comm/nccl/nccl_communicator.hpp"
 #include "longattn/error.hpp"

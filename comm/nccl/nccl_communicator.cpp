@@ -7,7 +7,7 @@
 #include <string>
 #include <thread>
 
-#include "comm/mpi/device_memory.hpp"
+#include "comm/device_memory.hpp"
 #include "comm/mpi/device_select.hpp"
 #include "comm/nccl/nccl_check.hpp"
 #include "longattn/error.hpp"

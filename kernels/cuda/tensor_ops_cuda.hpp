@@ -1,6 +1,6 @@
 #pragma once
 // Device memory and elementwise tensor operations on CUDA views, for the strategies' device path
-// (src/strategies/device.hpp). Views have rank <= 4 and element strides; fp32, bf16 and fp16 convert
+// (kernels/backend.hpp). Views have rank <= 4 and element strides; fp32, bf16 and fp16 convert
 // through fp32 with round-to-nearest-even. Work is queued on `stream` (a cudaStream_t; nullptr is the
 // legacy default stream, which orders it with the communicators' copies). Includes no CUDA header.
 #include <cstddef>

@@ -12,10 +12,10 @@
 #include "bench/bench.hpp"
 #include "bench/check.hpp"
 #include "bench/inputs.hpp"
-#include "bench/mirror.hpp"
 #include "bench/report.hpp"
 #include "bench/save.hpp"
 #include "comm/communicator.hpp"
+#include "kernels/backend.hpp"
 #include "longattn/distributed.hpp"
 #include "longattn/layout.hpp"
 
@@ -84,12 +84,12 @@ struct Shard {
         const bool grads = !dq.empty();
         auto use = [&](const TensorView& host) {
             if (job.device == Device::cpu) return host;
-            mirrors.emplace_back(host);
-            return mirrors.back().device();
+            mirrors.emplace_back(job.device, host);
+            return mirrors.back().view();
         };
         mirrors.reserve(10);
         fa.q = use(qv), fa.k = use(kv), fa.v = use(vv), fa.o = use(ov);
-        fa.lse = use(lse_view(lse.data(), B, H, S)).ptr<float>();
+        fa.lse = use(contiguous_view(lse.data(), DType::f32, B, H, S, 1)).ptr<float>();
         fa.pos = pos.data(), fa.pattern = &pat;
         if (!grads) return;
         ba.q = fa.q, ba.k = fa.k, ba.v = fa.v, ba.o = fa.o, ba.lse = fa.lse, ba.dout = use(dov);
@@ -101,7 +101,7 @@ struct Shard {
         for (std::size_t i : {3, 4, 6, 7, 8})
             if (i < mirrors.size()) mirrors[i].to_host();
     }
-    std::vector<Mirror> mirrors;
+    std::vector<kernels::DeviceCopy> mirrors;
 };
 
 // Every rank's [B, H, S_r] values placed at their global positions: [B, H, N].

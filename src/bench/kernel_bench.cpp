@@ -12,45 +12,18 @@
 #include "bench/bench.hpp"
 #include "bench/check.hpp"
 #include "bench/inputs.hpp"
-#include "bench/mirror.hpp"
 #include "bench/report.hpp"
 #include "bench/save.hpp"
 #include "kernels/attention.hpp"
-#include "kernels/cpu/simd.hpp"
-#ifdef LONGATTN_BENCH_CUDA
-#include "kernels/cuda/flash_cuda.hpp"
-#include "kernels/cuda/tensor_ops_cuda.hpp"
-#endif
+#include "kernels/backend.hpp"
+#include "kernels/cpu/baseline.hpp"
 
 namespace longattn::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using kernels::cpu::vf;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// Independent FMA chains, enough to cover the latency of two FMA pipes and few enough to stay in
-// registers (32 with AVX-512, 16 below); GFLOP/s of one thread.
-__attribute__((noinline)) double measure_fma_peak() {
-    constexpr int kChains = kernels::cpu::kLanes == 16 ? 16 : 10;
-    vf acc[kChains];
-    for (int i = 0; i < kChains; ++i) acc[i] = kernels::cpu::splat(1.0f + 1e-3f * static_cast<float>(i));
-    const vf m = kernels::cpu::splat(0.999999f), a = kernels::cpu::splat(1e-7f);
-    const long iters = 20'000'000;
-    double best = 0;
-    for (int rep = 0; rep < 3; ++rep) {
-        const auto t0 = Clock::now();
-        for (long it = 0; it < iters; ++it)
-            for (int i = 0; i < kChains; ++i) acc[i] = acc[i] * m + a;  // one FMA (built with -ffp-contract=fast)
-        const double s = seconds_since(t0);
-        best = std::max(best, 2.0 * kernels::cpu::kLanes * kChains * static_cast<double>(iters) / s * 1e-9);
-    }
-    float sink = 0;
-    for (int i = 0; i < kChains; ++i) sink += acc[i][0];
-    if (sink == 42.0f) std::printf("#\n");  // keeps the chains alive
-    return best;
-}
 
 struct Problem {
     std::int64_t B, L, H, Hkv, D;
@@ -88,14 +61,15 @@ struct Problem {
         dvv = contiguous_view(dv.data(), DType::f32, B, L, Hkv, D);
     }
     // --device cuda: the kernels read and write device copies (mirrors: q k v o lse [dout dq dk dv]).
-    std::vector<Mirror> mirrors;
-    void to_device() {
+    std::vector<kernels::DeviceCopy> mirrors;
+    void to_device(Device d) {
         mirrors.reserve(9);
-        for (const TensorView& t : {qv, kv, vv, ov, lse_view(lse.data(), B, H, L)}) mirrors.emplace_back(t);
+        for (const TensorView& t : {qv, kv, vv, ov, contiguous_view(lse.data(), DType::f32, B, H, L, 1)})
+            mirrors.emplace_back(d, t);
         if (!dq.empty())
-            for (const TensorView& t : {dov, dqv, dkv, dvv}) mirrors.emplace_back(t);
+            for (const TensorView& t : {dov, dqv, dkv, dvv}) mirrors.emplace_back(d, t);
     }
-    const TensorView& on(std::size_t i, const TensorView& host) const { return mirrors.empty() ? host : mirrors[i].device(); }
+    const TensorView& on(std::size_t i, const TensorView& host) const { return mirrors.empty() ? host : mirrors[i].view(); }
     void results_to_host() const {
         for (std::size_t i : {3, 4, 6, 7, 8})
             if (i < mirrors.size()) mirrors[i].to_host();
@@ -103,7 +77,7 @@ struct Problem {
     kernels::FwdParams fwd(const Pattern& p, int threads) {
         kernels::FwdParams f;
         f.q = on(0, qv), f.k = on(1, kv), f.v = on(2, vv), f.o = on(3, ov);
-        f.lse = mirrors.empty() ? lse.data() : mirrors[4].device().ptr<float>();
+        f.lse = mirrors.empty() ? lse.data() : mirrors[4].view().ptr<float>();
         f.q_pos = f.k_pos = pos.data();
         f.pattern = &p;
         f.threads = threads;
@@ -112,7 +86,7 @@ struct Problem {
     kernels::BwdParams bwd(const Pattern& p, int threads) {
         kernels::BwdParams b;
         b.q = on(0, qv), b.k = on(1, kv), b.v = on(2, vv), b.o = on(3, ov), b.dout = on(5, dov);
-        b.lse = mirrors.empty() ? lse.data() : mirrors[4].device().ptr<float>();
+        b.lse = mirrors.empty() ? lse.data() : mirrors[4].view().ptr<float>();
         b.dq = on(6, dqv), b.dk = on(7, dkv), b.dv = on(8, dvv);
         b.q_pos = b.k_pos = pos.data();
         b.pattern = &p;
@@ -130,29 +104,6 @@ struct Problem {
     }
 };
 
-// The kernels of the job's device; a CUDA call returns once its results are ready.
-void forward(const kernels::FwdParams& p) {
-#ifdef LONGATTN_BENCH_CUDA
-    if (p.q.device == Device::cuda) {
-        kernels::flash_forward_cuda(p);
-        kernels::cuda_synchronize(p.stream);
-        return;
-    }
-#endif
-    kernels::flash_forward_cpu(p);
-}
-
-void backward(const kernels::BwdParams& p) {
-#ifdef LONGATTN_BENCH_CUDA
-    if (p.q.device == Device::cuda) {
-        kernels::flash_backward_cuda(p);
-        kernels::cuda_synchronize(p.stream);
-        return;
-    }
-#endif
-    kernels::flash_backward_cpu(p);
-}
-
 // Median of n timed runs after the warmup.
 template <class F>
 double time_median(const Job& job, F&& run) {
@@ -167,71 +118,10 @@ double time_median(const Job& job, F&& run) {
     return t[t.size() / 2];
 }
 
-// Unfused attention over panels of full rows: S = scale Q K^T for all keys (materialized), mask,
-// softmax, O = P V; the products use the same register-blocked gemm as the flash kernels.
-void unfused_forward(Problem& pr, const Pattern& pat, int threads) {
-    const std::int64_t L = pr.L, D = pr.D, G = pr.H / pr.Hkv;
-    constexpr std::int64_t kPanel = 256;
-    const float scale = pat.softmax_scale(D) * 1.4426950408889634f;  // scores in the log2 scale
-#pragma omp parallel num_threads(threads)
-    {
-        std::vector<float> kt(static_cast<std::size_t>(D * L)), vf32(static_cast<std::size_t>(L * D));
-        std::vector<float> qp(static_cast<std::size_t>(kPanel * D)), s(static_cast<std::size_t>(kPanel * L));
-        std::vector<float> op(static_cast<std::size_t>(kPanel * D));
-        std::vector<std::uint8_t> mask(static_cast<std::size_t>(L));
-#pragma omp for collapse(2) schedule(dynamic)
-        for (std::int64_t b = 0; b < pr.B; ++b)
-            for (std::int64_t h = 0; h < pr.H; ++h) {
-                const std::int64_t hk = h / G;
-                for (std::int64_t j = 0; j < L; ++j)
-                    for (std::int64_t d = 0; d < D; ++d) {
-                        kt[static_cast<std::size_t>(d * L + j)] = pr.at(pr.kv, b, j, hk, d);
-                        vf32[static_cast<std::size_t>(j * D + d)] = pr.at(pr.vv, b, j, hk, d);
-                    }
-                for (std::int64_t i0 = 0; i0 < L; i0 += kPanel) {
-                    const std::int64_t m = std::min(kPanel, L - i0);
-                    for (std::int64_t i = 0; i < m; ++i)
-                        for (std::int64_t d = 0; d < D; ++d)
-                            qp[static_cast<std::size_t>(i * D + d)] = scale * pr.at(pr.qv, b, i0 + i, h, d);
-                    kernels::cpu::gemm(m, L, D, qp.data(), D, 1, kt.data(), L, s.data(), L, false);
-                    for (std::int64_t i = 0; i < m; ++i) {
-                        // The flash kernels' softmax arithmetic: scores in the log2 scale, the same exp2.
-                        float* row = s.data() + i * L;
-                        pat.mask_row(i0 + i, pr.pos.data(), L, mask.data());
-                        float mx = -INFINITY;
-                        for (std::int64_t j = 0; j < L; ++j) {
-                            if (!mask[static_cast<std::size_t>(j)]) row[j] = -INFINITY;
-                            mx = std::max(mx, row[j]);
-                        }
-                        const float base = mx == -INFINITY ? 0.0f : mx;
-                        vf acc{};
-                        std::int64_t j = 0;
-                        for (; j + kernels::cpu::kLanes <= L; j += kernels::cpu::kLanes) {
-                            const vf e = kernels::cpu::exp2v(kernels::cpu::load(row + j) - base);
-                            kernels::cpu::store(row + j, e);
-                            acc += e;
-                        }
-                        float sum = kernels::cpu::hsum(acc);
-                        for (; j < L; ++j) sum += row[j] = std::exp2(row[j] - base);
-                        const float inv = sum > 0 ? 1.0f / sum : 0.0f;
-                        for (j = 0; j < L; ++j) row[j] *= inv;
-                        pr.lse[static_cast<std::size_t>((b * pr.H + h) * L + i0 + i)] =
-                            sum > 0 ? (mx + std::log2(sum)) * 0.6931471805599453f : -INFINITY;
-                    }
-                    kernels::cpu::gemm(m, D, L, s.data(), L, 1, vf32.data(), D, op.data(), D, false);
-                    for (std::int64_t i = 0; i < m; ++i)
-                        for (std::int64_t d = 0; d < D; ++d)
-                            store_from_f32(pr.ov.data, pr.dtype, pr.ov.offset(b, i0 + i, h, d),
-                                           op[static_cast<std::size_t>(i * D + d)]);
-                }
-            }
-    }
-}
-
 }  // namespace
 
 int run_kernel_bench(const Job& job) {
-    const double peak = job.peak ? measure_fma_peak() : 0.0;
+    const double peak = job.peak ? kernels::measure_fma_peak() : 0.0;
     const bool do_bwd = job.mode != Mode::fwd;
     const Inputs in(job);
     Report rep(job, true);
@@ -259,17 +149,17 @@ int run_kernel_bench(const Job& job) {
     for (std::int64_t L : job.lengths) {
         const Pattern pat(spec_for_length(job, L));
         Problem pr(job, in, L, do_bwd);
-        if (job.device == Device::cuda) pr.to_device();
+        if (job.device == Device::cuda) pr.to_device(job.device);
         const double pairs = static_cast<double>(pat.count_allowed(0, L, 0, L));
         const double flops = 4.0 * static_cast<double>(job.head_dim) * pairs * static_cast<double>(job.batch * job.heads);
         for (int thr : job.threads) {
             const int t = thr > 0 ? thr : omp_get_max_threads();
             double t_bwd = 0, t_base = 0;
             // The forward always runs: the backward needs its O and LSE.
-            const double t_fwd = time_median(job, [&] { forward(pr.fwd(pat, t)); });
-            if (do_bwd) t_bwd = time_median(job, [&] { backward(pr.bwd(pat, t)); });
+            const double t_fwd = time_median(job, [&] { const auto f = pr.fwd(pat, t); kernels::backend_of(f.q).forward(f); });
+            if (do_bwd) t_bwd = time_median(job, [&] { const auto b = pr.bwd(pat, t); kernels::backend_of(b.q).backward(b); });
             if (job.baseline) {
-                t_base = time_median(job, [&] { unfused_forward(pr, pat, t); });
+                t_base = time_median(job, [&] { kernels::unfused_forward_cpu(pr.fwd(pat, t)); });
                 kernels::flash_forward_cpu(pr.fwd(pat, t));  // the check reads the fused result
             }
             pr.results_to_host();

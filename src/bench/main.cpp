@@ -6,16 +6,17 @@
 
 #include "bench/bench.hpp"
 #include "bench/npy.hpp"
+#include "longattn/build_config.hpp"
 #include "longattn/error.hpp"
-#ifdef LONGATTN_HAVE_MPI
+#if LONGATTN_HAVE_MPI
 #include <mpi.h>
 
 #include "comm/mpi/mpi_communicator.hpp"
 #endif
-#ifdef LONGATTN_BENCH_CUDA
+#if LONGATTN_HAVE_CUDA && LONGATTN_HAVE_MPI
 #include "comm/mpi/device_select.hpp"
 #endif
-#ifdef LONGATTN_BENCH_NCCL
+#if LONGATTN_HAVE_NCCL
 #include "comm/nccl/nccl_communicator.hpp"
 #endif
 
@@ -26,14 +27,14 @@ using namespace longattn;
 // its temporary files and aborts the whole job, so no rank hangs.
 int main(int argc, char** argv) {
     int rank = 0, size = 1;
-#ifdef LONGATTN_HAVE_MPI
+#if LONGATTN_HAVE_MPI
     int provided = 0;
     MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
 #endif
     auto finish = [&](int rc) {
-#ifdef LONGATTN_HAVE_MPI
+#if LONGATTN_HAVE_MPI
         MPI_Finalize();
 #endif
         return rc;
@@ -42,7 +43,7 @@ int main(int argc, char** argv) {
         bench::remove_temp_files();
         std::fprintf(stderr, "longattn-bench: %s%s%s\n", size > 1 ? ("rank " + std::to_string(rank) + ": ").c_str() : "",
                      kind, what);
-#ifdef LONGATTN_HAVE_MPI
+#if LONGATTN_HAVE_MPI
         if (size > 1) MPI_Abort(MPI_COMM_WORLD, code);
 #endif
         return code;
@@ -56,7 +57,7 @@ int main(int argc, char** argv) {
             return finish(0);
         }
         bench::validate_for_ranks(job, size);
-#ifndef LONGATTN_BENCH_NCCL
+#if !LONGATTN_HAVE_NCCL
         require(!job.nccl, "comm", "this build has no NCCL communicator (it needs CUDA, NCCL and MPI)");
 #endif
     } catch (const Error& e) {
@@ -65,14 +66,14 @@ int main(int argc, char** argv) {
     }
     int rc = 0;
     try {
-#if defined(LONGATTN_BENCH_CUDA) && defined(LONGATTN_HAVE_MPI)
+#if LONGATTN_HAVE_CUDA && LONGATTN_HAVE_MPI
         if (job.device == Device::cuda) comm::select_device(MPI_COMM_WORLD);  // one GPU per rank
 #endif
         if (!job.distributed) {
             rc = bench::run_kernel_bench(job);
         } else {
-#ifdef LONGATTN_HAVE_MPI
-#ifdef LONGATTN_BENCH_NCCL
+#if LONGATTN_HAVE_MPI
+#if LONGATTN_HAVE_NCCL
             if (job.nccl) {
                 comm::NcclCommunicator comm(MPI_COMM_WORLD);
                 rc = bench::run_dist_bench(job, comm);

@@ -12,9 +12,9 @@
 #include <tuple>
 
 #include "bench/bench.hpp"
-#include "bench/mirror.hpp"
 #include "bench/npy.hpp"
 #include "bench/parse.hpp"
+#include "kernels/backend.hpp"
 #include "longattn/error.hpp"
 
 namespace po = boost::program_options;
@@ -318,7 +318,7 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
     require(device == "cpu" || device == "cuda", "device", "must be cpu or cuda, got '", device, "'");
     j.device = device == "cuda" ? Device::cuda : Device::cpu;
     if (j.device == Device::cuda) {
-        require(cuda_built(), "device", "this build has no CUDA kernels (configure with -DLONGATTN_WITH_CUDA=ON)");
+        require(kernels::backend(Device::cuda).built, "device", "this build has no CUDA kernels (configure with -DLONGATTN_WITH_CUDA=ON)");
         require(j.dtype != DType::f32, "dtype", "the CUDA kernels store bf16 or fp16; choose -d bf16 or -d fp16");
         require(!j.baseline, "baseline", "the unfused baseline runs on the CPU only");
         j.peak = false;  // the FMA peak is the CPU's

@@ -76,7 +76,7 @@ void attention_forward(comm::Communicator& comm, const DistOptions& opt, const D
     p.q = a.q, p.k = a.k, p.v = a.v, p.o = a.o, p.lse = a.lse, p.q_pos = p.k_pos = a.pos, p.pattern = a.pattern;
     p.head_offset = a.head_offset;
     p.threads = opt.threads;
-    dist::kernel_validate(p);
+    kernels::backend_of(p.q).validate_fwd(p);
     check_consistent(comm, opt, a.q, a.k);
     with_stats(comm, stats, opt, a.q.device, [&](dist::Ctx& cx) {
         switch (opt.strategy) {
@@ -102,7 +102,7 @@ void attention_backward(comm::Communicator& comm, const DistOptions& opt, const 
     p.q_pos = p.k_pos = a.pos, p.pattern = a.pattern;
     p.head_offset = a.head_offset;
     p.threads = opt.threads;
-    dist::kernel_validate(p);
+    kernels::backend_of(p.q).validate_bwd(p);
     check_consistent(comm, opt, a.q, a.k);
     with_stats(comm, stats, opt, a.q.device, [&](dist::Ctx& cx) {
         switch (opt.strategy) {

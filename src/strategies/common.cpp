@@ -8,12 +8,12 @@
 
 namespace longattn::dist {
 
-Scratch::Scratch(Ctx& cx, std::size_t bytes) : cx_(cx), bytes_(bytes), data_(device_alloc(cx.device, bytes)) {
+Scratch::Scratch(Ctx& cx, std::size_t bytes) : cx_(cx), bytes_(bytes), data_(kernels::backend(cx.device).alloc(bytes)) {
     cx_.scratch_now += bytes;
     cx_.st.scratch_peak_bytes = std::max(cx_.st.scratch_peak_bytes, cx_.scratch_now);
 }
 Scratch::~Scratch() {
-    device_free(cx_.device, data_, bytes_);
+    kernels::backend(cx_.device).free(data_);
     cx_.scratch_now -= bytes_;
 }
 
@@ -79,13 +79,13 @@ void timed_wait(Ctx& cx, comm::Communicator& comm, comm::Request& r) {
 
 void run_forward(Ctx& cx, const kernels::FwdParams& p) {
     ScopedTimer t(cx.st.kernel_s);
-    kernel_forward(p);
+    kernels::backend_of(p.q).forward(p);
     ++cx.st.kernel_calls;
 }
 
 void run_backward(Ctx& cx, const kernels::BwdParams& p) {
     ScopedTimer t(cx.st.kernel_s);
-    kernel_backward(p);
+    kernels::backend_of(p.q).backward(p);
     ++cx.st.kernel_calls;
 }
 

@@ -7,10 +7,15 @@
 
 #include "comm/communicator.hpp"
 #include "kernels/attention.hpp"
+#include "kernels/backend.hpp"
 #include "longattn/distributed.hpp"
-#include "strategies/device.hpp"
 
 namespace longattn::dist {
+
+// Tensor memory is touched only through the backend table of the tensors' device.
+using kernels::add_view;
+using kernels::copy_view;
+using kernels::fill_view;
 
 struct Ctx {
     const DistOptions& opt;

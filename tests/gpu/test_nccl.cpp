@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "comm/mpi/device_memory.hpp"
+#include "comm/device_memory.hpp"
 #include "comm/mpi/mpi_communicator.hpp"
 #include "comm/mpi/device_select.hpp"
 #include "comm/nccl/nccl_communicator.hpp"

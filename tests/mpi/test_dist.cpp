@@ -4,9 +4,9 @@
 // bitwise identical. All collectives of a case run before any check, so a failed check never
 // leaves a rank behind in a collective.
 //
-// Built with LONGATTN_TEST_CUDA (test_dist_cuda, label gpu) the same cases run on CUDA tensors in bf16
-// and fp16, judged against the single-process CUDA kernels, over the MPI communicator (several ranks
-// may share one GPU) or, with --comm=nccl, the NCCL one; without a visible GPU they skip.
+// With --device=cuda (label gpu) the same cases run on CUDA tensors in bf16 and fp16, judged against
+// the single-process CUDA kernels, over the MPI communicator (several ranks may share one GPU) or, with
+// --comm=nccl, the NCCL one; without a visible GPU (or a build with CUDA) they skip.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -22,20 +22,14 @@
 #include "longattn/layout.hpp"
 #include "longattn/synth.hpp"
 #include "longattn/tensor_ops.hpp"
-#include "strategies/device.hpp"
+#include "kernels/backend.hpp"
+#include "longattn/build_config.hpp"
 #include "testing.hpp"
-#ifdef LONGATTN_TEST_CUDA
-#include "bench/mirror.hpp"
+#if LONGATTN_HAVE_CUDA
 #include "comm/mpi/device_select.hpp"
-#include "kernels/cuda/flash_cuda.hpp"
-#ifdef LONGATTN_TEST_NCCL
-#include "comm/nccl/nccl_communicator.hpp"
 #endif
-#define SKIP_WITHOUT_DEVICE()                   \
-    if (!kernels::cuda_device_available()) \
-    GTEST_SKIP() << "no CUDA device visible: the CUDA path is built but not run on this machine"
-#else
-#define SKIP_WITHOUT_DEVICE() (void)0
+#if LONGATTN_HAVE_NCCL
+#include "comm/nccl/nccl_communicator.hpp"
 #endif
 
 using namespace longattn;
@@ -44,6 +38,14 @@ using longattn::test::floor_for;
 namespace {
 
 comm::Communicator* g_comm = nullptr;
+Device g_device = Device::cpu;  // where the strategies' tensors live (--device=cuda)
+
+#define SKIP_WITHOUT_DEVICE()                                                   \
+    if (!kernels::backend(g_device).available())                                \
+    GTEST_SKIP() << "no " << kernels::backend(g_device).name                    \
+                 << " device visible (or not built): this path is not run on this machine"
+#define CPU_ONLY() \
+    if (g_device != Device::cpu) GTEST_SKIP() << "a test of the host run"
 
 // An owning contiguous [B, S, H, D] buffer.
 struct Buf {
@@ -83,27 +85,20 @@ std::vector<double> lse_rows(const std::vector<double>& lse, std::int64_t BH, st
 // that to_host() copies back into them.
 class OnDevice {
 public:
-#ifdef LONGATTN_TEST_CUDA
     OnDevice() { m_.reserve(16); }
     TensorView put(const TensorView& host) {
-        m_.emplace_back(host);
-        return m_.back().device();
+        m_.emplace_back(g_device, host);
+        return m_.back().view();
     }
     void to_host() const {
-        for (const bench::Mirror& x : m_) x.to_host();
+        for (const kernels::DeviceCopy& x : m_) x.to_host();
     }
-#else
-    TensorView put(const TensorView& host) { return host; }
-    void to_host() const {}
-#endif
     float* put_lse(std::vector<float>& lse, std::int64_t B, std::int64_t H, std::int64_t S) {
         return static_cast<float*>(put(contiguous_view(lse.data(), DType::f32, B, H, S, 1)).data);
     }
 
 private:
-#ifdef LONGATTN_TEST_CUDA
-    std::vector<bench::Mirror> m_;
-#endif
+    std::vector<kernels::DeviceCopy> m_;
 };
 
 struct Shape {
@@ -160,11 +155,11 @@ void run_case(const DistOptions& opt, LayoutKind lk, const std::string& pname, c
         kernels::FwdParams dfp = fp;
         dfp.q = whole.put(q.v), dfp.k = whole.put(k.v), dfp.v = whole.put(v.v), dfp.o = whole.put(o.v);
         dfp.lse = whole.put_lse(lse, s.B, s.Hq, s.N);
-        dist::kernel_forward(dfp);
+        kernels::backend(g_device).forward(dfp);
         kernels::BwdParams dbp = bp;
         dbp.q = dfp.q, dbp.k = dfp.k, dbp.v = dfp.v, dbp.o = dfp.o, dbp.lse = dfp.lse, dbp.dout = whole.put(dout.v);
         dbp.dq = whole.put(dq.v), dbp.dk = whole.put(dk.v), dbp.dv = whole.put(dv.v);
-        dist::kernel_backward(dbp);
+        kernels::backend(g_device).backward(dbp);
         whole.to_host();
     }
     const kernels::RefForward rf = kernels::reference_forward(fp);
@@ -246,14 +241,12 @@ std::vector<test::NamedSpec> families(std::int64_t n, std::int64_t heads) {
 void run_strategy(DistOptions opt) {
     const int P = g_comm->size();
     // Uneven lengths (never a multiple of 2P), odd head dims, GQA with heads not dividing P, MQA.
-#ifdef LONGATTN_TEST_CUDA
     // The CUDA kernels store bf16 or fp16: head dim 64 on its own tiling, 40 on the generic path.
-    const Shape shapes[] = {{12 * P + 29, 1, 4, 2, 64, DType::bf16}, {6 * P + 13, 2, 3, 1, 40, DType::f16}};
-    const DType sampled = DType::f16;
-#else
-    const Shape shapes[] = {{12 * P + 29, 1, 4, 2, 19, DType::f32}, {6 * P + 13, 2, 3, 1, 8, DType::bf16}};
-    const DType sampled = DType::bf16;
-#endif
+    const bool cuda = g_device == Device::cuda;
+    const std::vector<Shape> shapes =
+        cuda ? std::vector<Shape>{{12 * P + 29, 1, 4, 2, 64, DType::bf16}, {6 * P + 13, 2, 3, 1, 40, DType::f16}}
+             : std::vector<Shape>{{12 * P + 29, 1, 4, 2, 19, DType::f32}, {6 * P + 13, 2, 3, 1, 8, DType::bf16}};
+    const DType sampled = cuda ? DType::f16 : DType::bf16;
     int i = 0;
     for (LayoutKind lk : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped})
         for (const Shape& s : shapes)
@@ -265,13 +258,8 @@ void run_strategy(DistOptions opt) {
     // Sharp softmax (scores of standard deviation 16 and 64, |LSE| near 90 and 300), GQA 4:1: the
     // merges of partials must keep the single-process kernel's bits. A rotating quarter of the
     // families per layout and scale.
-#ifdef LONGATTN_TEST_CUDA
-    const DType sharp_t = DType::bf16;
-    const std::int64_t sharp_d = 64;
-#else
-    const DType sharp_t = DType::f32;
-    const std::int64_t sharp_d = 32;
-#endif
+    const DType sharp_t = cuda ? DType::bf16 : DType::f32;
+    const std::int64_t sharp_d = cuda ? 64 : 32;
     for (LayoutKind lk : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped})
         for (float amp : {4.0f, 8.0f}) {
             const Shape s{8 * P + 21, 1, 8, 2, sharp_d, sharp_t, amp};
@@ -319,9 +307,9 @@ TEST(Distributed, AllGatherInHeadChunks) {
     run_strategy(opt);
 }
 
-#ifndef LONGATTN_TEST_CUDA
 // The communicator's own operations, with exact values.
 TEST(Communicator, CollectivesAndSplitsGiveExactValues) {
+    CPU_ONLY();
     comm::Communicator& comm = *g_comm;
     const int P = comm.size(), r = comm.rank();
     double sum[2] = {double(r), 1.0};
@@ -360,6 +348,7 @@ TEST(Communicator, CollectivesAndSplitsGiveExactValues) {
 }
 
 TEST(Distributed, MismatchedShapesFailOnEveryRank) {
+    CPU_ONLY();
     comm::Communicator& comm = *g_comm;
     if (comm.size() == 1) GTEST_SKIP() << "needs two ranks";
     const std::int64_t D = comm.rank() == 0 ? 8 : 16;  // ranks disagree on the head dim
@@ -377,8 +366,6 @@ TEST(Distributed, MismatchedShapesFailOnEveryRank) {
     }
 }
 
-#endif  // LONGATTN_TEST_CUDA
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -388,15 +375,19 @@ int main(int argc, char** argv) {
     {
         ::testing::InitGoogleTest(&argc, argv);
         std::unique_ptr<comm::Communicator> owned;
-#ifdef LONGATTN_TEST_CUDA
-        const bool have_gpu = kernels::cuda_device_available();
-        if (have_gpu) comm::select_device(MPI_COMM_WORLD);  // one GPU per rank where there are several
-#ifdef LONGATTN_TEST_NCCL
-        for (int a = 1; a < argc; ++a)
-            if (std::strcmp(argv[a], "--comm=nccl") == 0 && have_gpu)
-                owned = std::make_unique<comm::NcclCommunicator>(MPI_COMM_WORLD);
+        bool nccl = false;
+        for (int a = 1; a < argc; ++a) {
+            if (std::strcmp(argv[a], "--device=cuda") == 0) g_device = Device::cuda;
+            nccl = nccl || std::strcmp(argv[a], "--comm=nccl") == 0;
+        }
+#if LONGATTN_HAVE_CUDA
+        if (g_device == Device::cuda && kernels::backend(g_device).available())
+            comm::select_device(MPI_COMM_WORLD);  // one GPU per rank where there are several
 #endif
+#if LONGATTN_HAVE_NCCL
+        if (nccl && kernels::backend(g_device).available()) owned = std::make_unique<comm::NcclCommunicator>(MPI_COMM_WORLD);
 #endif
+        (void)nccl;
         if (!owned) owned = std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD);
         comm::Communicator& comm = *owned;
         g_comm = &comm;

@@ -1,4 +1,4 @@
-#include "comm/mpi/device_memory.hpp"
+#include "comm/device_memory.hpp"
 
 #include <stdexcept>
 #include <string>

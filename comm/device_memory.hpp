@@ -1,5 +1,5 @@
 #pragma once
-// What the communicators need to know about CUDA memory (builds with CUDA only). Everything here
+// What the communicators (MPI and NCCL) need to know about CUDA memory (builds with CUDA only). Everything here
 // answers "host memory" on a machine without a usable GPU, so a CUDA build runs the CPU path there.
 #include <cuda_runtime_api.h>
 
