@@ -1,12 +1,17 @@
 #pragma once
 // Distributed attention over one long sequence sharded across the ranks of a communicator.
 //
+// Two entries: a Plan, built once for (communicator, the global positions of the local rows, Pattern,
+// shapes, DistOptions) and called for every forward and backward of a training run; and the one-shot
+// attention_forward/backward, which build a plan, call it once and drop it.
+//
 // Every rank passes its shard: Q [B, S_local, Hq, D], K and V [B, S_local, Hkv, D], and the global
 // position of each local row (as a Layout gives them: contiguous, zigzag, striped or any other
 // assignment, shards of any size). Outputs are the rank's rows: O [B, S_local, Hq, D], LSE
 // [B, Hq, S_local]; backward gives dQ, dK, dV for the rank's rows in fp32. Results equal the
 // single-process kernels on the whole sequence (up to fp32 merge rounding).
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "longattn/pattern.hpp"
@@ -32,11 +37,13 @@ struct DistOptions {
 
 struct DistStats {
     double total_s = 0, kernel_s = 0, wait_s = 0;  // wall, inside kernels, blocked on communication
+    double setup_s = 0;                  // building the plan (one-shot calls; 0 through a kept Plan)
     std::uint64_t bytes_sent = 0;
     std::uint64_t scratch_peak_bytes = 0;  // largest working memory the strategy held at once
     std::int64_t kernel_calls = 0, skipped_blocks = 0, skipped_transfers = 0;
 };
 
+// pos and pattern: for the one-shot calls; a Plan has its own (leave them null).
 struct DistForwardArgs {
     TensorView q, k, v;   // local shards, any storage dtype
     TensorView o;         // local output, any dtype
@@ -54,6 +61,48 @@ struct DistBackwardArgs {
     const std::int64_t* pos = nullptr;
     const Pattern* pattern = nullptr;
     std::int64_t head_offset = 0;
+};
+
+// The local shard a plan is built for: Q [batch, rows, heads, head_dim], K and V [batch, rows,
+// kv_heads, head_dim]. Every rank has the same batch, heads, kv_heads and head_dim; rows may differ
+// (and may be 0).
+struct PlanShape {
+    std::int64_t batch = 1, rows = 0, heads = 1, kv_heads = 1, head_dim = 64;
+};
+
+namespace dist {
+struct PlanState;
+}
+
+// What every call of one layer shares, built once: the shard table (every rank's positions), the
+// ring's schedule (which rank needs which shard, which rows travel), the Ulysses head split, the
+// hybrid's sub-communicators (split here, never per call), and the working memory of the calls
+// (kept between calls, so a training step allocates nothing). Building is collective over comm; so
+// are forward() and backward(), called by every rank in the same order. The communicator, and
+// nothing else, must outlive the plan: positions and pattern are copied.
+class Plan {
+public:
+    Plan(comm::Communicator& comm, const std::int64_t* pos, const Pattern& pattern, const PlanShape& shape,
+         const DistOptions& opt);
+    ~Plan();
+    Plan(Plan&&) noexcept;
+    Plan& operator=(Plan&&) noexcept;
+    Plan(const Plan&) = delete;
+    Plan& operator=(const Plan&) = delete;
+
+    // Tensors of the plan's shapes (any storage dtype, any device the build has); args.pos and
+    // args.pattern must be null.
+    void forward(const DistForwardArgs& args, DistStats* stats = nullptr);
+    void backward(const DistBackwardArgs& args, DistStats* stats = nullptr);
+
+    const PlanShape& shape() const;
+    const DistOptions& options() const;
+    // Working memory held between calls, and handing it back (the next call allocates it again).
+    std::uint64_t workspace_bytes() const;
+    void release_workspace();
+
+private:
+    std::unique_ptr<dist::PlanState> s_;
 };
 
 void attention_forward(comm::Communicator& comm, const DistOptions& opt, const DistForwardArgs& args,

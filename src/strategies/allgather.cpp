@@ -40,10 +40,9 @@ std::int64_t chunk_heads(const DistOptions& opt, std::int64_t hkv) {
 
 }  // namespace
 
-void allgather_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
+void allgather_forward(Ctx& cx, comm::Communicator& comm, const Shards& sh, const DistForwardArgs& a) {
     const std::int64_t B = a.q.shape[0], S = a.q.shape[1], Hkv = a.k.shape[2], D = a.q.shape[3];
     const std::int64_t G = a.q.shape[2] / Hkv;
-    const Shards sh = gather_shards(comm, a.pos, S);
     const std::int64_t N = sh.total(), step = chunk_heads(cx.opt, Hkv);
     Scratch km(cx, static_cast<std::size_t>(B * N * step * D) * dtype_size(a.k.dtype));
     Scratch vm(cx, static_cast<std::size_t>(B * N * step * D) * dtype_size(a.v.dtype));
@@ -68,10 +67,9 @@ void allgather_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs&
     }
 }
 
-void allgather_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a) {
+void allgather_backward(Ctx& cx, comm::Communicator& comm, const Shards& sh, const DistBackwardArgs& a) {
     const std::int64_t B = a.q.shape[0], S = a.q.shape[1], Hq = a.q.shape[2], Hkv = a.k.shape[2], D = a.q.shape[3];
     const std::int64_t G = Hq / Hkv;
-    const Shards sh = gather_shards(comm, a.pos, S);
     const std::int64_t N = sh.total(), step = chunk_heads(cx.opt, Hkv);
     const auto rows = rows_of(sh);
     const std::vector<Range> whole(static_cast<std::size_t>(comm.size()), Range{0, S});

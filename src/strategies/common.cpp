@@ -8,12 +8,43 @@
 
 namespace longattn::dist {
 
-Scratch::Scratch(Ctx& cx, std::size_t bytes) : cx_(cx), bytes_(bytes), data_(kernels::backend(cx.device).alloc(bytes)) {
+Workspace::~Workspace() { clear(); }
+
+void* Workspace::acquire(Device d, std::size_t bytes) {
+    if (bytes == 0) return nullptr;
+    Block* best = nullptr;
+    for (Block& b : blocks_)
+        if (!b.used && b.device == d && b.bytes >= bytes && (!best || b.bytes < best->bytes)) best = &b;
+    if (!best) {
+        blocks_.push_back({kernels::backend(d).alloc(bytes), bytes, d, false});
+        best = &blocks_.back();
+    }
+    best->used = true;
+    return best->p;
+}
+
+void Workspace::release(void* p) {
+    for (Block& b : blocks_)
+        if (b.p == p && p != nullptr) b.used = false;
+}
+
+std::uint64_t Workspace::held_bytes() const {
+    std::uint64_t n = 0;
+    for (const Block& b : blocks_) n += b.bytes;
+    return n;
+}
+
+void Workspace::clear() {
+    for (const Block& b : blocks_) kernels::backend(b.device).free(b.p);
+    blocks_.clear();
+}
+
+Scratch::Scratch(Ctx& cx, std::size_t bytes) : cx_(cx), bytes_(bytes), data_(cx.ws.acquire(cx.device, bytes)) {
     cx_.scratch_now += bytes;
     cx_.st.scratch_peak_bytes = std::max(cx_.st.scratch_peak_bytes, cx_.scratch_now);
 }
 Scratch::~Scratch() {
-    kernels::backend(cx_.device).free(data_);
+    cx_.ws.release(data_);
     cx_.scratch_now -= bytes_;
 }
 

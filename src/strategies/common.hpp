@@ -17,9 +17,33 @@ using kernels::add_view;
 using kernels::copy_view;
 using kernels::fill_view;
 
+// Blocks of working memory kept between the calls of a plan: a released block goes to the next
+// request it fits (the smallest such), so the calls after the first allocate nothing.
+class Workspace {
+public:
+    Workspace() = default;
+    ~Workspace();
+    Workspace(const Workspace&) = delete;
+    Workspace& operator=(const Workspace&) = delete;
+    void* acquire(Device d, std::size_t bytes);  // nullptr for 0 bytes
+    void release(void* p);
+    std::uint64_t held_bytes() const;
+    void clear();  // frees every block; none may be in use
+
+private:
+    struct Block {
+        void* p;
+        std::size_t bytes;
+        Device device;
+        bool used;
+    };
+    std::vector<Block> blocks_;
+};
+
 struct Ctx {
     const DistOptions& opt;
     DistStats& st;
+    Workspace& ws;
     Device device = Device::cpu;  // where the caller's tensors live, and so every scratch buffer
     std::uint64_t scratch_now = 0;
 };
@@ -37,7 +61,8 @@ private:
     std::chrono::steady_clock::time_point t0_;
 };
 
-// Working memory of a strategy on the tensors' device, counted into the stats while it lives.
+// Working memory of a strategy on the tensors' device (from the plan's workspace), counted into the
+// stats while it lives.
 class Scratch {
 public:
     Scratch(Ctx& cx, std::size_t bytes);
@@ -91,16 +116,21 @@ void run_backward(Ctx& cx, const kernels::BwdParams& p);
 void forward_chunked(Ctx& cx, comm::Communicator& comm, const kernels::FwdParams& p);
 void backward_chunked(Ctx& cx, comm::Communicator& comm, const kernels::BwdParams& p);
 
-// Strategy entry points. Ulysses and hybrid wrap an inner attention over the gathered sequence.
+// Strategy entry points, on the schedules of the plan (strategies/plan.hpp). Ulysses and hybrid wrap an
+// inner attention over the gathered sequence.
+struct RingPlan;
+struct UlyssesPlan;
 using InnerForward = std::function<void(const DistForwardArgs&)>;
 using InnerBackward = std::function<void(const DistBackwardArgs&)>;
 
-void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a);
-void ring_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a);
-void ulysses_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a, const InnerForward& inner);
-void ulysses_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a, const InnerBackward& inner);
-void allgather_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a);
-void allgather_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a);
+void ring_forward(Ctx& cx, comm::Communicator& comm, const RingPlan& plan, const DistForwardArgs& a);
+void ring_backward(Ctx& cx, comm::Communicator& comm, const RingPlan& plan, const DistBackwardArgs& a);
+void ulysses_forward(Ctx& cx, comm::Communicator& comm, const UlyssesPlan& plan, const DistForwardArgs& a,
+                     const InnerForward& inner);
+void ulysses_backward(Ctx& cx, comm::Communicator& comm, const UlyssesPlan& plan, const DistBackwardArgs& a,
+                      const InnerBackward& inner);
+void allgather_forward(Ctx& cx, comm::Communicator& comm, const Shards& sh, const DistForwardArgs& a);
+void allgather_backward(Ctx& cx, comm::Communicator& comm, const Shards& sh, const DistBackwardArgs& a);
 // Local attention over the whole (gathered) sequence on this rank alone.
 void local_forward(Ctx& cx, const DistForwardArgs& a);
 void local_backward(Ctx& cx, const DistBackwardArgs& a);

@@ -13,46 +13,12 @@
 
 #include "longattn/error.hpp"
 #include "longattn/tensor_ops.hpp"
-#include "strategies/common.hpp"
+#include "strategies/plan.hpp"
 
 namespace longattn::dist {
 namespace {
 
 constexpr int kTagKv = 1 << 12, kTagGrad = 2 << 12, kTagHome = 3 << 12;
-
-struct RingPlan {
-    int P, r, next, prev;
-    Shards sh;
-    std::vector<std::vector<char>> need;
-    // Last ring distance at which some rank needs shard o (-1: nobody, not even its owner).
-    std::vector<int> last;
-    // Local rows [sent_lo, sent_hi) of each shard that travel: those other ranks may attend.
-    std::vector<std::int64_t> sent_lo, sent_hi;
-
-    RingPlan(comm::Communicator& comm, const std::int64_t* pos, std::int64_t S, const Pattern& pat)
-        : P(comm.size()), r(comm.rank()), next((r + 1) % P), prev((r - 1 + P) % P), sh(gather_shards(comm, pos, S)),
-          need(needed_matrix(sh, pat)), last(static_cast<std::size_t>(P), -1), sent_lo(static_cast<std::size_t>(P), 0),
-          sent_hi(static_cast<std::size_t>(P), 0) {
-        for (int o = 0; o < P; ++o) {
-            for (int s = 0; s < P; ++s)
-                if (need[static_cast<std::size_t>(o)][static_cast<std::size_t>((o + s) % P)]) last[static_cast<std::size_t>(o)] = s;
-            if (last[static_cast<std::size_t>(o)] > 0)
-                std::tie(sent_lo[static_cast<std::size_t>(o)], sent_hi[static_cast<std::size_t>(o)]) = rows_needed_elsewhere(sh, pat, o);
-        }
-    }
-    int origin(int t) const { return (r - t + P) % P; }  // owner of the shard held at step t
-    // The shard held at step t is passed on after it.
-    bool forwarded(int o, int t) const { return t < last[static_cast<std::size_t>(o)]; }
-    bool needs(int o) const { return need[static_cast<std::size_t>(o)][static_cast<std::size_t>(r)] != 0; }
-    std::int64_t sent_rows(int o) const { return sent_hi[static_cast<std::size_t>(o)] - sent_lo[static_cast<std::size_t>(o)]; }
-    // Global positions of the rows of shard o that travel.
-    const std::int64_t* sent_pos(int o) const { return sh.pos_of(o) + sent_lo[static_cast<std::size_t>(o)]; }
-    std::int64_t max_sent() const {
-        std::int64_t m = 0;
-        for (int o = 0; o < P; ++o) m = std::max(m, sent_rows(o));
-        return m;
-    }
-};
 
 // A K/V shard in a contiguous buffer: K [B, rows, Hkv, D] then V, each in its storage type.
 struct KvBuffer {
@@ -86,8 +52,7 @@ struct GradBuffer {
 
 }  // namespace
 
-void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
-    const RingPlan plan(comm, a.pos, a.q.shape[1], *a.pattern);
+void ring_forward(Ctx& cx, comm::Communicator& comm, const RingPlan& plan, const DistForwardArgs& a) {
     const std::int64_t B = a.q.shape[0], S = a.q.shape[1], H = a.q.shape[2], D = a.q.shape[3];
     KvBuffer buf[2] = {KvBuffer(cx, plan.max_sent(), a.k, a.v), KvBuffer(cx, plan.max_sent(), a.k, a.v)};
 
@@ -142,8 +107,7 @@ void ring_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a) {
     if (own_acc) copy_view(acc, a.o);
 }
 
-void ring_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a) {
-    const RingPlan plan(comm, a.pos, a.q.shape[1], *a.pattern);
+void ring_backward(Ctx& cx, comm::Communicator& comm, const RingPlan& plan, const DistBackwardArgs& a) {
     const std::int64_t S = a.q.shape[1], max_sent = plan.max_sent();
     KvBuffer buf[2] = {KvBuffer(cx, max_sent, a.k, a.v), KvBuffer(cx, max_sent, a.k, a.v)};
     // own: this rank's contribution to its own dK/dV (every row); grad[g]: the running sum of other

@@ -7,23 +7,10 @@
 #include <cmath>
 
 #include "longattn/tensor_ops.hpp"
-#include "strategies/common.hpp"
+#include "strategies/plan.hpp"
 
 namespace longattn::dist {
 namespace {
-
-struct HeadPlan {
-    std::vector<Range> q, kv;  // per rank: query heads, and the kv heads they read
-    std::int64_t G;
-
-    HeadPlan(std::int64_t hq, std::int64_t hkv, int p) : q(split_even(hq, p)), kv(q.size()), G(hq / hkv) {
-        for (std::size_t j = 0; j < q.size(); ++j)
-            if (q[j].len > 0) {
-                const std::int64_t lo = q[j].start / G, hi = (q[j].start + q[j].len - 1) / G + 1;
-                kv[j] = {lo, hi - lo};
-            }
-    }
-};
 
 // Calls f(q_head_range, kv_head) for the groups of local query heads that share a kv head, or once
 // for all local heads when they are whole groups (the kernel then maps heads itself).
@@ -42,14 +29,14 @@ void for_head_groups(const Range& q, const Range& kv, std::int64_t G, F&& f) {
 
 }  // namespace
 
-void ulysses_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a, const InnerForward& inner) {
-    const int P = comm.size(), me = comm.rank();
-    const std::int64_t B = a.q.shape[0], S = a.q.shape[1], Hq = a.q.shape[2], Hkv = a.k.shape[2], D = a.q.shape[3];
-    const Shards sh = gather_shards(comm, a.pos, S);
+void ulysses_forward(Ctx& cx, comm::Communicator& comm, const UlyssesPlan& hp, const DistForwardArgs& a,
+                     const InnerForward& inner) {
+    const int me = comm.rank();
+    const std::int64_t B = a.q.shape[0], S = a.q.shape[1], Hq = a.q.shape[2], D = a.q.shape[3];
+    const Shards& sh = hp.sh;
     const std::int64_t N = sh.total();
-    const HeadPlan hp(Hq, Hkv, P);
     const Range myq = hp.q[static_cast<std::size_t>(me)], mykv = hp.kv[static_cast<std::size_t>(me)];
-    const auto rows = rows_of(sh);
+    const std::vector<Range>& rows = hp.rows;
 
     Scratch qm(cx, static_cast<std::size_t>(B * N * myq.len * D) * dtype_size(a.q.dtype));
     Scratch km(cx, static_cast<std::size_t>(B * N * mykv.len * D) * dtype_size(a.k.dtype));
@@ -81,14 +68,14 @@ void ulysses_forward(Ctx& cx, comm::Communicator& comm, const DistForwardArgs& a
     exchange_blocks(cx, comm, lf, 2, rows, as_rows(a.lse, B, Hq, S, cx.device), 1, hp.q);
 }
 
-void ulysses_backward(Ctx& cx, comm::Communicator& comm, const DistBackwardArgs& a, const InnerBackward& inner) {
-    const int P = comm.size(), me = comm.rank();
-    const std::int64_t B = a.q.shape[0], S = a.q.shape[1], Hq = a.q.shape[2], Hkv = a.k.shape[2], D = a.q.shape[3];
-    const Shards sh = gather_shards(comm, a.pos, S);
+void ulysses_backward(Ctx& cx, comm::Communicator& comm, const UlyssesPlan& hp, const DistBackwardArgs& a,
+                      const InnerBackward& inner) {
+    const int me = comm.rank();
+    const std::int64_t B = a.q.shape[0], S = a.q.shape[1], Hq = a.q.shape[2], D = a.q.shape[3];
+    const Shards& sh = hp.sh;
     const std::int64_t N = sh.total();
-    const HeadPlan hp(Hq, Hkv, P);
     const Range myq = hp.q[static_cast<std::size_t>(me)], mykv = hp.kv[static_cast<std::size_t>(me)];
-    const auto rows = rows_of(sh);
+    const std::vector<Range>& rows = hp.rows;
 
     auto gathered = [&](const TensorView& t, const Range& heads, std::vector<Range> const& per_rank) {
         auto mem = std::make_unique<Scratch>(cx, static_cast<std::size_t>(B * N * heads.len * D) * dtype_size(t.dtype));

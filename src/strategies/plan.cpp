@@ -1,0 +1,86 @@
+// Building a plan: the schedules of the strategies, once per (communicator, positions, pattern,
+// shapes, options).
+#include "strategies/plan.hpp"
+
+#include <algorithm>
+#include <tuple>
+
+#include "longattn/error.hpp"
+
+namespace longattn::dist {
+
+RingPlan::RingPlan(comm::Communicator& comm, const std::int64_t* pos, std::int64_t S, const Pattern& pat)
+    : P(comm.size()), r(comm.rank()), next((r + 1) % P), prev((r - 1 + P) % P), sh(gather_shards(comm, pos, S)),
+      need(needed_matrix(sh, pat)), last(static_cast<std::size_t>(P), -1), sent_lo(static_cast<std::size_t>(P), 0),
+      sent_hi(static_cast<std::size_t>(P), 0) {
+    for (int o = 0; o < P; ++o) {
+        const auto uo = static_cast<std::size_t>(o);
+        for (int s = 0; s < P; ++s)
+            if (need[uo][static_cast<std::size_t>((o + s) % P)]) last[uo] = s;
+        if (last[uo] > 0) std::tie(sent_lo[uo], sent_hi[uo]) = rows_needed_elsewhere(sh, pat, o);
+    }
+}
+
+std::int64_t RingPlan::max_sent() const {
+    std::int64_t m = 0;
+    for (int o = 0; o < P; ++o) m = std::max(m, sent_rows(o));
+    return m;
+}
+
+UlyssesPlan::UlyssesPlan(comm::Communicator& comm, const std::int64_t* pos, std::int64_t S, std::int64_t hq,
+                         std::int64_t hkv)
+    : sh(gather_shards(comm, pos, S)), rows(rows_of(sh)), q(split_even(hq, comm.size())), kv(q.size()), G(hq / hkv) {
+    for (std::size_t j = 0; j < q.size(); ++j)
+        if (q[j].len > 0) {
+            const std::int64_t lo = q[j].start / G, hi = (q[j].start + q[j].len - 1) / G + 1;
+            kv[j] = {lo, hi - lo};
+        }
+}
+
+namespace {
+
+// Shapes other than the sequence length must agree on every rank; every rank reaches the same verdict,
+// so a mismatch is an error everywhere instead of a hang.
+void check_consistent(comm::Communicator& comm, const DistOptions& opt, const PlanShape& s) {
+    double v[11] = {double(s.batch), double(s.heads), double(s.kv_heads), double(s.head_dim),
+                    double(opt.strategy == StrategyKind::hybrid ? opt.ulysses_degree : 0)};
+    for (int i = 0; i < 5; ++i) v[5 + i] = -v[i];
+    v[10] = s.rows < 0 ? 1.0 : 0.0;
+    comm.all_reduce_max(v, 11);
+    const char* names[5] = {"q.shape[0] (batch)", "q.shape[2] (heads)", "k.shape[2] (kv heads)", "q.shape[3] (head dim)",
+                            "ulysses_degree"};
+    for (int i = 0; i < 5; ++i)
+        require(v[i] == -v[5 + i], names[i], "must be the same on every rank; ranks differ (", -v[5 + i], " .. ", v[i], ")");
+    require(v[10] == 0.0, "q.shape[1] (rows)", "must be >= 0 on every rank");
+    require(s.heads >= 1 && s.kv_heads >= 1 && s.heads % s.kv_heads == 0, "q.shape[2] (heads)",
+            "must be a positive multiple of k.shape[2] (kv heads), got ", s.heads, " and ", s.kv_heads);
+    require(opt.progress_chunks >= 1, "progress_chunks", "must be >= 1, got ", opt.progress_chunks);
+    require(opt.kv_head_chunk >= 0, "kv_head_chunk", "must be >= 0 (0 = all), got ", opt.kv_head_chunk);
+    if (opt.strategy == StrategyKind::hybrid)
+        require(opt.ulysses_degree >= 1 && comm.size() % opt.ulysses_degree == 0, "ulysses_degree",
+                "must divide the number of ranks (", comm.size(), "), got ", opt.ulysses_degree);
+}
+
+}  // namespace
+
+PlanState::PlanState(comm::Communicator& comm_, const std::int64_t* pos_, const Pattern& pattern_, const PlanShape& shape_,
+                     const DistOptions& opt_)
+    : comm(comm_), opt(opt_), shape(shape_), pattern(pattern_) {
+    check_consistent(comm, opt, shape);
+    pos.assign(pos_, pos_ + shape.rows);
+    switch (opt.strategy) {
+        case StrategyKind::ring: ring.emplace(comm, pos.data(), shape.rows, pattern); break;
+        case StrategyKind::ulysses: ulysses.emplace(comm, pos.data(), shape.rows, shape.heads, shape.kv_heads); break;
+        case StrategyKind::hybrid: {
+            const int u = opt.ulysses_degree;
+            ulysses_comm = comm.split(comm.rank() / u, comm.rank());
+            ring_comm = comm.split(comm.rank() % u, comm.rank());
+            ulysses.emplace(*ulysses_comm, pos.data(), shape.rows, shape.heads, shape.kv_heads);
+            ring.emplace(*ring_comm, ulysses->sh.pos.data(), ulysses->sh.total(), pattern);
+            break;
+        }
+        case StrategyKind::allgather: shards = gather_shards(comm, pos.data(), shape.rows); break;
+    }
+}
+
+}  // namespace longattn::dist

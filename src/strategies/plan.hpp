@@ -1,0 +1,65 @@
+#pragma once
+// The inside of a longattn::Plan (longattn/distributed.hpp): what the strategies compute once per
+// (communicator, positions, pattern, shapes, options) and read on every call.
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "strategies/common.hpp"
+
+namespace longattn::dist {
+
+// The ring's schedule over one communicator: which shards travel how far, and which of their rows.
+struct RingPlan {
+    int P, r, next, prev;
+    Shards sh;
+    std::vector<std::vector<char>> need;  // need[o][d]: rank d's queries may attend shard o
+    // Last ring distance at which some rank needs shard o (-1: nobody, not even its owner).
+    std::vector<int> last;
+    // Local rows [sent_lo, sent_hi) of each shard that travel: those other ranks may attend.
+    std::vector<std::int64_t> sent_lo, sent_hi;
+
+    // Collective over comm: S local rows at positions pos.
+    RingPlan(comm::Communicator& comm, const std::int64_t* pos, std::int64_t S, const Pattern& pat);
+    int origin(int t) const { return (r - t + P) % P; }  // owner of the shard held at step t
+    // The shard held at step t is passed on after it.
+    bool forwarded(int o, int t) const { return t < last[static_cast<std::size_t>(o)]; }
+    bool needs(int o) const { return need[static_cast<std::size_t>(o)][static_cast<std::size_t>(r)] != 0; }
+    std::int64_t sent_rows(int o) const { return sent_hi[static_cast<std::size_t>(o)] - sent_lo[static_cast<std::size_t>(o)]; }
+    // Global positions of the rows of shard o that travel.
+    const std::int64_t* sent_pos(int o) const { return sh.pos_of(o) + sent_lo[static_cast<std::size_t>(o)]; }
+    std::int64_t max_sent() const;
+};
+
+// Ulysses over one communicator: the shard table, each rank's rows of the gathered sequence, and the
+// split of the heads. Heads need not divide the rank count (shards of heads differ by one, and a rank
+// may get none); with GQA/MQA a kv head goes to every rank holding one of its query heads.
+struct UlyssesPlan {
+    Shards sh;
+    std::vector<Range> rows;   // per rank: its rows of the gathered sequence
+    std::vector<Range> q, kv;  // per rank: query heads, and the kv heads they read
+    std::int64_t G;            // query heads per kv head
+
+    // Collective over comm.
+    UlyssesPlan(comm::Communicator& comm, const std::int64_t* pos, std::int64_t S, std::int64_t hq, std::int64_t hkv);
+};
+
+struct PlanState {
+    PlanState(comm::Communicator& comm, const std::int64_t* pos, const Pattern& pattern, const PlanShape& shape,
+              const DistOptions& opt);
+
+    comm::Communicator& comm;
+    DistOptions opt;
+    PlanShape shape;
+    Pattern pattern;
+    std::vector<std::int64_t> pos;
+    // Hybrid: consecutive ranks form a Ulysses group, ranks with the same index in their groups a ring.
+    std::unique_ptr<comm::Communicator> ulysses_comm, ring_comm;
+    std::optional<UlyssesPlan> ulysses;  // ulysses, hybrid (over ulysses_comm)
+    // ring; hybrid: the ring over ring_comm of the Ulysses group's gathered sequence
+    std::optional<RingPlan> ring;
+    std::optional<Shards> shards;  // allgather
+    Workspace workspace;
+};
+
+}  // namespace longattn::dist
