@@ -16,10 +16,19 @@ namespace longattn::test {
 namespace {
 
 // Backstop behind the deadlock detection (which cannot see a rank spinning on test()): a wait during
-// which nothing at all changes in the world for this long fails it.
+// which nothing at all changes in the world for this long, far beyond any step of a unit test, fails it.
 constexpr auto kStall = std::chrono::seconds(120);
 
-enum class Kind { all_to_all_v, all_reduce_sum_f64, all_reduce_sum_i64, all_reduce_max, all_gather_v, broadcast, barrier, split };
+enum class Kind {
+    all_to_all_v,
+    all_reduce_sum_f64,
+    all_reduce_sum_i64,
+    all_reduce_max,
+    all_gather_v,
+    broadcast,
+    barrier,
+    split,
+};
 
 const char* kind_name(Kind k) {
     switch (k) {
@@ -145,7 +154,7 @@ struct FakeWorld::Impl {
 
     [[noreturn]] void released(const std::string& who, const std::string& what) const {
         std::string msg = who;
-        msg.append(": ").append(what.empty() ? std::string("operation") : what).append(" abandoned, the world failed: ");
+        msg.append(": ").append(what).append(" abandoned, the world failed: ");
         msg.append(why);
         throw FakeWorldFailed(msg);
     }
@@ -322,7 +331,8 @@ public:
             char* recv;
             const std::size_t *rb, *ro;
         };
-        const A mine{static_cast<const char*>(send), send_bytes, send_off, static_cast<char*>(recv), recv_bytes, recv_off};
+        const A mine{static_cast<const char*>(send), send_bytes, send_off,
+                     static_cast<char*>(recv),       recv_bytes, recv_off};
         const int P = size();
         collective(
             Kind::all_to_all_v, &mine,
@@ -333,14 +343,16 @@ public:
                         if (s == e) continue;
                         std::string msg = "all_to_all_v on comm ";
                         msg.append(std::to_string(g_->id)).append(": rank ").append(std::to_string(j));
-                        msg.append(" sends ").append(std::to_string(s)).append(" bytes to rank ").append(std::to_string(d));
+                        msg.append(" sends ").append(std::to_string(s)).append(" bytes to rank ");
+                        msg.append(std::to_string(d));
                         msg.append(", which expects ").append(std::to_string(e));
                         w_.misuse(msg);
                     }
             },
             [&](const Args& all) {
                 for (int j = 0; j < P; ++j)
-                    if (recv_bytes[j] > 0) std::memcpy(mine.recv + recv_off[j], at<A>(all, j).send + at<A>(all, j).so[me_], recv_bytes[j]);
+                    if (recv_bytes[j] > 0)
+                        std::memcpy(mine.recv + recv_off[j], at<A>(all, j).send + at<A>(all, j).so[me_], recv_bytes[j]);
             });
         // As the MPI communicator counts: what goes to the other ranks.
         for (int d = 0; d < P; ++d)
@@ -596,7 +608,8 @@ private:
         }
         w_.changed();
         // After a failure the round may never end; leave once nobody still reads the buffers.
-        w_.block(lk, world_rank(), who(), what, [&] { return g.round > round || (w_.failed && g.in_body == 0); }, false);
+        w_.block(
+            lk, world_rank(), who(), what, [&] { return g.round > round || (w_.failed && g.in_body == 0); }, false);
         if (g.round <= round) w_.released(who(), what);
     }
 
@@ -612,7 +625,8 @@ private:
                 for (int j = 0; j < P; ++j)
                     if (at<std::vector<T>>(all, j).size() != n) {
                         std::string msg = kind_name(kind);
-                        msg.append(" on comm ").append(std::to_string(g_->id)).append(": rank ").append(std::to_string(j));
+                        msg.append(" on comm ").append(std::to_string(g_->id)).append(": rank ");
+                        msg.append(std::to_string(j));
                         msg.append(" reduces ").append(std::to_string(at<std::vector<T>>(all, j).size()));
                         msg.append(" values, rank ").append(std::to_string(me_)).append(" ").append(std::to_string(n));
                         w_.misuse(msg);

@@ -82,11 +82,11 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-// Runs fn on world.size() threads, each with its rank's world communicator, and joins them. Rethrows
-// the first exception a rank raised of its own (a test's or the library's error, FakeCommError,
-// FakeAbort) or, when every exception came from ranks released by a failed world, the first of those;
-// a world that failed without any exception (a communicator destroyed with requests outstanding)
-// throws FakeWorldFailed.
+// Runs fn on world.size() threads, each with its rank's world communicator (a world runs once), and
+// joins them. Rethrows the first exception a rank raised of its own (a test's or the library's error,
+// FakeCommError, FakeAbort) or, when every exception came from ranks released by a failed world, the
+// first of those; a world that failed without any exception (a communicator destroyed with requests
+// outstanding) throws FakeWorldFailed.
 void run_ranks(FakeWorld& world, const std::function<void(comm::Communicator&)>& fn);
 void run_ranks(int P, const std::function<void(comm::Communicator&)>& fn, Batches batches = Batches::ordered);
 

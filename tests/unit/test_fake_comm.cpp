@@ -36,7 +36,7 @@ bool contains(const std::string& s, const char* part) { return s.find(part) != s
 
 class BothModes : public ::testing::TestWithParam<Batches> {};
 INSTANTIATE_TEST_SUITE_P(FakeComm, BothModes, ::testing::Values(Batches::ordered, Batches::eager),
-                         [](const auto& info) { return std::string(info.param == Batches::ordered ? "ordered" : "eager"); });
+                         [](const auto& info) { return info.param == Batches::ordered ? "ordered" : "eager"; });
 
 TEST_P(BothModes, MessagesPairByTagInPostingOrder) {
     run_ranks(
@@ -52,7 +52,8 @@ TEST_P(BothModes, MessagesPairByTagInPostingOrder) {
                 EXPECT_FALSE(r[0].active());
             } else {
                 std::vector<int> got_b(2, -1), got_a(3, -1), got_d(3, -1);
-                Request r[3] = {c.irecv(got_b.data(), 8, 0, 7), c.irecv(got_a.data(), 12, 0, 5), c.irecv(got_d.data(), 12, 0, 5)};
+                Request r[3] = {c.irecv(got_b.data(), 8, 0, 7), c.irecv(got_a.data(), 12, 0, 5),
+                                c.irecv(got_d.data(), 12, 0, 5)};
                 c.flush();
                 for (Request& x : r) c.wait(x);
                 EXPECT_EQ(got_a, a);
@@ -71,7 +72,8 @@ TEST_P(BothModes, RingOfNonBlockingStepsOnFiveRanks) {
             // Each step passes the value held on to the next rank, as a ring strategy does with shards.
             std::int64_t held = 100 * r, in = -1;
             for (int t = 0; t < P; ++t) {
-                Request rx = c.irecv(&in, sizeof(in), (r - 1 + P) % P, t), tx = c.isend(&held, sizeof(held), (r + 1) % P, t);
+                Request rx = c.irecv(&in, sizeof(in), (r - 1 + P) % P, t);
+                Request tx = c.isend(&held, sizeof(held), (r + 1) % P, t);
                 c.flush();
                 c.progress();
                 c.wait(rx);
@@ -357,7 +359,8 @@ TEST(FakeComm, ReceiveSmallerThanItsMessageFails) {
             c.wait(r);
         });
     });
-    EXPECT_TRUE(contains(msg, "a 16-byte message from rank 0 to rank 1 (tag 3, comm 0) is larger than its 8-byte receive"))
+    EXPECT_TRUE(contains(msg, "a 16-byte message from rank 0 to rank 1 (tag 3, comm 0) is larger than its 8-byte "
+                              "receive"))
         << msg;
 }
 
