@@ -101,8 +101,9 @@ const DistOptions& Plan::options() const { return s_->opt; }
 std::uint64_t Plan::workspace_bytes() const { return s_->workspace.held_bytes(); }
 void Plan::release_workspace() { s_->workspace.clear(); }
 
-void Plan::forward(const DistForwardArgs& args, DistStats* stats) {
-    dist::PlanState& s = *s_;
+namespace {
+
+void plan_forward(dist::PlanState& s, const DistForwardArgs& args, DistStats* stats) {
     DistForwardArgs a = args;
     checked_on_every_rank(s.comm, [&] {
         check_against_plan(s, a.q, a.k, a.pos, a.pattern);
@@ -129,8 +130,7 @@ void Plan::forward(const DistForwardArgs& args, DistStats* stats) {
     });
 }
 
-void Plan::backward(const DistBackwardArgs& args, DistStats* stats) {
-    dist::PlanState& s = *s_;
+void plan_backward(dist::PlanState& s, const DistBackwardArgs& args, DistStats* stats) {
     DistBackwardArgs a = args;
     checked_on_every_rank(s.comm, [&] {
         check_against_plan(s, a.q, a.k, a.pos, a.pattern);
@@ -158,38 +158,41 @@ void Plan::backward(const DistBackwardArgs& args, DistStats* stats) {
     });
 }
 
-namespace {
-
-// One-shot calls: a plan for this call alone; its building is the call's setup time.
+// One-shot calls: a plan for this call alone; its building is the call's setup time, and its
+// traffic is the call's.
 template <class Args, class Call>
 void one_shot(comm::Communicator& comm, const DistOptions& opt, const Args& args, DistStats* stats, Call&& call) {
     const auto t0 = Clock::now();
-    std::optional<Plan> plan;
     checked_on_every_rank(comm, [&] {
-        require(args.pos != nullptr || args.q.rank < 2 || args.q.shape[1] == 0, "pos", "must be given (the global position of each local row)");
+        require(args.pos != nullptr || args.q.rank < 2 || args.q.shape[1] == 0, "pos",
+                "must be given (the global position of each local row)");
         require(args.pattern != nullptr, "pattern", "must be given");
         (void)shape_of(args.q, args.k);
     });
-    plan.emplace(comm, args.pos, *args.pattern, shape_of(args.q, args.k), opt);
+    dist::PlanState plan(comm, args.pos, *args.pattern, shape_of(args.q, args.k), opt);
     const double setup = seconds_since(t0);
     Args a = args;
     a.pos = nullptr;
     a.pattern = nullptr;
     DistStats st;
-    call(*plan, a, st);
+    call(plan, a, &st);
     st.setup_s = setup;
     st.total_s += setup;
+    st.bytes_sent += plan.build_bytes;
     if (stats) *stats = st;
 }
 
 }  // namespace
 
+void Plan::forward(const DistForwardArgs& args, DistStats* stats) { plan_forward(*s_, args, stats); }
+void Plan::backward(const DistBackwardArgs& args, DistStats* stats) { plan_backward(*s_, args, stats); }
+
 void attention_forward(comm::Communicator& comm, const DistOptions& opt, const DistForwardArgs& a, DistStats* stats) {
-    one_shot(comm, opt, a, stats, [](Plan& p, const DistForwardArgs& x, DistStats& st) { p.forward(x, &st); });
+    one_shot(comm, opt, a, stats, plan_forward);
 }
 
 void attention_backward(comm::Communicator& comm, const DistOptions& opt, const DistBackwardArgs& a, DistStats* stats) {
-    one_shot(comm, opt, a, stats, [](Plan& p, const DistBackwardArgs& x, DistStats& st) { p.backward(x, &st); });
+    one_shot(comm, opt, a, stats, plan_backward);
 }
 
 }  // namespace longattn

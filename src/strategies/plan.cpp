@@ -68,6 +68,7 @@ PlanState::PlanState(comm::Communicator& comm_, const std::int64_t* pos_, const 
     : comm(comm_), opt(opt_), shape(shape_), pattern(pattern_) {
     check_consistent(comm, opt, shape);
     pos.assign(pos_, pos_ + shape.rows);
+    const std::uint64_t b0 = comm.bytes_sent();
     switch (opt.strategy) {
         case StrategyKind::ring: ring.emplace(comm, pos.data(), shape.rows, pattern); break;
         case StrategyKind::ulysses: ulysses.emplace(comm, pos.data(), shape.rows, shape.heads, shape.kv_heads); break;
@@ -81,6 +82,8 @@ PlanState::PlanState(comm::Communicator& comm_, const std::int64_t* pos_, const 
         }
         case StrategyKind::allgather: shards = gather_shards(comm, pos.data(), shape.rows); break;
     }
+    build_bytes = comm.bytes_sent() - b0;
+    if (ulysses_comm) build_bytes += ulysses_comm->bytes_sent() + ring_comm->bytes_sent();
 }
 
 }  // namespace longattn::dist

@@ -60,6 +60,7 @@ struct PlanState {
     std::optional<RingPlan> ring;
     std::optional<Shards> shards;  // allgather
     Workspace workspace;
+    std::uint64_t build_bytes = 0;  // sent while building (the shard tables)
 };
 
 }  // namespace longattn::dist

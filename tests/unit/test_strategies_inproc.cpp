@@ -6,7 +6,9 @@
 //     with the single-process kernel's own error as the yardstick;
 //   - the ring's skip counters and its traffic against what the pattern says each rank needs, worked
 //     out here pair by pair from Pattern::allowed (and, for causal and a window on contiguous shards,
-//     by hand).
+//     by hand);
+//   - a kept Plan: the one-shot bits on every call, no split after it is built, no growth of its
+//     working memory after the first call, and one rank's bad input refused on every rank.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -420,6 +422,123 @@ TEST(InprocErrors, MismatchedShapesFailOnEveryRank) {
         }
     });
     for (const std::string& e : errors) EXPECT_NE(e.find("q.shape[3] (head dim)"), std::string::npos) << e;
+}
+
+// ---- The Plan -------------------------------------------------------------------------------------
+
+// One Plan called again and again gives the one-shot calls' bits every time, splits no communicator
+// after it is built, and stops growing its working memory after the first call.
+TEST(InprocPlan, ReusedPlanGivesTheOneShotBitsWithoutSplittingOrAllocating) {
+    const Shape& s = kShapes[0];
+    const Pattern pat(causal_window());
+    for (const Config& cfg : {Config{StrategyKind::hybrid, 4, 2}, Config{StrategyKind::ring, 3, 1},
+                              Config{StrategyKind::ulysses, 3, 1}, Config{StrategyKind::allgather, 2, 1}}) {
+        SCOPED_TRACE(config_name(cfg));
+        DistOptions opt;
+        opt.strategy = cfg.strategy;
+        opt.ulysses_degree = cfg.ulysses_degree;
+        opt.threads = 1;
+        const DistRun once = run_distributed(s, pat, opt, LayoutKind::zigzag, cfg.P);
+        // The one-shot calls build a plan each: the hybrid splits twice per call.
+        EXPECT_EQ(once.splits, cfg.strategy == StrategyKind::hybrid ? 4 : 0);
+        for (const RankRun& r : once.ranks) EXPECT_GT(r.fwd.setup_s + r.bwd.setup_s, 0.0);
+
+        const Layout layout(LayoutKind::zigzag, s.N, cfg.P);
+        FakeWorld world(cfg.P);
+        std::vector<std::int64_t> splits_built(static_cast<std::size_t>(cfg.P)), splits_after(splits_built);
+        run_ranks(world, [&](comm::Communicator& comm) {
+            omp_set_num_threads(1);
+            const RankRun& want = once.ranks[static_cast<std::size_t>(comm.rank())];
+            const std::vector<std::int64_t> pos = layout.positions(comm.rank());
+            const auto S = static_cast<std::int64_t>(pos.size());
+            const Tensor q = synth(s.dtype, s.B, pos, s.Hq, s.D, SynthTensor::q),
+                         k = synth(s.dtype, s.B, pos, s.Hkv, s.D, SynthTensor::k),
+                         v = synth(s.dtype, s.B, pos, s.Hkv, s.D, SynthTensor::v),
+                         dout = synth(s.dtype, s.B, pos, s.Hq, s.D, SynthTensor::dout);
+            Plan plan(comm, pos.data(), pat, PlanShape{s.B, S, s.Hq, s.Hkv, s.D}, opt);
+            comm.barrier();  // every rank's splits are done
+            splits_built[static_cast<std::size_t>(comm.rank())] = world.splits();
+            std::uint64_t held = 0, sent = 0;
+            for (int call = 0; call < 3; ++call) {
+                SCOPED_TRACE("call " + std::to_string(call));
+                Tensor o(s.dtype, {s.B, S, s.Hq, s.D}), dq(DType::f32, {s.B, S, s.Hq, s.D}),
+                    dk(DType::f32, {s.B, S, s.Hkv, s.D}), dv(DType::f32, {s.B, S, s.Hkv, s.D});
+                std::vector<float> lse(static_cast<std::size_t>(s.B * s.Hq * S), kNaN);
+                DistForwardArgs fa;
+                fa.q = q.view(), fa.k = k.view(), fa.v = v.view(), fa.o = o.view(), fa.lse = lse.data();
+                DistStats fs, bs;
+                plan.forward(fa, &fs);
+                DistBackwardArgs ba;
+                ba.q = q.view(), ba.k = k.view(), ba.v = v.view(), ba.o = o.view(), ba.dout = dout.view();
+                ba.lse = lse.data(), ba.dq = dq.view(), ba.dk = dk.view(), ba.dv = dv.view();
+                plan.backward(ba, &bs);
+                EXPECT_EQ(fs.setup_s + bs.setup_s, 0.0);
+                EXPECT_EQ(o.to_f64(), want.o);
+                EXPECT_EQ(to_f64(lse), want.lse);
+                EXPECT_EQ(dq.to_f64(), want.dq);
+                EXPECT_EQ(dk.to_f64(), want.dk);
+                EXPECT_EQ(dv.to_f64(), want.dv);
+                // The same traffic on every call; for the ring, the one-shot call's less its shard table.
+                if (call == 0) sent = fs.bytes_sent + bs.bytes_sent;
+                EXPECT_EQ(fs.bytes_sent + bs.bytes_sent, sent);
+                if (cfg.strategy == StrategyKind::ring) {
+                    EXPECT_EQ(fs.bytes_sent, want.fwd.bytes_sent - want.shard_bytes);
+                    EXPECT_EQ(bs.bytes_sent, want.bwd.bytes_sent - want.shard_bytes);
+                }
+                if (call == 0) held = plan.workspace_bytes();
+                EXPECT_EQ(plan.workspace_bytes(), held) << "working memory grew after the first call";
+            }
+            comm.barrier();
+            splits_after[static_cast<std::size_t>(comm.rank())] = world.splits();
+            plan.release_workspace();
+            EXPECT_EQ(plan.workspace_bytes(), 0u);
+        });
+        for (int r = 0; r < cfg.P; ++r) {
+            EXPECT_EQ(splits_built[static_cast<std::size_t>(r)], cfg.strategy == StrategyKind::hybrid ? 2 : 0);
+            EXPECT_EQ(splits_after[static_cast<std::size_t>(r)], splits_built[static_cast<std::size_t>(r)])
+                << "a communicator was split after the plan was built";
+        }
+    }
+}
+
+// Input that one rank alone gets wrong is refused on every rank before any transfer: that rank names
+// its problem, the others name that rank, and none waits for it.
+TEST(InprocPlan, OneRanksBadInputIsRefusedOnEveryRank) {
+    constexpr int P = 3;
+    std::vector<std::string> errors(P);
+    const Layout layout(LayoutKind::zigzag, 96, P);
+    run_ranks(P, [&](comm::Communicator& comm) {
+        const std::vector<std::int64_t> pos = layout.positions(comm.rank());
+        const auto S = static_cast<std::int64_t>(pos.size());
+        const Pattern pat(causal());
+        DistOptions opt;
+        opt.threads = 1;
+        Plan plan(comm, pos.data(), pat, PlanShape{1, S, 2, 1, 16}, opt);
+        // Rank 1's query has one row too many.
+        const std::int64_t qrows = comm.rank() == 1 ? S + 1 : S;
+        Tensor q(DType::f32, {1, qrows, 2, 16}), k(DType::f32, {1, S, 1, 16}), v(DType::f32, {1, S, 1, 16}),
+            o(DType::f32, {1, qrows, 2, 16});
+        std::vector<float> lse(static_cast<std::size_t>(2 * qrows));
+        DistForwardArgs fa;
+        fa.q = q.view(), fa.k = k.view(), fa.v = v.view(), fa.o = o.view(), fa.lse = lse.data();
+        try {
+            plan.forward(fa);
+        } catch (const Error& e) {
+            errors[static_cast<std::size_t>(comm.rank())] = e.what();
+        }
+        // A plan takes its own positions and pattern.
+        const Tensor good_q(DType::f32, {1, S, 2, 16});
+        fa.q = good_q.view();
+        fa.pos = pos.data();
+        try {
+            plan.forward(fa);
+            ADD_FAILURE() << "positions given to a plan were accepted";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("pos"), std::string::npos) << e.what();
+        }
+    });
+    EXPECT_NE(errors[1].find("q: must have the plan's shape"), std::string::npos) << errors[1];
+    for (int r : {0, 2}) EXPECT_NE(errors[static_cast<std::size_t>(r)].find("rank 1 refused"), std::string::npos) << errors[static_cast<std::size_t>(r)];
 }
 
 }  // namespace
