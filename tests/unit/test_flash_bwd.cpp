@@ -60,36 +60,6 @@ TEST(ReferenceBackward, MatchesFiniteDifferences) {
     check("dV", pb.v, g.dv);
 }
 
-// ---- Every pattern kind x every storage type ---------------------------------------------------
-
-struct ZooParam {
-    NamedSpec pattern;
-    DType dtype;
-};
-
-std::vector<ZooParam> zoo_params() {
-    std::vector<ZooParam> out;
-    for (const auto& p : pattern_zoo(kN, 2))
-        for (DType t : {DType::f32, DType::bf16, DType::f16}) out.push_back({p, t});
-    return out;
-}
-
-class BackwardPattern : public ::testing::TestWithParam<ZooParam> {};
-
-TEST_P(BackwardPattern, MatchesReference) {
-    Case c;
-    c.name = GetParam().pattern.name;
-    c.Sq = c.Sk = kN;
-    c.dtype = GetParam().dtype;
-    c.spec = GetParam().pattern.spec;
-    check_backward(c);
-}
-
-INSTANTIATE_TEST_SUITE_P(Zoo, BackwardPattern, ::testing::ValuesIn(zoo_params()),
-                         [](const ::testing::TestParamInfo<ZooParam>& i) {
-                             return i.param.pattern.name + "_" + std::string(dtype_name(i.param.dtype));
-                         });
-
 Case causal_case(const char* name, std::int64_t sq, std::int64_t sk, DType t) {
     Case c;
     c.name = name;
@@ -122,7 +92,7 @@ TEST(BackwardShape, Long1023x1024) {
 TEST(BackwardShape, HeadDims) {
     for (std::int64_t d : {32, 59, 128, 256}) {
         Case c = causal_case("head dim", 96, 96, DType::f32);
-        c.name += " " + std::to_string(d);
+        c.name.append(" ").append(std::to_string(d));
         c.D = d;
         c.Hq = c.Hkv = 1;
         check_backward(c);

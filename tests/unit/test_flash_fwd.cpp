@@ -111,36 +111,6 @@ TEST(ReferenceForward, PlainPrecisionsRoundAsDocumented) {
     EXPECT_LT(eh, e16);
 }
 
-// ---- Every pattern kind x every storage type --------------------------------------------------
-
-struct ZooParam {
-    NamedSpec pattern;
-    DType dtype;
-};
-
-std::vector<ZooParam> zoo_params() {
-    std::vector<ZooParam> out;
-    for (const auto& p : pattern_zoo(kN, 2))
-        for (DType t : {DType::f32, DType::bf16, DType::f16}) out.push_back({p, t});
-    return out;
-}
-
-class ForwardPattern : public ::testing::TestWithParam<ZooParam> {};
-
-TEST_P(ForwardPattern, MatchesReference) {
-    Case c;
-    c.name = GetParam().pattern.name;
-    c.Sq = c.Sk = kN;
-    c.dtype = GetParam().dtype;
-    c.spec = GetParam().pattern.spec;
-    check_forward(c);
-}
-
-INSTANTIATE_TEST_SUITE_P(Zoo, ForwardPattern, ::testing::ValuesIn(zoo_params()),
-                         [](const ::testing::TestParamInfo<ZooParam>& i) {
-                             return i.param.pattern.name + "_" + std::string(dtype_name(i.param.dtype));
-                         });
-
 // ---- Shapes -----------------------------------------------------------------------------------
 
 Case causal_case(const char* name, std::int64_t sq, std::int64_t sk, DType t) {
@@ -184,7 +154,7 @@ TEST(ForwardShape, Long1023x1024) {
 TEST(ForwardShape, HeadDims) {
     for (std::int64_t d : {32, 59, 64, 128, 256}) {
         Case c = causal_case("head dim", 150, 150, DType::f32);
-        c.name += " " + std::to_string(d);
+        c.name.append(" ").append(std::to_string(d));
         c.D = d;
         c.Hq = c.Hkv = d == 256 ? 1 : 2;
         check_forward(c);

@@ -7,6 +7,8 @@
 #include <numbers>
 #include <sstream>
 
+#include "kernels/backend.hpp"
+
 namespace longattn::test {
 namespace {
 
@@ -211,10 +213,61 @@ BwdParams Problem::bwd_params(const Tensor& o, const std::vector<float>& lse, co
     return p;
 }
 
-FwdOut run_forward(const Problem& pb, int threads) {
-    FwdOut out{Tensor(pb.out_dtype(), {pb.c.B, pb.c.Sq, pb.c.Hq, pb.c.D}, pb.c.pad),
-               std::vector<float>(static_cast<std::size_t>(pb.c.B * pb.c.Hq * pb.c.Sq), kNaN)};
-    kernels::flash_forward_cpu(pb.fwd_params(out.o, out.lse.data(), threads));
+
+OnDevice::OnDevice(Device d, const TensorView& host, std::size_t bytes) : d_(d), host_(host), view_(host), bytes_(bytes) {
+    if (d == Device::cpu) return;
+    const kernels::Backend& be = kernels::backend(d);
+    view_.data = be.alloc(bytes);
+    view_.device = d;
+    be.memcpy(view_.data, host.data, bytes);
+}
+OnDevice::OnDevice(Device d, const Tensor& t) : OnDevice(d, t.view(), t.bytes().size()) {}
+OnDevice::OnDevice(Device d, const std::vector<float>& v)
+    : OnDevice(d, contiguous_view(const_cast<float*>(v.data()), DType::f32, 1, 1, 1, static_cast<std::int64_t>(v.size())),
+               v.size() * sizeof(float)) {}
+OnDevice::~OnDevice() {
+    if (d_ != Device::cpu) kernels::backend(d_).free(view_.data);
+}
+void OnDevice::to_host() const {
+    if (d_ != Device::cpu) kernels::backend(d_).memcpy(host_.data, view_.data, bytes_);
+}
+
+FwdOut fresh_forward_out(const Problem& pb) {
+    const auto& c = pb.c;
+    return {Tensor(pb.out_dtype(), {c.B, c.Sq, c.Hq, c.D}, c.pad),
+            std::vector<float>(static_cast<std::size_t>(c.B * c.Hq * c.Sq), kNaN)};
+}
+
+BwdOut fresh_grads(const Case& c) {
+    return {Tensor(DType::f32, {c.B, c.Sq, c.Hq, c.D}, c.pad), Tensor(DType::f32, {c.B, c.Sk, c.Hkv, c.D}, c.pad),
+            Tensor(DType::f32, {c.B, c.Sk, c.Hkv, c.D}, c.pad)};
+}
+
+void forward_on(Device d, const Problem& pb, FwdOut& out, bool accumulate, int threads) {
+    const OnDevice q(d, pb.q), k(d, pb.k), v(d, pb.v), o(d, out.o), lse(d, out.lse);
+    FwdParams p = pb.fwd_params(out.o, nullptr, threads);
+    p.q = q.view(), p.k = k.view(), p.v = v.view(), p.o = o.view(), p.lse = lse.floats();
+    p.accumulate = accumulate;
+    kernels::backend(d).forward(p);
+    o.to_host();
+    lse.to_host();
+}
+
+void backward_on(Device d, const Problem& pb, const FwdOut& fwd, BwdOut& g, bool accumulate, int threads) {
+    const OnDevice q(d, pb.q), k(d, pb.k), v(d, pb.v), o(d, fwd.o), dout(d, pb.dout), lse(d, fwd.lse), dq(d, g.dq),
+        dk(d, g.dk), dv(d, g.dv);
+    BwdParams p = pb.bwd_params(fwd.o, fwd.lse, g.dq, g.dk, g.dv, threads, accumulate);
+    p.q = q.view(), p.k = k.view(), p.v = v.view(), p.o = o.view(), p.dout = dout.view(), p.lse = lse.floats();
+    p.dq = dq.view(), p.dk = dk.view(), p.dv = dv.view();
+    kernels::backend(d).backward(p);
+    dq.to_host();
+    dk.to_host();
+    dv.to_host();
+}
+
+FwdOut run_forward(const Problem& pb, int threads, Device d) {
+    FwdOut out = fresh_forward_out(pb);
+    forward_on(d, pb, out, false, threads);
     return out;
 }
 
@@ -226,11 +279,9 @@ FwdOut reference_forward_out(const Problem& pb) {
     return out;
 }
 
-BwdOut run_backward(const Problem& pb, const FwdOut& fwd, int threads) {
-    const auto& c = pb.c;
-    BwdOut out{Tensor(DType::f32, {c.B, c.Sq, c.Hq, c.D}, c.pad), Tensor(DType::f32, {c.B, c.Sk, c.Hkv, c.D}, c.pad),
-               Tensor(DType::f32, {c.B, c.Sk, c.Hkv, c.D}, c.pad)};
-    kernels::flash_backward_cpu(pb.bwd_params(fwd.o, fwd.lse, out.dq, out.dk, out.dv, threads));
+BwdOut run_backward(const Problem& pb, const FwdOut& fwd, int threads, Device d) {
+    BwdOut out = fresh_grads(pb.c);
+    backward_on(d, pb, fwd, out, false, threads);
     return out;
 }
 
@@ -374,9 +425,9 @@ const char* chain_name(int out) {
     return names[out];
 }
 
-Runners cpu_runners(int threads) {
-    return {[threads](const Problem& pb) { return run_forward(pb, threads); },
-            [threads](const Problem& pb, const FwdOut& fwd) { return run_backward(pb, fwd, threads); }};
+Runners backend_runners(Device d, int threads) {
+    return {[threads, d](const Problem& pb) { return run_forward(pb, threads, d); },
+            [threads, d](const Problem& pb, const FwdOut& fwd) { return run_backward(pb, fwd, threads, d); }};
 }
 
 bool ChainErrors::pass(int out) const {

@@ -109,14 +109,41 @@ struct BwdOut {
     Tensor dq, dk, dv;
 };
 
-// Runs flash_forward_cpu into fresh buffers (o filled with NaN, lse with NaN, so untouched outputs
-// show up).
-FwdOut run_forward(const Problem& pb, int threads = 0);
+// A test tensor (or float array) on device d, padding and strides included, copied from the host on
+// construction and back by to_host(); on the CPU, the host memory itself.
+class OnDevice {
+public:
+    OnDevice(Device d, const TensorView& host, std::size_t bytes);
+    OnDevice(Device d, const Tensor& t);
+    OnDevice(Device d, const std::vector<float>& v);
+    ~OnDevice();
+    OnDevice(const OnDevice&) = delete;
+    OnDevice& operator=(const OnDevice&) = delete;
+    const TensorView& view() const { return view_; }
+    float* floats() const { return static_cast<float*>(view_.data); }
+    void to_host() const;
+
+private:
+    Device d_;
+    TensorView host_, view_;
+    std::size_t bytes_;
+};
+
+// The kernels of any backend (kernels/backend.hpp) on the test's host tensors: inputs are copied to
+// the device (padding and strides included), the kernel runs there, and its outputs come back into
+// `out` / `g`, whose contents are the starting partial (forward) or the sums added to (backward) when
+// accumulating. On the CPU the host tensors are used in place.
+void forward_on(Device d, const Problem& pb, FwdOut& out, bool accumulate = false, int threads = 0);
+void backward_on(Device d, const Problem& pb, const FwdOut& fwd, BwdOut& g, bool accumulate = false, int threads = 0);
+// Fresh outputs, NaN everywhere, so that untouched outputs show up.
+FwdOut fresh_forward_out(const Problem& pb);
+BwdOut fresh_grads(const Case& c);
+// The backend's kernels into fresh outputs.
+FwdOut run_forward(const Problem& pb, int threads = 0, Device d = Device::cpu);
+BwdOut run_backward(const Problem& pb, const FwdOut& fwd, int threads = 0, Device d = Device::cpu);
 // The forward result the backward consumes: the fp64 reference rounded to the output dtype and fp32,
 // so backward tests do not depend on the forward kernel.
 FwdOut reference_forward_out(const Problem& pb);
-// Runs flash_backward_cpu with o/lse from fwd into fresh NaN-filled fp32 buffers.
-BwdOut run_backward(const Problem& pb, const FwdOut& fwd, int threads = 0);
 
 // max |got - ref| and where; NaN anywhere or a mismatch of infinities gives +inf. Equal infinities
 // count as 0.
@@ -174,12 +201,13 @@ std::vector<float> alibi_slopes(std::int64_t heads);
 
 namespace longattn::test {
 
-// The kernels of one backend, as the checks below call them (run_forward/run_backward on the CPU).
+// The kernels of one backend, as the checks below call them.
 struct Runners {
     std::function<FwdOut(const Problem&)> forward;
     std::function<BwdOut(const Problem&, const FwdOut&)> backward;
 };
-Runners cpu_runners(int threads = 0);
+Runners backend_runners(Device d, int threads = 0);
+inline Runners cpu_runners(int threads = 0) { return backend_runners(Device::cpu, threads); }
 
 // End to end, as a user runs it: the forward kernel's (O, LSE) feed the backward kernel, and each of
 // O, LSE, dQ, dK, dV is compared with fp64 next to the plain same-precision implementation, whose
