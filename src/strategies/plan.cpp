@@ -63,27 +63,32 @@ void check_consistent(comm::Communicator& comm, const DistOptions& opt, const Pl
 
 }  // namespace
 
-PlanState::PlanState(comm::Communicator& comm_, const std::int64_t* pos_, const Pattern& pattern_, const PlanShape& shape_,
-                     const DistOptions& opt_)
-    : comm(comm_), opt(opt_), shape(shape_), pattern(pattern_) {
+namespace {
+
+// The mesh of a plan: the grid for a hybrid, the world as it is otherwise (checked first, so that the
+// split is never reached with a bad degree).
+Mesh mesh_for(comm::Communicator& comm, const DistOptions& opt, const PlanShape& shape) {
     check_consistent(comm, opt, shape);
-    pos.assign(pos_, pos_ + shape.rows);
-    const std::uint64_t b0 = comm.bytes_sent();
+    return Mesh(comm, opt.strategy == StrategyKind::hybrid ? opt.ulysses_degree : 0);
+}
+
+}  // namespace
+
+PlanState::PlanState(comm::Communicator& comm, const std::int64_t* pos_, const Pattern& pattern_, const PlanShape& shape_,
+                     const DistOptions& opt_)
+    : opt(opt_), shape(shape_), pattern(pattern_), pos(pos_, pos_ + std::max<std::int64_t>(shape_.rows, 0)),
+      mesh(mesh_for(comm, opt_, shape_)) {
+    const std::uint64_t b0 = mesh.bytes_sent();
     switch (opt.strategy) {
         case StrategyKind::ring: ring.emplace(comm, pos.data(), shape.rows, pattern); break;
         case StrategyKind::ulysses: ulysses.emplace(comm, pos.data(), shape.rows, shape.heads, shape.kv_heads); break;
-        case StrategyKind::hybrid: {
-            const int u = opt.ulysses_degree;
-            ulysses_comm = comm.split(comm.rank() / u, comm.rank());
-            ring_comm = comm.split(comm.rank() % u, comm.rank());
-            ulysses.emplace(*ulysses_comm, pos.data(), shape.rows, shape.heads, shape.kv_heads);
-            ring.emplace(*ring_comm, ulysses->sh.pos.data(), ulysses->sh.total(), pattern);
+        case StrategyKind::hybrid:
+            ulysses.emplace(*mesh.ulysses, pos.data(), shape.rows, shape.heads, shape.kv_heads);
+            ring.emplace(*mesh.ring, ulysses->sh.pos.data(), ulysses->sh.total(), pattern);
             break;
-        }
         case StrategyKind::allgather: shards = gather_shards(comm, pos.data(), shape.rows); break;
     }
-    build_bytes = comm.bytes_sent() - b0;
-    if (ulysses_comm) build_bytes += ulysses_comm->bytes_sent() + ring_comm->bytes_sent();
+    build_bytes = mesh.bytes_sent() - b0;
 }
 
 }  // namespace longattn::dist

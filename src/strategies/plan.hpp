@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "strategies/common.hpp"
+#include "strategies/mesh.hpp"
 
 namespace longattn::dist {
 
@@ -48,15 +49,13 @@ struct PlanState {
     PlanState(comm::Communicator& comm, const std::int64_t* pos, const Pattern& pattern, const PlanShape& shape,
               const DistOptions& opt);
 
-    comm::Communicator& comm;
     DistOptions opt;
     PlanShape shape;
     Pattern pattern;
     std::vector<std::int64_t> pos;
-    // Hybrid: consecutive ranks form a Ulysses group, ranks with the same index in their groups a ring.
-    std::unique_ptr<comm::Communicator> ulysses_comm, ring_comm;
-    std::optional<UlyssesPlan> ulysses;  // ulysses, hybrid (over ulysses_comm)
-    // ring; hybrid: the ring over ring_comm of the Ulysses group's gathered sequence
+    Mesh mesh;                           // hybrid: the Ulysses x ring grid, split once
+    std::optional<UlyssesPlan> ulysses;  // ulysses; hybrid (over mesh.ulysses)
+    // ring; hybrid: the ring over mesh.ring of the Ulysses group's gathered sequence
     std::optional<RingPlan> ring;
     std::optional<Shards> shards;  // allgather
     Workspace workspace;
