@@ -106,10 +106,10 @@ void read_block_mask(const std::string& path, PatternSpec& p) {
 
 // Every tensor of a sequence of n tokens: its element count and byte size (at most 4 bytes an element)
 // must fit 64 bits.
-void require_tensors_fit(const Job& j, std::int64_t n, const char* key) {
-    const std::string what = std::to_string(j.batch) + " x " + std::to_string(n) + " tokens x " + std::to_string(j.heads) +
-                             " heads x " + std::to_string(j.head_dim) + " dims x 4 bytes";
-    checked_mul(checked_mul(checked_mul(checked_mul(j.batch, n, key, what), j.heads, key, what), j.head_dim, key, what), 4,
+void require_tensors_fit(const Shape& s, std::int64_t n, const char* key) {
+    const std::string what = std::to_string(s.batch) + " x " + std::to_string(n) + " tokens x " + std::to_string(s.heads) +
+                             " heads x " + std::to_string(s.head_dim) + " dims x 4 bytes";
+    checked_mul(checked_mul(checked_mul(checked_mul(s.batch, n, key, what), s.heads, key, what), s.head_dim, key, what), 4,
                 key, what);
 }
 
@@ -206,62 +206,62 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
          ("factor,f", po::value(&factor)->default_value(2.0), "multiplication factor between lengths")
          ("scaling", po::value(&scaling)->default_value("strong"),
           "strong: lengths are whole sequences | weak: lengths are tokens per rank")
-         ("iters,n", po::value(&j.iters)->default_value(5), "timed iterations (the median is reported)")
-         ("warmup,w", po::value(&j.warmup)->default_value(1), "warmup iterations")
-         ("check,c", po::value(&j.check)->default_value(true), "check sampled rows against an fp64 reference")
-         ("check-rows", po::value(&j.check_rows)->default_value(16), "sampled query (and key) rows per rank for the check")
-         ("baseline", po::value(&j.baseline)->default_value(false), "kernel mode: also time the unfused GEMM-softmax-GEMM baseline")
-         ("peak", po::value(&j.peak)->default_value(true), "kernel mode: measure the FMA peak of this CPU first");
+         ("iters,n", po::value(&j.sweep.iters)->default_value(5), "timed iterations (the median is reported)")
+         ("warmup,w", po::value(&j.sweep.warmup)->default_value(1), "warmup iterations")
+         ("check,c", po::value(&j.checks.enabled)->default_value(true), "check sampled rows against an fp64 reference")
+         ("check-rows", po::value(&j.checks.rows)->default_value(16), "sampled query (and key) rows per rank for the check")
+         ("baseline", po::value(&j.checks.baseline)->default_value(false), "kernel mode: also time the unfused GEMM-softmax-GEMM baseline")
+         ("peak", po::value(&j.checks.peak)->default_value(true), "kernel mode: measure the FMA peak of this CPU first");
     auto shape = group("Shape [shape]", "shape");
-    shape("batch", po::value(&j.batch)->default_value(1), "batch size")
-         ("heads", po::value(&j.heads)->default_value(4), "query heads")
-         ("kv-heads", po::value(&j.kv_heads)->default_value(0), "key/value heads (0 = heads; GQA/MQA when fewer)")
-         ("head-dim", po::value(&j.head_dim)->default_value(128), "head dimension (1..256)")
+    shape("batch", po::value(&j.shape.batch)->default_value(1), "batch size")
+         ("heads", po::value(&j.shape.heads)->default_value(4), "query heads")
+         ("kv-heads", po::value(&j.shape.kv_heads)->default_value(0), "key/value heads (0 = heads; GQA/MQA when fewer)")
+         ("head-dim", po::value(&j.shape.head_dim)->default_value(128), "head dimension (1..256)")
          ("dtype,d", po::value(&dtype)->default_value("fp32"), "storage type: fp32 | bf16 | fp16");
     auto dist = group("Distribution, under mpirun [dist]", "dist");
     dist("strategy", po::value(&strategy)->default_value("kernel"),
          "kernel (single process) | ring | ulysses | hybrid | allgather")
         ("layout", po::value(&layout)->default_value("zigzag"), "contiguous | zigzag | striped")
         ("comm", po::value(&comm_name)->default_value("mpi"), "mpi | nccl (with --device cuda)")
-        ("ulysses-degree", po::value(&j.dist.ulysses_degree)->default_value(1), "hybrid: ranks per Ulysses group (divides the rank count)")
-        ("kv-head-chunk", po::value(&j.dist.kv_head_chunk)->default_value(0), "allgather: kv heads gathered at once (0 = all)")
-        ("progress-chunks", po::value(&j.dist.progress_chunks)->default_value(4),
+        ("ulysses-degree", po::value(&j.exec.dist.ulysses_degree)->default_value(1), "hybrid: ranks per Ulysses group (divides the rank count)")
+        ("kv-head-chunk", po::value(&j.exec.dist.kv_head_chunk)->default_value(0), "allgather: kv heads gathered at once (0 = all)")
+        ("progress-chunks", po::value(&j.exec.dist.progress_chunks)->default_value(4),
          "ring: kernel calls per step, with transfer progress between them")
-        ("per-rank", po::value(&j.per_rank)->default_value(false), "print every rank's time, wait, bytes and memory");
+        ("per-rank", po::value(&j.exec.per_rank)->default_value(false), "print every rank's time, wait, bytes and memory");
     auto pat = group("Pattern [pattern]", "pattern");
-    pat("causal", po::value(&j.pattern.causal)->default_value(false), "causal mask")
+    pat("causal", po::value(&j.pattern.spec.causal)->default_value(false), "causal mask")
        ("window", po::value(&window)->default_value(""), "sliding window LEFT,RIGHT (-1 = unbounded)")
-       ("docs", po::value(&j.docs.count)->default_value(0), "pack this many equal documents")
+       ("docs", po::value(&j.pattern.docs.count)->default_value(0), "pack this many equal documents")
        ("doc-lens", po::value(&doc_lens)->default_value(""), "document lengths, repeated to fill the sequence")
        ("doc-lens-file", po::value(&doc_lens_file)->default_value(""), "file of document lengths (whitespace or commas)")
        ("doc-dist", po::value(&doc_dist)->default_value(""),
         "drawn document lengths: uniform:MIN,MAX | exp:MEAN | lognormal:MEAN,SIGMA")
        ("doc-seed", po::value(&doc_seed)->default_value("1"), "seed of --doc-dist")
-       ("global", po::value(&j.pattern.global_first)->default_value(0), "first N tokens are global")
+       ("global", po::value(&j.pattern.spec.global_first)->default_value(0), "first N tokens are global")
        ("global-list", po::value(&global_list)->default_value(""), "further global token positions")
-       ("block", po::value(&j.pattern.block)->default_value(64), "block size of the block-mask, strided and random parts")
+       ("block", po::value(&j.pattern.spec.block)->default_value(64), "block size of the block-mask, strided and random parts")
        ("block-mask", po::value(&block_mask)->default_value(""), "file of 0/1 rows: allowed key blocks per query block")
-       ("stride", po::value(&j.pattern.stride)->default_value(0), "every s-th key block column (0 = off)")
-       ("random", po::value(&j.pattern.random_blocks)->default_value(0), "random key blocks per query block")
+       ("stride", po::value(&j.pattern.spec.stride)->default_value(0), "every s-th key block column (0 = off)")
+       ("random", po::value(&j.pattern.spec.random_blocks)->default_value(0), "random key blocks per query block")
        ("random-seed", po::value(&random_seed)->default_value("0"), "seed of the random blocks")
-       ("softcap", po::value(&j.pattern.softcap)->default_value(0.0f), "tanh softcap of scores (0 = off)")
-       ("scale", po::value(&j.pattern.scale)->default_value(0.0f), "softmax scale (0 = 1/sqrt(head-dim))")
-       ("alibi", po::value(&j.alibi)->default_value(false), "ALiBi slopes 2^(-8(h+1)/heads)");
+       ("softcap", po::value(&j.pattern.spec.softcap)->default_value(0.0f), "tanh softcap of scores (0 = off)")
+       ("scale", po::value(&j.pattern.spec.scale)->default_value(0.0f), "softmax scale (0 = 1/sqrt(head-dim))")
+       ("alibi", po::value(&j.pattern.alibi)->default_value(false), "ALiBi slopes 2^(-8(h+1)/heads)");
     auto io = group("Inputs and outputs [io]", "io");
-    io("load", po::value(&j.load_dir)->default_value(""),
+    io("load", po::value(&j.io.load_dir)->default_value(""),
        "directory with q.npy, k.npy, v.npy [S, H, D] float32/float16 (dout.npy optional) instead of synthetic inputs")
-      ("save", po::value(&j.save_dir)->default_value(""),
+      ("save", po::value(&j.io.save_dir)->default_value(""),
        "directory for out.npy [S, H, D] and lse.npy [H, S] (dq/dk/dv.npy with bwd), float32, global token order")
-      ("json", po::value(&j.json_path)->default_value(""), "write the table as JSON to this file")
-      ("csv", po::value(&j.csv_path)->default_value(""), "write the table as CSV to this file")
-      ("allow-nonfinite", po::value(&j.allow_nonfinite)->default_value(false),
+      ("json", po::value(&j.io.json_path)->default_value(""), "write the table as JSON to this file")
+      ("csv", po::value(&j.io.csv_path)->default_value(""), "write the table as CSV to this file")
+      ("allow-nonfinite", po::value(&j.io.allow_nonfinite)->default_value(false),
        "let NaN and Inf in loaded inputs through (they propagate to the outputs) and save such outputs");
     po::options_description general("General");
     general.add_options()("help,h", "print this help")("config", po::value(&config), "INI file with any of the options below");
     po::options_description hidden("Hidden");
     hidden.add_options()
-        ("inject-failure", po::value(&j.inject_failure)->default_value(-1), "this rank throws mid-run")
-        ("corrupt", po::value(&j.corrupt)->default_value(false), "perturb one output element before the check");
+        ("inject-failure", po::value(&j.faults.inject_failure)->default_value(-1), "this rank throws mid-run")
+        ("corrupt", po::value(&j.faults.corrupt)->default_value(false), "perturb one output element before the check");
     po::options_description shown;
     shown.add(general).add(run.desc).add(sweep.desc).add(shape.desc).add(dist.desc).add(pat.desc).add(io.desc);
     po::options_description all;
@@ -301,61 +301,61 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
     auto given = [&](const char* name) { return vm.count(name) && !vm[name].defaulted(); };
 
     // Seeds are read as signed integers: a negative one is an error, not a wrapped 2^64 - 1.
-    for (const auto& [text, key, out] : {std::tuple{&seed, "seed", &j.seed}, std::tuple{&doc_seed, "doc-seed", &j.docs.seed},
-                                         std::tuple{&random_seed, "random-seed", &j.pattern.random_seed}}) {
+    for (const auto& [text, key, out] : {std::tuple{&seed, "seed", &j.shape.seed}, std::tuple{&doc_seed, "doc-seed", &j.pattern.docs.seed},
+                                         std::tuple{&random_seed, "random-seed", &j.pattern.spec.random_seed}}) {
         const std::int64_t v = parse_int(*text, key, "a seed in [0, 2^63)");
         require(v >= 0, key, "must be in [0, 2^63), got ", v);
         *out = static_cast<std::uint64_t>(v);
     }
-    if (mode == "fwd") j.mode = Mode::fwd;
-    else if (mode == "bwd") j.mode = Mode::bwd;
-    else if (mode == "fwd+bwd") j.mode = Mode::fwd_bwd;
+    if (mode == "fwd") j.sweep.mode = Mode::fwd;
+    else if (mode == "bwd") j.sweep.mode = Mode::bwd;
+    else if (mode == "fwd+bwd") j.sweep.mode = Mode::fwd_bwd;
     else require(false, "mode", "must be fwd, bwd or fwd+bwd, got '", mode, "'");
-    if (dtype == "fp32") j.dtype = DType::f32;
-    else if (dtype == "bf16") j.dtype = DType::bf16;
-    else if (dtype == "fp16") j.dtype = DType::f16;
+    if (dtype == "fp32") j.shape.dtype = DType::f32;
+    else if (dtype == "bf16") j.shape.dtype = DType::bf16;
+    else if (dtype == "fp16") j.shape.dtype = DType::f16;
     else require(false, "dtype", "must be fp32, bf16 or fp16, got '", dtype, "'");
     require(device == "cpu" || device == "cuda", "device", "must be cpu or cuda, got '", device, "'");
-    j.device = device == "cuda" ? Device::cuda : Device::cpu;
-    if (j.device == Device::cuda) {
+    j.exec.device = device == "cuda" ? Device::cuda : Device::cpu;
+    if (j.exec.device == Device::cuda) {
         require(cuda_built(), "device", "this build has no CUDA kernels (configure with -DLONGATTN_WITH_CUDA=ON)");
-        require(j.dtype != DType::f32, "dtype", "the CUDA kernels store bf16 or fp16; choose -d bf16 or -d fp16");
-        require(!j.baseline, "baseline", "the unfused baseline runs on the CPU only");
-        j.peak = false;  // the FMA peak is the CPU's
+        require(j.shape.dtype != DType::f32, "dtype", "the CUDA kernels store bf16 or fp16; choose -d bf16 or -d fp16");
+        require(!j.checks.baseline, "baseline", "the unfused baseline runs on the CPU only");
+        j.checks.peak = false;  // the FMA peak is the CPU's
     }
     require(comm_name == "mpi" || comm_name == "nccl", "comm", "must be mpi or nccl, got '", comm_name, "'");
-    j.nccl = comm_name == "nccl";
+    j.exec.nccl = comm_name == "nccl";
     require(scaling == "strong" || scaling == "weak", "scaling", "must be strong or weak, got '", scaling, "'");
-    j.weak = scaling == "weak";
+    j.sweep.weak = scaling == "weak";
 
-    j.distributed = strategy != "kernel";
-    if (j.distributed) j.dist.strategy = parse_strategy(strategy);
-    require(!j.nccl || (j.distributed && j.device == Device::cuda), "comm",
+    j.exec.distributed = strategy != "kernel";
+    if (j.exec.distributed) j.exec.dist.strategy = parse_strategy(strategy);
+    require(!j.exec.nccl || (j.exec.distributed && j.exec.device == Device::cuda), "comm",
             "nccl needs a distributed strategy and --device cuda");
-    j.layout = parse_layout(layout);
-    require(j.dist.ulysses_degree >= 1, "ulysses-degree", "must be >= 1, got ", j.dist.ulysses_degree);
-    require(j.dist.kv_head_chunk >= 0, "kv-head-chunk", "must be >= 0 (0 = all), got ", j.dist.kv_head_chunk);
-    require(j.dist.progress_chunks >= 1, "progress-chunks", "must be >= 1, got ", j.dist.progress_chunks);
+    j.exec.layout = parse_layout(layout);
+    require(j.exec.dist.ulysses_degree >= 1, "ulysses-degree", "must be >= 1, got ", j.exec.dist.ulysses_degree);
+    require(j.exec.dist.kv_head_chunk >= 0, "kv-head-chunk", "must be >= 0 (0 = all), got ", j.exec.dist.kv_head_chunk);
+    require(j.exec.dist.progress_chunks >= 1, "progress-chunks", "must be >= 1, got ", j.exec.dist.progress_chunks);
     for (std::int64_t t : parse_list(threads, "threads", true)) {
         require(t <= 4096, "threads", "must be <= 4096, got ", t);
-        j.threads.push_back(static_cast<int>(t));
+        j.sweep.threads.push_back(static_cast<int>(t));
     }
-    require(!j.distributed || j.threads.size() == 1, "threads", "takes one value per rank in distributed runs, got ",
-            j.threads.size());
-    j.dist.threads = j.threads.front();
-    require(j.iters >= 1, "iters", "must be >= 1, got ", j.iters);
-    require(j.warmup >= 0, "warmup", "must be >= 0, got ", j.warmup);
-    require(j.check_rows >= 1, "check-rows", "must be >= 1, got ", j.check_rows);
-    require(j.batch >= 1, "batch", "must be >= 1, got ", j.batch);
+    require(!j.exec.distributed || j.sweep.threads.size() == 1, "threads", "takes one value per rank in distributed runs, got ",
+            j.sweep.threads.size());
+    j.exec.dist.threads = j.sweep.threads.front();
+    require(j.sweep.iters >= 1, "iters", "must be >= 1, got ", j.sweep.iters);
+    require(j.sweep.warmup >= 0, "warmup", "must be >= 0, got ", j.sweep.warmup);
+    require(j.checks.rows >= 1, "check-rows", "must be >= 1, got ", j.checks.rows);
+    require(j.shape.batch >= 1, "batch", "must be >= 1, got ", j.shape.batch);
 
     // Inputs from files fix the shape and the length.
-    if (!j.load_dir.empty()) {
-        require(j.batch == 1, "batch", "must be 1 with --load (the files hold one sequence [S, H, D]), got ", j.batch);
-        require(!given("minlen") && !given("maxlen") && !j.weak, "load", "the sequence length comes from the files; drop -b/-e/--scaling");
-        for (const char* f : {"/q.npy", "/k.npy", "/v.npy"}) require_input_file(j.load_dir + f, "load");
-        const NpyHeader q = npy_read_header(j.load_dir + "/q.npy", "load");
-        const NpyHeader k = npy_read_header(j.load_dir + "/k.npy", "load");
-        const NpyHeader v = npy_read_header(j.load_dir + "/v.npy", "load");
+    if (!j.io.load_dir.empty()) {
+        require(j.shape.batch == 1, "batch", "must be 1 with --load (the files hold one sequence [S, H, D]), got ", j.shape.batch);
+        require(!given("minlen") && !given("maxlen") && !j.sweep.weak, "load", "the sequence length comes from the files; drop -b/-e/--scaling");
+        for (const char* f : {"/q.npy", "/k.npy", "/v.npy"}) require_input_file(j.io.load_dir + f, "load");
+        const NpyHeader q = npy_read_header(j.io.load_dir + "/q.npy", "load");
+        const NpyHeader k = npy_read_header(j.io.load_dir + "/k.npy", "load");
+        const NpyHeader v = npy_read_header(j.io.load_dir + "/v.npy", "load");
         const auto dims = [](const NpyHeader& h) {
             std::string t = "[";
             for (std::size_t i = 0; i < h.shape.size(); ++i) t += (i ? ", " : "") + std::to_string(h.shape[i]);
@@ -368,16 +368,16 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
                 "q.npy and k.npy must share S and D; got q [", q.shape[0], ", ", q.shape[1], ", ", q.shape[2], "], k [",
                 k.shape[0], ", ", k.shape[1], ", ", k.shape[2], "]");
         require(q.shape[0] > 0, "load", "the files hold an empty sequence");
-        require(!given("heads") || j.heads == q.shape[1], "heads", "is ", j.heads, " but q.npy has ", q.shape[1]);
-        require(!given("kv-heads") || j.kv_heads == k.shape[1], "kv-heads", "is ", j.kv_heads, " but k.npy has ", k.shape[1]);
-        require(!given("head-dim") || j.head_dim == q.shape[2], "head-dim", "is ", j.head_dim, " but q.npy has ", q.shape[2]);
-        j.heads = q.shape[1];
-        j.kv_heads = k.shape[1];
-        j.head_dim = q.shape[2];
-        j.lengths = {q.shape[0]};
-        if (::access((j.load_dir + "/dout.npy").c_str(), F_OK) == 0) {
-            require_input_file(j.load_dir + "/dout.npy", "load");
-            const NpyHeader d = npy_read_header(j.load_dir + "/dout.npy", "load");
+        require(!given("heads") || j.shape.heads == q.shape[1], "heads", "is ", j.shape.heads, " but q.npy has ", q.shape[1]);
+        require(!given("kv-heads") || j.shape.kv_heads == k.shape[1], "kv-heads", "is ", j.shape.kv_heads, " but k.npy has ", k.shape[1]);
+        require(!given("head-dim") || j.shape.head_dim == q.shape[2], "head-dim", "is ", j.shape.head_dim, " but q.npy has ", q.shape[2]);
+        j.shape.heads = q.shape[1];
+        j.shape.kv_heads = k.shape[1];
+        j.shape.head_dim = q.shape[2];
+        j.sweep.lengths = {q.shape[0]};
+        if (::access((j.io.load_dir + "/dout.npy").c_str(), F_OK) == 0) {
+            require_input_file(j.io.load_dir + "/dout.npy", "load");
+            const NpyHeader d = npy_read_header(j.io.load_dir + "/dout.npy", "load");
             require(d.shape == q.shape, "load", "dout.npy must have q.npy's shape");
         }
     } else {
@@ -388,117 +388,120 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
         // Each length is the previous one times the factor, rounded down; a factor that leaves a length
         // unchanged (or a sweep of more than 64 lengths) is refused rather than run forever.
         for (std::int64_t L = lo; L <= hi;) {
-            j.lengths.push_back(L);
+            j.sweep.lengths.push_back(L);
             if (lo == hi) break;
             const double next = std::floor(static_cast<double>(L) * factor);
             if (next > static_cast<double>(hi)) break;
             require(static_cast<std::int64_t>(next) > L, "factor", show_number(factor), " does not grow the length ", L,
                     "; use a larger factor (the next length must be at least ", L + 1, ")");
-            require(j.lengths.size() < 64, "factor", show_number(factor), " makes a sweep of more than 64 lengths from ", lo, " to ", hi);
+            require(j.sweep.lengths.size() < 64, "factor", show_number(factor), " makes a sweep of more than 64 lengths from ", lo, " to ", hi);
             L = static_cast<std::int64_t>(next);
         }
     }
-    require(j.heads >= 1, "heads", "must be >= 1, got ", j.heads);
-    if (j.kv_heads == 0) j.kv_heads = j.heads;
-    require(j.kv_heads >= 1 && j.heads % j.kv_heads == 0, "kv-heads", "must divide heads (", j.heads, "), got ",
-            j.kv_heads);
-    require(j.head_dim >= 1 && j.head_dim <= 256, "head-dim", "must be in [1, 256], got ", j.head_dim);
+    require(j.shape.heads >= 1, "heads", "must be >= 1, got ", j.shape.heads);
+    if (j.shape.kv_heads == 0) j.shape.kv_heads = j.shape.heads;
+    require(j.shape.kv_heads >= 1 && j.shape.heads % j.shape.kv_heads == 0, "kv-heads", "must divide heads (", j.shape.heads, "), got ",
+            j.shape.kv_heads);
+    require(j.shape.head_dim >= 1 && j.shape.head_dim <= 256, "head-dim", "must be in [1, 256], got ", j.shape.head_dim);
 
-    for (std::int64_t L : j.lengths) require_tensors_fit(j, L, j.load_dir.empty() ? "minlen" : "load");
+    for (std::int64_t L : j.sweep.lengths) require_tensors_fit(j.shape, L, j.io.load_dir.empty() ? "minlen" : "load");
 
     if (!window.empty()) {
         const auto comma = window.find(',');
         const std::string form = "LEFT,RIGHT integers (-1 = unbounded)";
         require(comma != std::string::npos && window.find(',', comma + 1) == std::string::npos, "window", "expected ",
                 form, ", got '", visible(window), "'");
-        j.pattern.window = Window{parse_int(window.substr(0, comma), "window", form),
+        j.pattern.spec.window = Window{parse_int(window.substr(0, comma), "window", form),
                                   parse_int(window.substr(comma + 1), "window", form)};
     }
     // Documents: one way at a time.
-    const int doc_ways = (j.docs.count != 0) + !doc_lens.empty() + !doc_lens_file.empty() + !doc_dist.empty();
+    const int doc_ways = (j.pattern.docs.count != 0) + !doc_lens.empty() + !doc_lens_file.empty() + !doc_dist.empty();
     require(doc_ways <= 1, "docs", "give one of docs, doc-lens, doc-lens-file or doc-dist, not ", doc_ways);
-    require(j.docs.count >= 0, "docs", "must be >= 0, got ", j.docs.count);
-    if (j.docs.count > 0) j.docs.kind = DocSpec::Kind::equal;
+    require(j.pattern.docs.count >= 0, "docs", "must be >= 0, got ", j.pattern.docs.count);
+    if (j.pattern.docs.count > 0) j.pattern.docs.kind = DocSpec::Kind::equal;
     if (!doc_lens.empty() || !doc_lens_file.empty()) {
-        const std::uint64_t seed = j.docs.seed;
-        j.docs = DocSpec{};
-        j.docs.seed = seed;
-        j.docs.kind = DocSpec::Kind::lens;
-        j.docs.lens = doc_lens.empty() ? read_lens_file(doc_lens_file) : parse_list(doc_lens, "doc-lens");
+        const std::uint64_t seed = j.pattern.docs.seed;
+        j.pattern.docs = DocSpec{};
+        j.pattern.docs.seed = seed;
+        j.pattern.docs.kind = DocSpec::Kind::lens;
+        j.pattern.docs.lens = doc_lens.empty() ? read_lens_file(doc_lens_file) : parse_list(doc_lens, "doc-lens");
     }
     if (!doc_dist.empty()) {
-        const std::uint64_t seed = j.docs.seed;
-        j.docs = parse_doc_dist(doc_dist);
-        j.docs.seed = seed;
+        const std::uint64_t seed = j.pattern.docs.seed;
+        j.pattern.docs = parse_doc_dist(doc_dist);
+        j.pattern.docs.seed = seed;
     }
     if (!global_list.empty())
-        for (std::int64_t g : parse_list(global_list, "global-list", true)) j.pattern.global_list.push_back(g);
-    if (!block_mask.empty()) read_block_mask(block_mask, j.pattern);
+        for (std::int64_t g : parse_list(global_list, "global-list", true)) j.pattern.spec.global_list.push_back(g);
+    if (!block_mask.empty()) read_block_mask(block_mask, j.pattern.spec);
 
     // Outputs: checked now so that a bad path fails before any work, and nothing is half-written.
-    if (!j.save_dir.empty()) require_output_dir(j.save_dir, "save");
-    require(j.save_dir.empty() || j.batch == 1, "save", "needs batch 1 (the files hold one sequence [S, H, D])");
-    require(j.save_dir.empty() || j.lengths.size() == 1, "save", "needs one sequence length, not a sweep of ",
-            j.lengths.size());
-    require(j.save_dir.empty() || j.threads.size() == 1, "save", "needs one thread count, not a sweep");
-    for (const auto& [path, name] : {std::pair{j.json_path, "json"}, std::pair{j.csv_path, "csv"}})
+    if (!j.io.save_dir.empty()) require_output_dir(j.io.save_dir, "save");
+    require(j.io.save_dir.empty() || j.shape.batch == 1, "save", "needs batch 1 (the files hold one sequence [S, H, D])");
+    require(j.io.save_dir.empty() || j.sweep.lengths.size() == 1, "save", "needs one sequence length, not a sweep of ",
+            j.sweep.lengths.size());
+    require(j.io.save_dir.empty() || j.sweep.threads.size() == 1, "save", "needs one thread count, not a sweep");
+    for (const auto& [path, name] : {std::pair{j.io.json_path, "json"}, std::pair{j.io.csv_path, "csv"}})
         if (!path.empty()) require_output_file(path, name);
 
-    PatternSpec probe = spec_for_length(j, j.lengths.back());  // validate the pattern before any work starts
+    PatternSpec probe = spec_for_length(j, j.sweep.lengths.back());  // validate the pattern before any work starts
     Pattern{probe};
     return j;
 }
 
 void validate_for_ranks(const Job& job, int ranks) {
-    if (job.weak)
-        for (std::int64_t L : job.lengths)
-            require_tensors_fit(job,
+    const PatternSpec& p = job.pattern.spec;
+    const DocSpec& docs = job.pattern.docs;
+    const DistOptions& dist = job.exec.dist;
+    if (job.sweep.weak)
+        for (std::int64_t L : job.sweep.lengths)
+            require_tensors_fit(job.shape,
                                 checked_mul(L, ranks, "minlen",
                                             "weak scaling: " + std::to_string(L) + " tokens per rank x " +
                                                 std::to_string(ranks) + " ranks"),
                                 "minlen");
-    const std::int64_t n = total_tokens(job, job.lengths.back(), ranks);
+    const std::int64_t n = total_tokens(job, job.sweep.lengths.back(), ranks);
     // What is fixed in tokens must fit the shortest sequence of the sweep: nothing is clamped silently.
-    const std::int64_t shortest = total_tokens(job, job.lengths.front(), ranks);
-    require(job.docs.kind != DocSpec::Kind::equal || job.docs.count <= shortest, "docs", job.docs.count,
-            " documents do not fit in ", shortest, " tokens (at most one per token)");
-    if (job.docs.kind == DocSpec::Kind::lens)
-        for (std::int64_t len : job.docs.lens)
+    const std::int64_t shortest = total_tokens(job, job.sweep.lengths.front(), ranks);
+    require(docs.kind != DocSpec::Kind::equal || docs.count <= shortest, "docs", docs.count, " documents do not fit in ",
+            shortest, " tokens (at most one per token)");
+    if (docs.kind == DocSpec::Kind::lens)
+        for (std::int64_t len : docs.lens)
             require(len <= shortest, "doc-lens", "a document of ", len,
                     " tokens does not fit in a sequence of ", shortest);
-    require(job.pattern.global_first <= shortest, "global", "must be in [0, ", shortest, "] for a sequence of ", shortest,
-            " tokens, got ", job.pattern.global_first);
-    for (std::int64_t g : job.pattern.global_list)
+    require(p.global_first <= shortest, "global", "must be in [0, ", shortest, "] for a sequence of ", shortest,
+            " tokens, got ", p.global_first);
+    for (std::int64_t g : p.global_list)
         require(g < shortest, "global-list", "positions must be in [0, ", shortest, ") for a sequence of ", shortest,
                 " tokens, got ", g);
-    if (!job.pattern.block_mask.empty())
-        for (std::int64_t L : job.lengths) {
-            const std::int64_t nb = (total_tokens(job, L, ranks) + job.pattern.block - 1) / job.pattern.block;
-            require(job.pattern.block_mask_rows == nb && job.pattern.block_mask_cols == nb, "block-mask", "is ",
-                    job.pattern.block_mask_rows, " x ", job.pattern.block_mask_cols, " blocks; a sequence of ",
-                    total_tokens(job, L, ranks), " tokens in blocks of ", job.pattern.block, " needs ", nb, " x ", nb);
+    if (!p.block_mask.empty())
+        for (std::int64_t L : job.sweep.lengths) {
+            const std::int64_t nb = (total_tokens(job, L, ranks) + p.block - 1) / p.block;
+            require(p.block_mask_rows == nb && p.block_mask_cols == nb, "block-mask", "is ", p.block_mask_rows, " x ",
+                    p.block_mask_cols, " blocks; a sequence of ", total_tokens(job, L, ranks), " tokens in blocks of ",
+                    p.block, " needs ", nb, " x ", nb);
         }
-    if (job.pattern.window)
-        for (std::int64_t w : {job.pattern.window->left, job.pattern.window->right})
+    if (p.window)
+        for (std::int64_t w : {p.window->left, p.window->right})
             require(w >= -1 && w < n, "window", "each side must be -1 (unbounded) or in [0, ", n,
-                    ") for sequences up to ", n, " tokens, got ", job.pattern.window->left, ",", job.pattern.window->right);
-    require(job.distributed || ranks == 1, "strategy",
+                    ") for sequences up to ", n, " tokens, got ", p.window->left, ",", p.window->right);
+    require(job.exec.distributed || ranks == 1, "strategy",
             "'kernel' runs in one process; under mpirun choose ring, ulysses, hybrid or allgather");
-    if (job.distributed && job.dist.strategy == StrategyKind::hybrid)
-        require(ranks % job.dist.ulysses_degree == 0, "ulysses-degree", "must divide the number of ranks (", ranks,
-                "), got ", job.dist.ulysses_degree);
-    if (job.distributed && job.dist.strategy == StrategyKind::allgather)
-        require(job.dist.kv_head_chunk <= job.kv_heads, "kv-head-chunk", "must be in [0, kv-heads = ", job.kv_heads,
-                "], got ", job.dist.kv_head_chunk);
+    if (job.exec.distributed && dist.strategy == StrategyKind::hybrid)
+        require(ranks % dist.ulysses_degree == 0, "ulysses-degree", "must divide the number of ranks (", ranks,
+                "), got ", dist.ulysses_degree);
+    if (job.exec.distributed && dist.strategy == StrategyKind::allgather)
+        require(dist.kv_head_chunk <= job.shape.kv_heads, "kv-head-chunk", "must be in [0, kv-heads = ", job.shape.kv_heads,
+                "], got ", dist.kv_head_chunk);
 }
 
 PatternSpec spec_for_length(const Job& job, std::int64_t n) {
-    PatternSpec s = job.pattern;
+    PatternSpec s = job.pattern.spec;
     s.seq_len = n;
-    s.doc_bounds = doc_bounds(job.docs, n);
-    if (job.alibi)
-        for (std::int64_t h = 0; h < job.heads; ++h)
-            s.alibi_slopes.push_back(std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(job.heads)));
+    s.doc_bounds = doc_bounds(job.pattern.docs, n);
+    if (job.pattern.alibi)
+        for (std::int64_t h = 0; h < job.shape.heads; ++h)
+            s.alibi_slopes.push_back(std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(job.shape.heads)));
     return s;
 }
 
