@@ -8,6 +8,7 @@
 #include <cmath>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -107,10 +108,10 @@ void read_block_mask(const std::string& path, PatternSpec& p) {
 // Every tensor of a sequence of n tokens: its element count and byte size (at most 4 bytes an element)
 // must fit 64 bits.
 void require_tensors_fit(const Shape& s, std::int64_t n, const char* key) {
-    const std::string what = std::to_string(s.batch) + " x " + std::to_string(n) + " tokens x " + std::to_string(s.heads) +
-                             " heads x " + std::to_string(s.head_dim) + " dims x 4 bytes";
-    checked_mul(checked_mul(checked_mul(checked_mul(s.batch, n, key, what), s.heads, key, what), s.head_dim, key, what), 4,
-                key, what);
+    const std::string what = std::to_string(s.batch) + " x " + std::to_string(n) + " tokens x " +
+                             std::to_string(s.heads) + " heads x " + std::to_string(s.head_dim) + " dims x 4 bytes";
+    const std::int64_t tokens = checked_mul(s.batch, n, key, what);
+    checked_mul(checked_mul(checked_mul(tokens, s.heads, key, what), s.head_dim, key, what), 4, key, what);
 }
 
 // Boost.Program_options fills its messages by replacing %name% tokens in a loop, which never ends when
@@ -172,104 +173,168 @@ void store_config(const std::string& file, const po::options_description& all,
     po::store(parsed, vm);
 }
 
-}  // namespace
-
-Job parse_job(int argc, char** argv, std::string& help_text) {
-    std::string device, comm_name, mode, dtype, window, doc_lens, doc_lens_file, doc_dist, threads, minlen, maxlen, config, strategy,
-        layout, global_list, block_mask, scaling, seed, doc_seed, random_seed;
+// What the options give as text, for the strict parsers of bench/parse.hpp: choices by name, sizes with
+// K/M/G suffixes, lists, the window, file names and seeds (read signed, so that a negative one is refused
+// rather than wrapped); and the sweep's factor. Boost stores every other option straight into its field
+// of the job.
+struct OptionValues {
+    std::string mode, device, threads, seed;                          // [run]
+    std::string minlen, maxlen, scaling;                              // [sweep]
     double factor = 2;
-    Job j;
-    // Section of every option, for the INI mapping.
-    std::map<std::string, std::string> section_of;
-    auto group = [&](const char* title, const char* section) {
-        struct Adder {
-            po::options_description desc;
-            std::map<std::string, std::string>* sections;
-            std::string section;
-            Adder& operator()(const char* name, const po::value_semantic* v, const char* help) {
-                std::string n = name;
-                sections->emplace(n.substr(0, n.find(',')), section);
-                desc.add_options()(name, v, help);
-                return *this;
-            }
-        };
-        return Adder{po::options_description(title), &section_of, section};
-    };
-    auto run = group("Run [run]", "run");
-    run("mode", po::value(&mode)->default_value("fwd"), "fwd | bwd | fwd+bwd")
-       ("device", po::value(&device)->default_value("cpu"), "cpu | cuda (the CUDA kernels; one GPU per rank by local rank)")
-       ("threads,t", po::value(&threads)->default_value("0"), "threads per rank, or a list to sweep in kernel mode (0 = all)")
-       ("seed", po::value(&seed)->default_value("1"), "seed of the synthetic inputs (0 to 2^63-1)");
-    auto sweep = group("Sweep, nccl-tests style [sweep]", "sweep");
-    sweep("minlen,b", po::value(&minlen)->default_value("8K"), "smallest sequence length (K/M/G suffixes)")
-         ("maxlen,e", po::value(&maxlen)->default_value(""), "largest sequence length (default: minlen)")
-         ("factor,f", po::value(&factor)->default_value(2.0), "multiplication factor between lengths")
-         ("scaling", po::value(&scaling)->default_value("strong"),
-          "strong: lengths are whole sequences | weak: lengths are tokens per rank")
-         ("iters,n", po::value(&j.sweep.iters)->default_value(5), "timed iterations (the median is reported)")
-         ("warmup,w", po::value(&j.sweep.warmup)->default_value(1), "warmup iterations")
-         ("check,c", po::value(&j.checks.enabled)->default_value(true), "check sampled rows against an fp64 reference")
-         ("check-rows", po::value(&j.checks.rows)->default_value(16), "sampled query (and key) rows per rank for the check")
-         ("baseline", po::value(&j.checks.baseline)->default_value(false), "kernel mode: also time the unfused GEMM-softmax-GEMM baseline")
-         ("peak", po::value(&j.checks.peak)->default_value(true), "kernel mode: measure the FMA peak of this CPU first");
-    auto shape = group("Shape [shape]", "shape");
-    shape("batch", po::value(&j.shape.batch)->default_value(1), "batch size")
-         ("heads", po::value(&j.shape.heads)->default_value(4), "query heads")
-         ("kv-heads", po::value(&j.shape.kv_heads)->default_value(0), "key/value heads (0 = heads; GQA/MQA when fewer)")
-         ("head-dim", po::value(&j.shape.head_dim)->default_value(128), "head dimension (1..256)")
-         ("dtype,d", po::value(&dtype)->default_value("fp32"), "storage type: fp32 | bf16 | fp16");
-    auto dist = group("Distribution, under mpirun [dist]", "dist");
-    dist("strategy", po::value(&strategy)->default_value("kernel"),
-         "kernel (single process) | ring | ulysses | hybrid | allgather")
-        ("layout", po::value(&layout)->default_value("zigzag"), "contiguous | zigzag | striped")
-        ("comm", po::value(&comm_name)->default_value("mpi"), "mpi | nccl (with --device cuda)")
-        ("ulysses-degree", po::value(&j.exec.dist.ulysses_degree)->default_value(1), "hybrid: ranks per Ulysses group (divides the rank count)")
-        ("kv-head-chunk", po::value(&j.exec.dist.kv_head_chunk)->default_value(0), "allgather: kv heads gathered at once (0 = all)")
-        ("progress-chunks", po::value(&j.exec.dist.progress_chunks)->default_value(4),
-         "ring: kernel calls per step, with transfer progress between them")
-        ("per-rank", po::value(&j.exec.per_rank)->default_value(false), "print every rank's time, wait, bytes and memory");
-    auto pat = group("Pattern [pattern]", "pattern");
-    pat("causal", po::value(&j.pattern.spec.causal)->default_value(false), "causal mask")
-       ("window", po::value(&window)->default_value(""), "sliding window LEFT,RIGHT (-1 = unbounded)")
-       ("docs", po::value(&j.pattern.docs.count)->default_value(0), "pack this many equal documents")
-       ("doc-lens", po::value(&doc_lens)->default_value(""), "document lengths, repeated to fill the sequence")
-       ("doc-lens-file", po::value(&doc_lens_file)->default_value(""), "file of document lengths (whitespace or commas)")
-       ("doc-dist", po::value(&doc_dist)->default_value(""),
-        "drawn document lengths: uniform:MIN,MAX | exp:MEAN | lognormal:MEAN,SIGMA")
-       ("doc-seed", po::value(&doc_seed)->default_value("1"), "seed of --doc-dist")
-       ("global", po::value(&j.pattern.spec.global_first)->default_value(0), "first N tokens are global")
-       ("global-list", po::value(&global_list)->default_value(""), "further global token positions")
-       ("block", po::value(&j.pattern.spec.block)->default_value(64), "block size of the block-mask, strided and random parts")
-       ("block-mask", po::value(&block_mask)->default_value(""), "file of 0/1 rows: allowed key blocks per query block")
-       ("stride", po::value(&j.pattern.spec.stride)->default_value(0), "every s-th key block column (0 = off)")
-       ("random", po::value(&j.pattern.spec.random_blocks)->default_value(0), "random key blocks per query block")
-       ("random-seed", po::value(&random_seed)->default_value("0"), "seed of the random blocks")
-       ("softcap", po::value(&j.pattern.spec.softcap)->default_value(0.0f), "tanh softcap of scores (0 = off)")
-       ("scale", po::value(&j.pattern.spec.scale)->default_value(0.0f), "softmax scale (0 = 1/sqrt(head-dim))")
-       ("alibi", po::value(&j.pattern.alibi)->default_value(false), "ALiBi slopes 2^(-8(h+1)/heads)");
-    auto io = group("Inputs and outputs [io]", "io");
-    io("load", po::value(&j.io.load_dir)->default_value(""),
-       "directory with q.npy, k.npy, v.npy [S, H, D] float32/float16 (dout.npy optional) instead of synthetic inputs")
-      ("save", po::value(&j.io.save_dir)->default_value(""),
-       "directory for out.npy [S, H, D] and lse.npy [H, S] (dq/dk/dv.npy with bwd), float32, global token order")
-      ("json", po::value(&j.io.json_path)->default_value(""), "write the table as JSON to this file")
-      ("csv", po::value(&j.io.csv_path)->default_value(""), "write the table as CSV to this file")
-      ("allow-nonfinite", po::value(&j.io.allow_nonfinite)->default_value(false),
-       "let NaN and Inf in loaded inputs through (they propagate to the outputs) and save such outputs");
+    std::string dtype;                                                // [shape]
+    std::string strategy, layout, comm;                               // [dist]
+    std::string window, doc_lens, doc_lens_file, doc_dist, doc_seed;  // [pattern]
+    std::string global_list, block_mask, random_seed;
+    std::string config;
+    std::set<std::string> given;  // set on the command line or in the config file, not left at the default
+    bool is_given(const char* name) const { return given.count(name) != 0; }
+};
+
+using SectionOf = std::map<std::string, std::string>;  // option name -> its INI section
+
+// One titled group of --help, whose options are the keys of one INI section.
+class OptionGroup {
+public:
+    OptionGroup(const char* title, const char* section, SectionOf& section_of)
+        : desc_(title), section_(section), section_of_(&section_of) {}
+    OptionGroup& operator()(const char* name, const po::value_semantic* v, const char* help) {
+        const std::string n = name;
+        section_of_->emplace(n.substr(0, n.find(',')), section_);
+        desc_.add_options()(name, v, help);
+        return *this;
+    }
+    const po::options_description& desc() const { return desc_; }
+
+private:
+    po::options_description desc_;
+    std::string section_;
+    SectionOf* section_of_;
+};
+
+// The groups of --help, in its order; each binds its options to their fields of the job or of `v`.
+po::options_description run_options(OptionValues& v, SectionOf& section_of) {
+    OptionGroup g("Run [run]", "run", section_of);
+    g("mode", po::value(&v.mode)->default_value("fwd"), "fwd | bwd | fwd+bwd")
+     ("device", po::value(&v.device)->default_value("cpu"),
+      "cpu | cuda (the CUDA kernels; one GPU per rank by local rank)")
+     ("threads,t", po::value(&v.threads)->default_value("0"),
+      "threads per rank, or a list to sweep in kernel mode (0 = all)")
+     ("seed", po::value(&v.seed)->default_value("1"), "seed of the synthetic inputs (0 to 2^63-1)");
+    return g.desc();
+}
+
+// [sweep] also holds the check's options and the kernel mode's baseline and peak.
+po::options_description sweep_options(Sweep& s, Checks& c, OptionValues& v, SectionOf& section_of) {
+    OptionGroup g("Sweep, nccl-tests style [sweep]", "sweep", section_of);
+    g("minlen,b", po::value(&v.minlen)->default_value("8K"), "smallest sequence length (K/M/G suffixes)")
+     ("maxlen,e", po::value(&v.maxlen)->default_value(""), "largest sequence length (default: minlen)")
+     ("factor,f", po::value(&v.factor)->default_value(2.0), "multiplication factor between lengths")
+     ("scaling", po::value(&v.scaling)->default_value("strong"),
+      "strong: lengths are whole sequences | weak: lengths are tokens per rank")
+     ("iters,n", po::value(&s.iters)->default_value(5), "timed iterations (the median is reported)")
+     ("warmup,w", po::value(&s.warmup)->default_value(1), "warmup iterations")
+     ("check,c", po::value(&c.enabled)->default_value(true), "check sampled rows against an fp64 reference")
+     ("check-rows", po::value(&c.rows)->default_value(16), "sampled query (and key) rows per rank for the check")
+     ("baseline", po::value(&c.baseline)->default_value(false),
+      "kernel mode: also time the unfused GEMM-softmax-GEMM baseline")
+     ("peak", po::value(&c.peak)->default_value(true), "kernel mode: measure the FMA peak of this CPU first");
+    return g.desc();
+}
+
+po::options_description shape_options(Shape& s, OptionValues& v, SectionOf& section_of) {
+    OptionGroup g("Shape [shape]", "shape", section_of);
+    g("batch", po::value(&s.batch)->default_value(1), "batch size")
+     ("heads", po::value(&s.heads)->default_value(4), "query heads")
+     ("kv-heads", po::value(&s.kv_heads)->default_value(0), "key/value heads (0 = heads; GQA/MQA when fewer)")
+     ("head-dim", po::value(&s.head_dim)->default_value(128), "head dimension (1..256)")
+     ("dtype,d", po::value(&v.dtype)->default_value("fp32"), "storage type: fp32 | bf16 | fp16");
+    return g.desc();
+}
+
+po::options_description dist_options(Execution& x, OptionValues& v, SectionOf& section_of) {
+    OptionGroup g("Distribution, under mpirun [dist]", "dist", section_of);
+    g("strategy", po::value(&v.strategy)->default_value("kernel"),
+      "kernel (single process) | ring | ulysses | hybrid | allgather")
+     ("layout", po::value(&v.layout)->default_value("zigzag"), "contiguous | zigzag | striped")
+     ("comm", po::value(&v.comm)->default_value("mpi"), "mpi | nccl (with --device cuda)")
+     ("ulysses-degree", po::value(&x.dist.ulysses_degree)->default_value(1),
+      "hybrid: ranks per Ulysses group (divides the rank count)")
+     ("kv-head-chunk", po::value(&x.dist.kv_head_chunk)->default_value(0),
+      "allgather: kv heads gathered at once (0 = all)")
+     ("progress-chunks", po::value(&x.dist.progress_chunks)->default_value(4),
+      "ring: kernel calls per step, with transfer progress between them")
+     ("per-rank", po::value(&x.per_rank)->default_value(false), "print every rank's time, wait, bytes and memory");
+    return g.desc();
+}
+
+po::options_description pattern_options(AttentionPattern& p, OptionValues& v, SectionOf& section_of) {
+    OptionGroup g("Pattern [pattern]", "pattern", section_of);
+    g("causal", po::value(&p.spec.causal)->default_value(false), "causal mask")
+     ("window", po::value(&v.window)->default_value(""), "sliding window LEFT,RIGHT (-1 = unbounded)")
+     ("docs", po::value(&p.docs.count)->default_value(0), "pack this many equal documents")
+     ("doc-lens", po::value(&v.doc_lens)->default_value(""), "document lengths, repeated to fill the sequence")
+     ("doc-lens-file", po::value(&v.doc_lens_file)->default_value(""),
+      "file of document lengths (whitespace or commas)")
+     ("doc-dist", po::value(&v.doc_dist)->default_value(""),
+      "drawn document lengths: uniform:MIN,MAX | exp:MEAN | lognormal:MEAN,SIGMA")
+     ("doc-seed", po::value(&v.doc_seed)->default_value("1"), "seed of --doc-dist")
+     ("global", po::value(&p.spec.global_first)->default_value(0), "first N tokens are global")
+     ("global-list", po::value(&v.global_list)->default_value(""), "further global token positions")
+     ("block", po::value(&p.spec.block)->default_value(64), "block size of the block-mask, strided and random parts")
+     ("block-mask", po::value(&v.block_mask)->default_value(""), "file of 0/1 rows: allowed key blocks per query block")
+     ("stride", po::value(&p.spec.stride)->default_value(0), "every s-th key block column (0 = off)")
+     ("random", po::value(&p.spec.random_blocks)->default_value(0), "random key blocks per query block")
+     ("random-seed", po::value(&v.random_seed)->default_value("0"), "seed of the random blocks")
+     ("softcap", po::value(&p.spec.softcap)->default_value(0.0f), "tanh softcap of scores (0 = off)")
+     ("scale", po::value(&p.spec.scale)->default_value(0.0f), "softmax scale (0 = 1/sqrt(head-dim))")
+     ("alibi", po::value(&p.alibi)->default_value(false), "ALiBi slopes 2^(-8(h+1)/heads)");
+    return g.desc();
+}
+
+po::options_description io_options(Io& io, SectionOf& section_of) {
+    OptionGroup g("Inputs and outputs [io]", "io", section_of);
+    g("load", po::value(&io.load_dir)->default_value(""),
+      "directory with q.npy, k.npy, v.npy [S, H, D] float32/float16 (dout.npy optional) instead of synthetic inputs")
+     ("save", po::value(&io.save_dir)->default_value(""),
+      "directory for out.npy [S, H, D] and lse.npy [H, S] (dq/dk/dv.npy with bwd), float32, global token order")
+     ("json", po::value(&io.json_path)->default_value(""), "write the table as JSON to this file")
+     ("csv", po::value(&io.csv_path)->default_value(""), "write the table as CSV to this file")
+     ("allow-nonfinite", po::value(&io.allow_nonfinite)->default_value(false),
+      "let NaN and Inf in loaded inputs through (they propagate to the outputs) and save such outputs");
+    return g.desc();
+}
+
+// Every option, bound to its field of `j` or `v` (which must outlive the parse): `shown` is what --help
+// prints, `all` adds the hidden ones.
+struct Declared {
+    SectionOf section_of;
+    po::options_description shown, all;
+};
+
+void declare_options(Job& j, OptionValues& v, Declared& d) {
     po::options_description general("General");
-    general.add_options()("help,h", "print this help")("config", po::value(&config), "INI file with any of the options below");
+    general.add_options()("help,h", "print this help")
+        ("config", po::value(&v.config), "INI file with any of the options below");
+    d.shown.add(general);
+    d.shown.add(run_options(v, d.section_of));
+    d.shown.add(sweep_options(j.sweep, j.checks, v, d.section_of));
+    d.shown.add(shape_options(j.shape, v, d.section_of));
+    d.shown.add(dist_options(j.exec, v, d.section_of));
+    d.shown.add(pattern_options(j.pattern, v, d.section_of));
+    d.shown.add(io_options(j.io, d.section_of));
     po::options_description hidden("Hidden");
     hidden.add_options()
         ("inject-failure", po::value(&j.faults.inject_failure)->default_value(-1), "this rank throws mid-run")
         ("corrupt", po::value(&j.faults.corrupt)->default_value(false), "perturb one output element before the check");
-    po::options_description shown;
-    shown.add(general).add(run.desc).add(sweep.desc).add(shape.desc).add(dist.desc).add(pat.desc).add(io.desc);
-    po::options_description all;
-    all.add(shown).add(hidden);
+    d.all.add(d.shown).add(hidden);
+}
 
+// The command line, then the config file: Boost keeps the value stored first, so the command line wins.
+// Boost's own errors (a bad value, an unknown option) become "option: ..." messages.
+po::variables_map read_options(int argc, char** argv, const Declared& d) {
     // Boolean options work bare (--causal) and with a value (--causal false, --causal=false).
     std::vector<std::string> bools;
-    for (const auto& o : all.options()) {
+    for (const auto& o : d.all.options()) {
         const auto* typed = dynamic_cast<const po::typed_value<bool>*>(o->semantic().get());
         if (typed) bools.push_back(o->long_name());
     }
@@ -279,171 +344,236 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
 
     po::variables_map vm;
     try {
-        const po::parsed_options parsed = po::command_line_parser(args).options(all).run();
+        const po::parsed_options parsed = po::command_line_parser(args).options(d.all).run();
         const std::vector<std::string> stray = po::collect_unrecognized(parsed.options, po::include_positional);
         require(stray.empty(), "option", "unexpected argument '", stray.empty() ? "" : visible(stray.front()),
                 "'; every value belongs to an option (--name value)");
         po::store(parsed, vm);
-        if (vm.count("config")) store_config(vm["config"].as<std::string>(), all, section_of, vm);
+        if (vm.count("config")) store_config(vm["config"].as<std::string>(), d.all, d.section_of, vm);
         po::notify(vm);
     } catch (const po::error& e) {
         throw Error("option: " + visible(e.what()));
     }
-    if (vm.count("help")) {
-        std::ostringstream os;
-        os << "usage: longattn-bench [options]   (under mpirun for the distributed strategies)\n"
-           << "In a --config INI file a key sits in its [section] or at the top: [pattern] causal = true\n"
-           << shown << '\n';
-        help_text = os.str();
-        return j;
-    }
-    for (int i = 0; i < argc; ++i) j.command_line += (i ? " " : "") + std::string(argv[i]);
-    auto given = [&](const char* name) { return vm.count(name) && !vm[name].defaulted(); };
+    return vm;
+}
 
-    // Seeds are read as signed integers: a negative one is an error, not a wrapped 2^64 - 1.
-    for (const auto& [text, key, out] : {std::tuple{&seed, "seed", &j.shape.seed}, std::tuple{&doc_seed, "doc-seed", &j.pattern.docs.seed},
-                                         std::tuple{&random_seed, "random-seed", &j.pattern.spec.random_seed}}) {
-        const std::int64_t v = parse_int(*text, key, "a seed in [0, 2^63)");
-        require(v >= 0, key, "must be in [0, 2^63), got ", v);
-        *out = static_cast<std::uint64_t>(v);
+// What --help prints.
+std::string usage(const po::options_description& shown) {
+    std::ostringstream os;
+    os << "usage: longattn-bench [options]   (under mpirun for the distributed strategies)\n"
+       << "In a --config INI file a key sits in its [section] or at the top: [pattern] causal = true\n"
+       << shown << '\n';
+    return os.str();
+}
+
+// Seeds are read as signed integers: a negative one is an error, not a wrapped 2^64 - 1.
+void read_seeds(const OptionValues& v, Job& j) {
+    for (const auto& [text, key, out] : {std::tuple{&v.seed, "seed", &j.shape.seed},
+                                         std::tuple{&v.doc_seed, "doc-seed", &j.pattern.docs.seed},
+                                         std::tuple{&v.random_seed, "random-seed", &j.pattern.spec.random_seed}}) {
+        const std::int64_t n = parse_int(*text, key, "a seed in [0, 2^63)");
+        require(n >= 0, key, "must be in [0, 2^63), got ", n);
+        *out = static_cast<std::uint64_t>(n);
     }
-    if (mode == "fwd") j.sweep.mode = Mode::fwd;
-    else if (mode == "bwd") j.sweep.mode = Mode::bwd;
-    else if (mode == "fwd+bwd") j.sweep.mode = Mode::fwd_bwd;
-    else require(false, "mode", "must be fwd, bwd or fwd+bwd, got '", mode, "'");
-    if (dtype == "fp32") j.shape.dtype = DType::f32;
-    else if (dtype == "bf16") j.shape.dtype = DType::bf16;
-    else if (dtype == "fp16") j.shape.dtype = DType::f16;
-    else require(false, "dtype", "must be fp32, bf16 or fp16, got '", dtype, "'");
-    require(device == "cpu" || device == "cuda", "device", "must be cpu or cuda, got '", device, "'");
-    j.exec.device = device == "cuda" ? Device::cuda : Device::cpu;
+}
+
+// The options that name one of a few choices, and what a choice rules out: the CUDA kernels store
+// bf16 or fp16 and have no unfused baseline, NCCL needs ranks and device tensors.
+void read_choices(const OptionValues& v, Job& j) {
+    if (v.mode == "fwd") j.sweep.mode = Mode::fwd;
+    else if (v.mode == "bwd") j.sweep.mode = Mode::bwd;
+    else if (v.mode == "fwd+bwd") j.sweep.mode = Mode::fwd_bwd;
+    else require(false, "mode", "must be fwd, bwd or fwd+bwd, got '", v.mode, "'");
+    if (v.dtype == "fp32") j.shape.dtype = DType::f32;
+    else if (v.dtype == "bf16") j.shape.dtype = DType::bf16;
+    else if (v.dtype == "fp16") j.shape.dtype = DType::f16;
+    else require(false, "dtype", "must be fp32, bf16 or fp16, got '", v.dtype, "'");
+    require(v.device == "cpu" || v.device == "cuda", "device", "must be cpu or cuda, got '", v.device, "'");
+    j.exec.device = v.device == "cuda" ? Device::cuda : Device::cpu;
     if (j.exec.device == Device::cuda) {
         require(cuda_built(), "device", "this build has no CUDA kernels (configure with -DLONGATTN_WITH_CUDA=ON)");
         require(j.shape.dtype != DType::f32, "dtype", "the CUDA kernels store bf16 or fp16; choose -d bf16 or -d fp16");
         require(!j.checks.baseline, "baseline", "the unfused baseline runs on the CPU only");
         j.checks.peak = false;  // the FMA peak is the CPU's
     }
-    require(comm_name == "mpi" || comm_name == "nccl", "comm", "must be mpi or nccl, got '", comm_name, "'");
-    j.exec.nccl = comm_name == "nccl";
-    require(scaling == "strong" || scaling == "weak", "scaling", "must be strong or weak, got '", scaling, "'");
-    j.sweep.weak = scaling == "weak";
-
-    j.exec.distributed = strategy != "kernel";
-    if (j.exec.distributed) j.exec.dist.strategy = parse_strategy(strategy);
+    require(v.comm == "mpi" || v.comm == "nccl", "comm", "must be mpi or nccl, got '", v.comm, "'");
+    j.exec.nccl = v.comm == "nccl";
+    require(v.scaling == "strong" || v.scaling == "weak", "scaling", "must be strong or weak, got '", v.scaling, "'");
+    j.sweep.weak = v.scaling == "weak";
+    j.exec.distributed = v.strategy != "kernel";
+    if (j.exec.distributed) j.exec.dist.strategy = parse_strategy(v.strategy);
     require(!j.exec.nccl || (j.exec.distributed && j.exec.device == Device::cuda), "comm",
             "nccl needs a distributed strategy and --device cuda");
-    j.exec.layout = parse_layout(layout);
-    require(j.exec.dist.ulysses_degree >= 1, "ulysses-degree", "must be >= 1, got ", j.exec.dist.ulysses_degree);
-    require(j.exec.dist.kv_head_chunk >= 0, "kv-head-chunk", "must be >= 0 (0 = all), got ", j.exec.dist.kv_head_chunk);
-    require(j.exec.dist.progress_chunks >= 1, "progress-chunks", "must be >= 1, got ", j.exec.dist.progress_chunks);
-    for (std::int64_t t : parse_list(threads, "threads", true)) {
+    j.exec.layout = parse_layout(v.layout);
+}
+
+// The counts' ranges, and the thread counts: a list to sweep in kernel mode, one value per rank otherwise.
+void read_counts(const OptionValues& v, Job& j) {
+    DistOptions& dist = j.exec.dist;
+    require(dist.ulysses_degree >= 1, "ulysses-degree", "must be >= 1, got ", dist.ulysses_degree);
+    require(dist.kv_head_chunk >= 0, "kv-head-chunk", "must be >= 0 (0 = all), got ", dist.kv_head_chunk);
+    require(dist.progress_chunks >= 1, "progress-chunks", "must be >= 1, got ", dist.progress_chunks);
+    for (std::int64_t t : parse_list(v.threads, "threads", true)) {
         require(t <= 4096, "threads", "must be <= 4096, got ", t);
         j.sweep.threads.push_back(static_cast<int>(t));
     }
-    require(!j.exec.distributed || j.sweep.threads.size() == 1, "threads", "takes one value per rank in distributed runs, got ",
-            j.sweep.threads.size());
-    j.exec.dist.threads = j.sweep.threads.front();
+    require(!j.exec.distributed || j.sweep.threads.size() == 1, "threads",
+            "takes one value per rank in distributed runs, got ", j.sweep.threads.size());
+    dist.threads = j.sweep.threads.front();
     require(j.sweep.iters >= 1, "iters", "must be >= 1, got ", j.sweep.iters);
     require(j.sweep.warmup >= 0, "warmup", "must be >= 0, got ", j.sweep.warmup);
     require(j.checks.rows >= 1, "check-rows", "must be >= 1, got ", j.checks.rows);
     require(j.shape.batch >= 1, "batch", "must be >= 1, got ", j.shape.batch);
+}
 
-    // Inputs from files fix the shape and the length.
-    if (!j.io.load_dir.empty()) {
-        require(j.shape.batch == 1, "batch", "must be 1 with --load (the files hold one sequence [S, H, D]), got ", j.shape.batch);
-        require(!given("minlen") && !given("maxlen") && !j.sweep.weak, "load", "the sequence length comes from the files; drop -b/-e/--scaling");
-        for (const char* f : {"/q.npy", "/k.npy", "/v.npy"}) require_input_file(j.io.load_dir + f, "load");
-        const NpyHeader q = npy_read_header(j.io.load_dir + "/q.npy", "load");
-        const NpyHeader k = npy_read_header(j.io.load_dir + "/k.npy", "load");
-        const NpyHeader v = npy_read_header(j.io.load_dir + "/v.npy", "load");
-        const auto dims = [](const NpyHeader& h) {
-            std::string t = "[";
-            for (std::size_t i = 0; i < h.shape.size(); ++i) t += (i ? ", " : "") + std::to_string(h.shape[i]);
-            return t + "]";
-        };
-        require(q.shape.size() == 3 && k.shape.size() == 3 && v.shape.size() == 3, "load",
-                "q.npy, k.npy, v.npy must be 3-d [S, H, D]; got q ", dims(q), ", k ", dims(k), ", v ", dims(v));
-        require(v.shape == k.shape, "load", "v.npy must have k.npy's shape; got k ", dims(k), ", v ", dims(v));
-        require(q.shape[0] == k.shape[0] && q.shape[2] == k.shape[2], "load",
-                "q.npy and k.npy must share S and D; got q [", q.shape[0], ", ", q.shape[1], ", ", q.shape[2], "], k [",
-                k.shape[0], ", ", k.shape[1], ", ", k.shape[2], "]");
-        require(q.shape[0] > 0, "load", "the files hold an empty sequence");
-        require(!given("heads") || j.shape.heads == q.shape[1], "heads", "is ", j.shape.heads, " but q.npy has ", q.shape[1]);
-        require(!given("kv-heads") || j.shape.kv_heads == k.shape[1], "kv-heads", "is ", j.shape.kv_heads, " but k.npy has ", k.shape[1]);
-        require(!given("head-dim") || j.shape.head_dim == q.shape[2], "head-dim", "is ", j.shape.head_dim, " but q.npy has ", q.shape[2]);
-        j.shape.heads = q.shape[1];
-        j.shape.kv_heads = k.shape[1];
-        j.shape.head_dim = q.shape[2];
-        j.sweep.lengths = {q.shape[0]};
-        if (::access((j.io.load_dir + "/dout.npy").c_str(), F_OK) == 0) {
-            require_input_file(j.io.load_dir + "/dout.npy", "load");
-            const NpyHeader d = npy_read_header(j.io.load_dir + "/dout.npy", "load");
-            require(d.shape == q.shape, "load", "dout.npy must have q.npy's shape");
-        }
-    } else {
-        const std::int64_t lo = parse_size(minlen, "minlen");
-        const std::int64_t hi = maxlen.empty() ? lo : parse_size(maxlen, "maxlen");
-        require(hi >= lo, "maxlen", "must be >= minlen (", lo, "), got ", hi);
-        require(std::isfinite(factor) && (factor > 1.0 || lo == hi), "factor", "must be a number > 1 for a sweep, got ", factor);
-        // Each length is the previous one times the factor, rounded down; a factor that leaves a length
-        // unchanged (or a sweep of more than 64 lengths) is refused rather than run forever.
-        for (std::int64_t L = lo; L <= hi;) {
-            j.sweep.lengths.push_back(L);
-            if (lo == hi) break;
-            const double next = std::floor(static_cast<double>(L) * factor);
-            if (next > static_cast<double>(hi)) break;
-            require(static_cast<std::int64_t>(next) > L, "factor", show_number(factor), " does not grow the length ", L,
-                    "; use a larger factor (the next length must be at least ", L + 1, ")");
-            require(j.sweep.lengths.size() < 64, "factor", show_number(factor), " makes a sweep of more than 64 lengths from ", lo, " to ", hi);
-            L = static_cast<std::int64_t>(next);
-        }
+// --load: the files fix the shape and the one sequence length; a shape given as well must agree.
+void read_loaded_shape(const OptionValues& v, Job& j) {
+    const std::string& dir = j.io.load_dir;
+    Shape& s = j.shape;
+    require(s.batch == 1, "batch", "must be 1 with --load (the files hold one sequence [S, H, D]), got ", s.batch);
+    require(!v.is_given("minlen") && !v.is_given("maxlen") && !j.sweep.weak, "load",
+            "the sequence length comes from the files; drop -b/-e/--scaling");
+    for (const char* f : {"/q.npy", "/k.npy", "/v.npy"}) require_input_file(dir + f, "load");
+    const NpyHeader q = npy_read_header(dir + "/q.npy", "load");
+    const NpyHeader k = npy_read_header(dir + "/k.npy", "load");
+    const NpyHeader vh = npy_read_header(dir + "/v.npy", "load");
+    const auto dims = [](const NpyHeader& h) {
+        std::string t = "[";
+        for (std::size_t i = 0; i < h.shape.size(); ++i) t += (i ? ", " : "") + std::to_string(h.shape[i]);
+        return t + "]";
+    };
+    require(q.shape.size() == 3 && k.shape.size() == 3 && vh.shape.size() == 3, "load",
+            "q.npy, k.npy, v.npy must be 3-d [S, H, D]; got q ", dims(q), ", k ", dims(k), ", v ", dims(vh));
+    require(vh.shape == k.shape, "load", "v.npy must have k.npy's shape; got k ", dims(k), ", v ", dims(vh));
+    require(q.shape[0] == k.shape[0] && q.shape[2] == k.shape[2], "load",
+            "q.npy and k.npy must share S and D; got q [", q.shape[0], ", ", q.shape[1], ", ", q.shape[2], "], k [",
+            k.shape[0], ", ", k.shape[1], ", ", k.shape[2], "]");
+    require(q.shape[0] > 0, "load", "the files hold an empty sequence");
+    require(!v.is_given("heads") || s.heads == q.shape[1], "heads", "is ", s.heads, " but q.npy has ", q.shape[1]);
+    require(!v.is_given("kv-heads") || s.kv_heads == k.shape[1], "kv-heads", "is ", s.kv_heads, " but k.npy has ",
+            k.shape[1]);
+    require(!v.is_given("head-dim") || s.head_dim == q.shape[2], "head-dim", "is ", s.head_dim, " but q.npy has ",
+            q.shape[2]);
+    s.heads = q.shape[1];
+    s.kv_heads = k.shape[1];
+    s.head_dim = q.shape[2];
+    j.sweep.lengths = {q.shape[0]};
+    if (::access((dir + "/dout.npy").c_str(), F_OK) == 0) {
+        require_input_file(dir + "/dout.npy", "load");
+        const NpyHeader d = npy_read_header(dir + "/dout.npy", "load");
+        require(d.shape == q.shape, "load", "dout.npy must have q.npy's shape");
     }
-    require(j.shape.heads >= 1, "heads", "must be >= 1, got ", j.shape.heads);
-    if (j.shape.kv_heads == 0) j.shape.kv_heads = j.shape.heads;
-    require(j.shape.kv_heads >= 1 && j.shape.heads % j.shape.kv_heads == 0, "kv-heads", "must divide heads (", j.shape.heads, "), got ",
-            j.shape.kv_heads);
-    require(j.shape.head_dim >= 1 && j.shape.head_dim <= 256, "head-dim", "must be in [1, 256], got ", j.shape.head_dim);
+}
 
-    for (std::int64_t L : j.sweep.lengths) require_tensors_fit(j.shape, L, j.io.load_dir.empty() ? "minlen" : "load");
-
-    if (!window.empty()) {
-        const auto comma = window.find(',');
-        const std::string form = "LEFT,RIGHT integers (-1 = unbounded)";
-        require(comma != std::string::npos && window.find(',', comma + 1) == std::string::npos, "window", "expected ",
-                form, ", got '", visible(window), "'");
-        j.pattern.spec.window = Window{parse_int(window.substr(0, comma), "window", form),
-                                  parse_int(window.substr(comma + 1), "window", form)};
+// The sweep's lengths from -b, -e and -f. Each length is the previous one times the factor, rounded
+// down; a factor that leaves a length unchanged (or a sweep of more than 64 lengths) is refused rather
+// than run forever.
+void sweep_lengths(const OptionValues& v, Sweep& s) {
+    const std::int64_t lo = parse_size(v.minlen, "minlen");
+    const std::int64_t hi = v.maxlen.empty() ? lo : parse_size(v.maxlen, "maxlen");
+    const double factor = v.factor;
+    require(hi >= lo, "maxlen", "must be >= minlen (", lo, "), got ", hi);
+    require(std::isfinite(factor) && (factor > 1.0 || lo == hi), "factor", "must be a number > 1 for a sweep, got ",
+            factor);
+    for (std::int64_t L = lo; L <= hi;) {
+        s.lengths.push_back(L);
+        if (lo == hi) break;
+        const double next = std::floor(static_cast<double>(L) * factor);
+        if (next > static_cast<double>(hi)) break;
+        require(static_cast<std::int64_t>(next) > L, "factor", show_number(factor), " does not grow the length ", L,
+                "; use a larger factor (the next length must be at least ", L + 1, ")");
+        require(s.lengths.size() < 64, "factor", show_number(factor), " makes a sweep of more than 64 lengths from ",
+                lo, " to ", hi);
+        L = static_cast<std::int64_t>(next);
     }
-    // Documents: one way at a time.
-    const int doc_ways = (j.pattern.docs.count != 0) + !doc_lens.empty() + !doc_lens_file.empty() + !doc_dist.empty();
+}
+
+// Heads (kv-heads 0: as many as heads) and head size, and every length's tensors within 64 bits.
+void check_shape(Job& j) {
+    Shape& s = j.shape;
+    require(s.heads >= 1, "heads", "must be >= 1, got ", s.heads);
+    if (s.kv_heads == 0) s.kv_heads = s.heads;
+    require(s.kv_heads >= 1 && s.heads % s.kv_heads == 0, "kv-heads", "must divide heads (", s.heads, "), got ",
+            s.kv_heads);
+    require(s.head_dim >= 1 && s.head_dim <= 256, "head-dim", "must be in [1, 256], got ", s.head_dim);
+    for (std::int64_t L : j.sweep.lengths) require_tensors_fit(s, L, j.io.load_dir.empty() ? "minlen" : "load");
+}
+
+// --window LEFT,RIGHT
+void read_window(const std::string& window, PatternSpec& p) {
+    const auto comma = window.find(',');
+    const std::string form = "LEFT,RIGHT integers (-1 = unbounded)";
+    require(comma != std::string::npos && window.find(',', comma + 1) == std::string::npos, "window", "expected ", form,
+            ", got '", visible(window), "'");
+    p.window = Window{parse_int(window.substr(0, comma), "window", form),
+                      parse_int(window.substr(comma + 1), "window", form)};
+}
+
+// Documents: one way at a time; --doc-seed is kept whichever way is given.
+void read_documents(const OptionValues& v, DocSpec& docs) {
+    const int doc_ways = (docs.count != 0) + !v.doc_lens.empty() + !v.doc_lens_file.empty() + !v.doc_dist.empty();
     require(doc_ways <= 1, "docs", "give one of docs, doc-lens, doc-lens-file or doc-dist, not ", doc_ways);
-    require(j.pattern.docs.count >= 0, "docs", "must be >= 0, got ", j.pattern.docs.count);
-    if (j.pattern.docs.count > 0) j.pattern.docs.kind = DocSpec::Kind::equal;
-    if (!doc_lens.empty() || !doc_lens_file.empty()) {
-        const std::uint64_t seed = j.pattern.docs.seed;
-        j.pattern.docs = DocSpec{};
-        j.pattern.docs.seed = seed;
-        j.pattern.docs.kind = DocSpec::Kind::lens;
-        j.pattern.docs.lens = doc_lens.empty() ? read_lens_file(doc_lens_file) : parse_list(doc_lens, "doc-lens");
+    require(docs.count >= 0, "docs", "must be >= 0, got ", docs.count);
+    if (docs.count > 0) docs.kind = DocSpec::Kind::equal;
+    if (!v.doc_lens.empty() || !v.doc_lens_file.empty()) {
+        const std::uint64_t seed = docs.seed;
+        docs = DocSpec{};
+        docs.seed = seed;
+        docs.kind = DocSpec::Kind::lens;
+        docs.lens = v.doc_lens.empty() ? read_lens_file(v.doc_lens_file) : parse_list(v.doc_lens, "doc-lens");
     }
-    if (!doc_dist.empty()) {
-        const std::uint64_t seed = j.pattern.docs.seed;
-        j.pattern.docs = parse_doc_dist(doc_dist);
-        j.pattern.docs.seed = seed;
+    if (!v.doc_dist.empty()) {
+        const std::uint64_t seed = docs.seed;
+        docs = parse_doc_dist(v.doc_dist);
+        docs.seed = seed;
     }
-    if (!global_list.empty())
-        for (std::int64_t g : parse_list(global_list, "global-list", true)) j.pattern.spec.global_list.push_back(g);
-    if (!block_mask.empty()) read_block_mask(block_mask, j.pattern.spec);
+}
 
-    // Outputs: checked now so that a bad path fails before any work, and nothing is half-written.
-    if (!j.io.save_dir.empty()) require_output_dir(j.io.save_dir, "save");
-    require(j.io.save_dir.empty() || j.shape.batch == 1, "save", "needs batch 1 (the files hold one sequence [S, H, D])");
-    require(j.io.save_dir.empty() || j.sweep.lengths.size() == 1, "save", "needs one sequence length, not a sweep of ",
+// The pattern's parts given as text: the window, the documents, further global positions, the block mask.
+void read_pattern(const OptionValues& v, AttentionPattern& p) {
+    if (!v.window.empty()) read_window(v.window, p.spec);
+    read_documents(v, p.docs);
+    if (!v.global_list.empty())
+        for (std::int64_t g : parse_list(v.global_list, "global-list", true)) p.spec.global_list.push_back(g);
+    if (!v.block_mask.empty()) read_block_mask(v.block_mask, p.spec);
+}
+
+// Outputs: checked now so that a bad path fails before any work, and nothing is half-written.
+void check_outputs(const Job& j) {
+    const Io& io = j.io;
+    if (!io.save_dir.empty()) require_output_dir(io.save_dir, "save");
+    require(io.save_dir.empty() || j.shape.batch == 1, "save", "needs batch 1 (the files hold one sequence [S, H, D])");
+    require(io.save_dir.empty() || j.sweep.lengths.size() == 1, "save", "needs one sequence length, not a sweep of ",
             j.sweep.lengths.size());
-    require(j.io.save_dir.empty() || j.sweep.threads.size() == 1, "save", "needs one thread count, not a sweep");
-    for (const auto& [path, name] : {std::pair{j.io.json_path, "json"}, std::pair{j.io.csv_path, "csv"}})
+    require(io.save_dir.empty() || j.sweep.threads.size() == 1, "save", "needs one thread count, not a sweep");
+    for (const auto& [path, name] : {std::pair{io.json_path, "json"}, std::pair{io.csv_path, "csv"}})
         if (!path.empty()) require_output_file(path, name);
+}
 
+}  // namespace
+
+Job parse_job(int argc, char** argv, std::string& help_text) {
+    Job j;
+    OptionValues v;
+    Declared d;
+    declare_options(j, v, d);
+    const po::variables_map vm = read_options(argc, argv, d);
+    if (vm.count("help")) {
+        help_text = usage(d.shown);
+        return j;
+    }
+    for (int i = 0; i < argc; ++i) j.command_line.append(i ? " " : "").append(argv[i]);
+    for (const auto& [name, value] : vm)
+        if (!value.defaulted()) v.given.insert(name);
+    // The checks run in this order whatever the input: of several mistakes, the same one is reported.
+    read_seeds(v, j);
+    read_choices(v, j);
+    read_counts(v, j);
+    if (!j.io.load_dir.empty()) read_loaded_shape(v, j);
+    else sweep_lengths(v, j.sweep);
+    check_shape(j);
+    read_pattern(v, j.pattern);
+    check_outputs(j);
     PatternSpec probe = spec_for_length(j, j.sweep.lengths.back());  // validate the pattern before any work starts
     Pattern{probe};
     return j;
@@ -463,8 +593,8 @@ void validate_for_ranks(const Job& job, int ranks) {
     const std::int64_t n = total_tokens(job, job.sweep.lengths.back(), ranks);
     // What is fixed in tokens must fit the shortest sequence of the sweep: nothing is clamped silently.
     const std::int64_t shortest = total_tokens(job, job.sweep.lengths.front(), ranks);
-    require(docs.kind != DocSpec::Kind::equal || docs.count <= shortest, "docs", docs.count, " documents do not fit in ",
-            shortest, " tokens (at most one per token)");
+    require(docs.kind != DocSpec::Kind::equal || docs.count <= shortest, "docs", docs.count,
+            " documents do not fit in ", shortest, " tokens (at most one per token)");
     if (docs.kind == DocSpec::Kind::lens)
         for (std::int64_t len : docs.lens)
             require(len <= shortest, "doc-lens", "a document of ", len,
@@ -491,17 +621,18 @@ void validate_for_ranks(const Job& job, int ranks) {
         require(ranks % dist.ulysses_degree == 0, "ulysses-degree", "must divide the number of ranks (", ranks,
                 "), got ", dist.ulysses_degree);
     if (job.exec.distributed && dist.strategy == StrategyKind::allgather)
-        require(dist.kv_head_chunk <= job.shape.kv_heads, "kv-head-chunk", "must be in [0, kv-heads = ", job.shape.kv_heads,
-                "], got ", dist.kv_head_chunk);
+        require(dist.kv_head_chunk <= job.shape.kv_heads, "kv-head-chunk", "must be in [0, kv-heads = ",
+                job.shape.kv_heads, "], got ", dist.kv_head_chunk);
 }
 
 PatternSpec spec_for_length(const Job& job, std::int64_t n) {
     PatternSpec s = job.pattern.spec;
     s.seq_len = n;
     s.doc_bounds = doc_bounds(job.pattern.docs, n);
+    const auto heads = static_cast<float>(job.shape.heads);
     if (job.pattern.alibi)
         for (std::int64_t h = 0; h < job.shape.heads; ++h)
-            s.alibi_slopes.push_back(std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(job.shape.heads)));
+            s.alibi_slopes.push_back(std::exp2(-8.0f * static_cast<float>(h + 1) / heads));
     return s;
 }
 
