@@ -26,8 +26,7 @@ struct DocSpec {
 // cu_seqlens for a sequence of n tokens: 0 = b0 < b1 < ... = n; empty when kind is none.
 std::vector<std::int64_t> doc_bounds(const DocSpec& d, std::int64_t n);
 
-// The job comes in sections, one per concern (struct Job below holds one of each), so that a function
-// takes or reads only what it is about.
+// The job comes in sections, one per concern; struct Job below holds one of each.
 
 // What is timed: the direction, the sweep of sequence lengths and thread counts, how many runs.
 struct Sweep {
@@ -65,7 +64,7 @@ struct Execution {
 // What each run is compared with: the fp64 reference on sampled rows and, in kernel mode, the unfused
 // baseline and the CPU's FMA peak.
 struct Checks {
-    bool enabled = true;
+    bool enabled = true;                 // -c: check sampled rows against an fp64 reference
     int rows = 16;                       // sampled query rows (and key rows) per rank for -c
     bool baseline = false;               // kernel mode: also time the unfused GEMM-softmax-GEMM baseline
     bool peak = true;                    // kernel mode: measure this CPU's FMA peak first
