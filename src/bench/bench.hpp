@@ -26,38 +26,74 @@ struct DocSpec {
 // cu_seqlens for a sequence of n tokens: 0 = b0 < b1 < ... = n; empty when kind is none.
 std::vector<std::int64_t> doc_bounds(const DocSpec& d, std::int64_t n);
 
-struct Job {
+// The job comes in sections, one per concern; struct Job below holds one of each.
+
+// What is timed: the direction, the sweep of sequence lengths and thread counts, how many runs.
+struct Sweep {
     Mode mode = Mode::fwd;
     std::vector<std::int64_t> lengths;   // sequence lengths of the sweep (per rank when weak)
     bool weak = false;                   // weak scaling: lengths are tokens per rank
     std::vector<int> threads;            // thread counts of the sweep (0 = all)
+    int iters = 5, warmup = 1;
+};
+
+// The tensors: their shape, storage type and the seed of the synthetic inputs.
+struct Shape {
     std::int64_t batch = 1, heads = 4, kv_heads = 0, head_dim = 128;
     DType dtype = DType::f32;
-    int iters = 5, warmup = 1;
-    bool check = true;
-    int check_rows = 16;                 // sampled query rows (and key rows) per rank for -c
-    bool baseline = false;               // kernel mode: also time the unfused GEMM-softmax-GEMM baseline
-    bool peak = true;                    // kernel mode: measure this CPU's FMA peak first
     std::uint64_t seed = 1;
-    PatternSpec pattern;                 // documents and seq_len are filled in per length
+};
+
+// Which pairs attend and how scores are biased; spec_for_length makes the PatternSpec of one length.
+struct AttentionPattern {
+    PatternSpec spec;                    // documents and seq_len are filled in per length
     bool alibi = false;                  // ALiBi slopes 2^(-8 (h+1) / heads)
     DocSpec docs;
-    // Distributed runs (strategy other than "kernel").
-    bool distributed = false;
+};
+
+// Where the kernels run: in one process or over the ranks of mpirun, on which device, over which link.
+struct Execution {
+    bool distributed = false;            // a strategy other than "kernel"
     DistOptions dist;
     LayoutKind layout = LayoutKind::zigzag;
     bool per_rank = false;               // print every rank's kernel, wait, bytes and memory
     Device device = Device::cpu;         // where the tensors live and the kernels run
     bool nccl = false;                   // the NCCL communicator instead of MPI (device cuda)
-    // Inputs and outputs.
+};
+
+// What each run is compared with: the fp64 reference on sampled rows and, in kernel mode, the unfused
+// baseline and the CPU's FMA peak.
+struct Checks {
+    bool enabled = true;                 // -c: check sampled rows against an fp64 reference
+    int rows = 16;                       // sampled query rows (and key rows) per rank for -c
+    bool baseline = false;               // kernel mode: also time the unfused GEMM-softmax-GEMM baseline
+    bool peak = true;                    // kernel mode: measure this CPU's FMA peak first
+};
+
+// Inputs and outputs.
+struct Io {
     std::string load_dir;                // q.npy, k.npy, v.npy [S, H, D] (and dout.npy) instead of synthetic inputs
     std::string save_dir;                // out.npy [S, H, D], lse.npy [H, S] (and dq/dk/dv.npy) in global order
     std::string json_path, csv_path;     // the table for scripts
     bool allow_nonfinite = false;        // let NaN/Inf in loaded inputs through (they propagate), and save them
-    std::string command_line;            // as given, for the reports
-    // Fault injection for the tests.
+};
+
+// Fault injection for the tests.
+struct Faults {
     int inject_failure = -1;             // this rank throws mid-run (the abort path)
     bool corrupt = false;                // perturb one output element before the check (the check must fail)
+};
+
+// What parse_job makes of the command line and the config file, for the runners.
+struct Job {
+    Sweep sweep;
+    Shape shape;
+    AttentionPattern pattern;
+    Execution exec;
+    Checks checks;
+    Io io;
+    Faults faults;
+    std::string command_line;            // as given, for the reports
 };
 
 // Parses argv (and --config); throws Error naming the option for bad input. help_text is filled when
@@ -67,7 +103,7 @@ Job parse_job(int argc, char** argv, std::string& help_text);
 void validate_for_ranks(const Job& job, int ranks);
 
 // Sequence length of sweep entry L on `ranks` ranks.
-inline std::int64_t total_tokens(const Job& job, std::int64_t L, int ranks) { return job.weak ? L * ranks : L; }
+inline std::int64_t total_tokens(const Job& job, std::int64_t L, int ranks) { return job.sweep.weak ? L * ranks : L; }
 // The job's pattern for a sequence of n tokens (documents laid out, random part sized, ALiBi slopes).
 PatternSpec spec_for_length(const Job& job, std::int64_t n);
 

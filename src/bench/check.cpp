@@ -96,11 +96,11 @@ std::int64_t count_nonfinite(const RankRows& r, std::int64_t B, std::int64_t H) 
 
 CheckResult check_rows(const Job& job, const Inputs& in, const Pattern& pat, std::int64_t N, const RankRows& r,
                        int threads) {
-    const std::int64_t B = job.batch, H = job.heads, Hkv = job.kv_heads, D = job.head_dim;
+    const std::int64_t B = job.shape.batch, H = job.shape.heads, Hkv = job.shape.kv_heads, D = job.shape.head_dim;
     const Reference ref{job, in, pat, N, D, H / Hkv, pat.softmax_scale(D), pat.spec().softcap};
     const bool grads = r.dq.data != nullptr;
-    const double tol = check_tolerance(job.dtype);
-    const std::vector<std::int64_t> rows = sampled_rows(r.S, job.check_rows);
+    const double tol = check_tolerance(job.shape.dtype);
+    const std::vector<std::int64_t> rows = sampled_rows(r.S, job.checks.rows);
     const auto nrows = static_cast<std::int64_t>(rows.size());
     CheckResult res;
     res.wrong = count_nonfinite(r, B, H);  // anywhere in the outputs, sampled or not

@@ -37,8 +37,8 @@ struct Shard {
     TensorView qv, kv, vv, ov, dov, dqv, dkv, dvv;
 
     Shard(const Job& job, const Inputs& in, std::vector<std::int64_t> p, bool grads)
-        : B(job.batch), S(static_cast<std::int64_t>(p.size())), H(job.heads), Hkv(job.kv_heads), D(job.head_dim),
-          dtype(job.dtype), pos(std::move(p)) {
+        : B(job.shape.batch), S(static_cast<std::int64_t>(p.size())), H(job.shape.heads), Hkv(job.shape.kv_heads),
+          D(job.shape.head_dim), dtype(job.shape.dtype), pos(std::move(p)) {
         const std::size_t es = dtype_size(dtype);
         auto make = [&](std::vector<unsigned char>& buf, std::int64_t heads) {
             buf.assign(static_cast<std::size_t>(B * S * heads * D) * es, 0);
@@ -83,8 +83,8 @@ struct Shard {
     void bind(const Job& job, const Pattern& pat, DistForwardArgs& fa, DistBackwardArgs& ba) {
         const bool grads = !dq.empty();
         auto use = [&](const TensorView& host) {
-            if (job.device == Device::cpu) return host;
-            mirrors.emplace_back(job.device, host);
+            if (job.exec.device == Device::cpu) return host;
+            mirrors.emplace_back(job.exec.device, host);
             return mirrors.back().view();
         };
         mirrors.reserve(10);
@@ -131,13 +131,16 @@ std::vector<float> gather_rows(comm::Communicator& comm, const Layout& layout, c
 }
 
 std::string describe(const Job& job, int P) {
+    const Sweep& w = job.sweep;
+    const Shape& s = job.shape;
+    const Execution& x = job.exec;
     std::ostringstream os;
-    os << "longattn-bench distributed ranks=" << P << " strategy=" << strategy_name(job.dist.strategy)
-       << (job.dist.strategy == StrategyKind::hybrid ? " ulysses_degree=" + std::to_string(job.dist.ulysses_degree) : "")
-       << " layout=" << layout_name(job.layout) << " mode=" << mode_name(job.mode) << " dtype=" << dtype_name(job.dtype)
-       << " batch=" << job.batch << " heads=" << job.heads << " kv_heads=" << job.kv_heads << " head_dim=" << job.head_dim
-       << " threads/rank=" << job.dist.threads << " scaling=" << (job.weak ? "weak" : "strong")
-       << " device=" << (job.device == Device::cuda ? "cuda" : "cpu") << " comm=" << (job.nccl ? "nccl" : "mpi");
+    os << "longattn-bench distributed ranks=" << P << " strategy=" << strategy_name(x.dist.strategy)
+       << (x.dist.strategy == StrategyKind::hybrid ? " ulysses_degree=" + std::to_string(x.dist.ulysses_degree) : "")
+       << " layout=" << layout_name(x.layout) << " mode=" << mode_name(w.mode) << " dtype=" << dtype_name(s.dtype)
+       << " batch=" << s.batch << " heads=" << s.heads << " kv_heads=" << s.kv_heads << " head_dim=" << s.head_dim
+       << " threads/rank=" << x.dist.threads << " scaling=" << (w.weak ? "weak" : "strong")
+       << " device=" << (x.device == Device::cuda ? "cuda" : "cpu") << " comm=" << (x.nccl ? "nccl" : "mpi");
     return os.str();
 }
 
@@ -145,14 +148,16 @@ std::string describe(const Job& job, int P) {
 
 int run_dist_bench(const Job& job, comm::Communicator& comm) {
     const int P = comm.size(), me = comm.rank();
-    const bool grads = job.mode != Mode::fwd;
+    const bool grads = job.sweep.mode != Mode::fwd;
     const Inputs in(job);
     const double rss0 = peak_rss_mb();
     Report rep(job, me == 0);
     rep.note(describe(job, P));
-    rep.note("pattern " + Pattern(spec_for_length(job, total_tokens(job, job.lengths.back(), P))).describe() +
-             ", documents " + job.docs.describe() + ", inputs " + (in.loaded() ? job.load_dir : "synthetic"));
-    rep.note("time: median of " + std::to_string(job.iters) + " iterations (after " + std::to_string(job.warmup) +
+    rep.note("pattern " + Pattern(spec_for_length(job, total_tokens(job, job.sweep.lengths.back(), P))).describe() +
+             ", documents " + job.pattern.docs.describe() + ", inputs " +
+             (in.loaded() ? job.io.load_dir : "synthetic"));
+    rep.note("time: median of " + std::to_string(job.sweep.iters) + " iterations (after " +
+             std::to_string(job.sweep.warmup) +
              " warmup) of the slowest rank; TFLOP/s from the exact allowed-pair count (bwd = 2.5x fwd)");
     rep.note("MB_sent: bytes sent per rank (max); comm%: time blocked on transfers / wall (max); peak_MB: peak RSS "
              "growth per rank (max); mem_x: peak_MB / (Q,K,V,O shards + two K/V buffers" +
@@ -161,10 +166,10 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
                  {"MB_sent", 10, 1}, {"comm%", 7, 1}, {"peak_MB", 9, 0}, {"mem_x", 7, 2}, {"max_err", 10, 2, true},
                  {"#wrong", 6, -1}});
     std::int64_t wrong_total = 0;
-    for (std::int64_t L : job.lengths) {
+    for (std::int64_t L : job.sweep.lengths) {
         const std::int64_t N = total_tokens(job, L, P);
         const Pattern pat(spec_for_length(job, N));
-        const Layout layout(job.layout, N, P);
+        const Layout layout(job.exec.layout, N, P);
         Shard sh(job, in, layout.positions(me), grads);
         // Exact work of this rank: allowed pairs of its queries against the whole sequence.
         std::int64_t work = 0;
@@ -173,13 +178,13 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         DistBackwardArgs ba;
         sh.bind(job, pat, fa, ba);
         std::vector<DistStats> fs, bs;
-        for (int it = 0; it < job.warmup + job.iters; ++it) {
+        for (int it = 0; it < job.sweep.warmup + job.sweep.iters; ++it) {
             comm.barrier();
-            if (job.inject_failure == me) throw std::runtime_error("injected failure");
+            if (job.faults.inject_failure == me) throw std::runtime_error("injected failure");
             DistStats f, b;
-            attention_forward(comm, job.dist, fa, &f);
-            if (grads) attention_backward(comm, job.dist, ba, &b);
-            if (it >= job.warmup) {
+            attention_forward(comm, job.exec.dist, fa, &f);
+            if (grads) attention_backward(comm, job.exec.dist, ba, &b);
+            if (it >= job.sweep.warmup) {
                 fs.push_back(f);
                 bs.push_back(b);
             }
@@ -192,26 +197,28 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
             return v[v.size() / 2];
         };
         // In bwd mode the forward only prepares O and LSE: its time is not reported.
-        const DistStats f = job.mode == Mode::bwd ? DistStats{} : median(fs), b = grads ? median(bs) : DistStats{};
+        const DistStats f = job.sweep.mode == Mode::bwd ? DistStats{} : median(fs);
+        const DistStats b = grads ? median(bs) : DistStats{};
 
-        if (job.corrupt && me == 0 && sh.S > 0) store_from_f32(sh.ov.data, sh.dtype, 0, load_as_f32(sh.ov.data, sh.dtype, 0) + 0.5f);
+        if (job.faults.corrupt && me == 0 && sh.S > 0)
+            store_from_f32(sh.ov.data, sh.dtype, 0, load_as_f32(sh.ov.data, sh.dtype, 0) + 0.5f);
         RankRows rows = sh.rows();
         std::vector<float> lse_all, delta_all;
         CheckResult c;
-        if (job.check) {
+        if (job.checks.enabled) {
             if (grads) {
                 lse_all = gather_rows(comm, layout, sh.lse, sh.B * sh.H);
                 delta_all = gather_rows(comm, layout, row_delta(sh.ov, sh.dov), sh.B * sh.H);
                 rows.lse_all = lse_all.data();
                 rows.delta_all = delta_all.data();
             }
-            c = check_rows(job, in, pat, N, rows, job.dist.threads);
+            c = check_rows(job, in, pat, N, rows, job.exec.dist.threads);
         }
-        if (!job.save_dir.empty()) save_outputs(job, N, rows, &comm);
+        if (!job.io.save_dir.empty()) save_outputs(job, N, rows, &comm);
 
         const double total = f.total_s + b.total_s, wait = f.wait_s + b.wait_s, kern = f.kernel_s + b.kernel_s;
         const double mem_x = peak_mb * 1048576.0 / std::max(sh.base_bytes(grads), 1.0);
-        if (job.per_rank) {
+        if (job.exec.per_rank) {
             for (int r = 0; r < P; ++r) {
                 comm.barrier();
                 if (r == me)
@@ -234,8 +241,8 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         comm.all_reduce_sum(&bad, 1);
         wrong_total += bad;
         const double pairs = double(pat.count_allowed(0, N, 0, N));
-        const double flops = 4.0 * double(job.head_dim) * double(job.batch * job.heads) * pairs *
-                             (job.mode == Mode::fwd ? 1.0 : job.mode == Mode::bwd ? 2.5 : 3.5);
+        const double flops = 4.0 * double(job.shape.head_dim) * double(job.shape.batch * job.shape.heads) * pairs *
+                             (job.sweep.mode == Mode::fwd ? 1.0 : job.sweep.mode == Mode::bwd ? 2.5 : 3.5);
         rep.row({double(N), double((N + P - 1) / P), pairs / (double(N) * double(N)), mx[0] * 1e3, flops / mx[0] * 1e-12,
                  mx[3] / 1e6, 100 * mx[1], mx[4], mx[5], mx[7], double(bad)});
         char line[160];

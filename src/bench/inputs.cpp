@@ -10,12 +10,12 @@
 namespace longattn::bench {
 
 Inputs::Inputs(const Job& job)
-    : seed_(job.seed), dtype_(job.dtype), D_(job.head_dim), allow_nonfinite_(job.allow_nonfinite) {
-    if (job.load_dir.empty()) return;
-    q_ = std::make_unique<NpyReader>(job.load_dir + "/q.npy", "load");
-    k_ = std::make_unique<NpyReader>(job.load_dir + "/k.npy", "load");
-    v_ = std::make_unique<NpyReader>(job.load_dir + "/v.npy", "load");
-    const std::string dout = job.load_dir + "/dout.npy";
+    : seed_(job.shape.seed), dtype_(job.shape.dtype), D_(job.shape.head_dim), allow_nonfinite_(job.io.allow_nonfinite) {
+    if (job.io.load_dir.empty()) return;
+    q_ = std::make_unique<NpyReader>(job.io.load_dir + "/q.npy", "load");
+    k_ = std::make_unique<NpyReader>(job.io.load_dir + "/k.npy", "load");
+    v_ = std::make_unique<NpyReader>(job.io.load_dir + "/v.npy", "load");
+    const std::string dout = job.io.load_dir + "/dout.npy";
     if (::access(dout.c_str(), F_OK) == 0) dout_ = std::make_unique<NpyReader>(dout, "load");
 }
 

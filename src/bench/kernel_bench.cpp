@@ -34,7 +34,8 @@ struct Problem {
     TensorView qv, kv, vv, ov, dov, dqv, dkv, dvv;
 
     Problem(const Job& job, const Inputs& in, std::int64_t L_, bool grads)
-        : B(job.batch), L(L_), H(job.heads), Hkv(job.kv_heads), D(job.head_dim), dtype(job.dtype) {
+        : B(job.shape.batch), L(L_), H(job.shape.heads), Hkv(job.shape.kv_heads), D(job.shape.head_dim),
+          dtype(job.shape.dtype) {
         const std::size_t es = dtype_size(dtype);
         auto alloc = [&](std::vector<std::uint8_t>& buf, std::int64_t heads) {
             buf.assign(static_cast<std::size_t>(B * L * heads * D) * es, 0);
@@ -107,9 +108,9 @@ struct Problem {
 // Median of n timed runs after the warmup.
 template <class F>
 double time_median(const Job& job, F&& run) {
-    for (int i = 0; i < job.warmup; ++i) run();
+    for (int i = 0; i < job.sweep.warmup; ++i) run();
     std::vector<double> t;
-    for (int i = 0; i < job.iters; ++i) {
+    for (int i = 0; i < job.sweep.iters; ++i) {
         const auto t0 = Clock::now();
         run();
         t.push_back(seconds_since(t0));
@@ -121,21 +122,22 @@ double time_median(const Job& job, F&& run) {
 }  // namespace
 
 int run_kernel_bench(const Job& job) {
-    const double peak = job.peak ? kernels::measure_fma_peak() : 0.0;
-    const bool do_bwd = job.mode != Mode::fwd;
+    const double peak = job.checks.peak ? kernels::measure_fma_peak() : 0.0;
+    const bool do_bwd = job.sweep.mode != Mode::fwd;
     const Inputs in(job);
     Report rep(job, true);
     {
         std::ostringstream os;
-        os << "longattn-bench kernel mode=" << mode_name(job.mode) << " dtype=" << dtype_name(job.dtype)
-           << " batch=" << job.batch << " heads=" << job.heads << " kv_heads=" << job.kv_heads
-           << " head_dim=" << job.head_dim;
+        os << "longattn-bench kernel mode=" << mode_name(job.sweep.mode) << " dtype=" << dtype_name(job.shape.dtype)
+           << " batch=" << job.shape.batch << " heads=" << job.shape.heads << " kv_heads=" << job.shape.kv_heads
+           << " head_dim=" << job.shape.head_dim;
         rep.note(os.str());
     }
-    rep.note("pattern " + Pattern(spec_for_length(job, job.lengths.back())).describe() + ", documents " +
-             job.docs.describe() + ", inputs " + (in.loaded() ? job.load_dir : "synthetic") + "; median of " +
-             std::to_string(job.iters) + " iterations after " + std::to_string(job.warmup) + " warmup");
-    if (job.peak) {
+    rep.note("pattern " + Pattern(spec_for_length(job, job.sweep.lengths.back())).describe() + ", documents " +
+             job.pattern.docs.describe() + ", inputs " + (in.loaded() ? job.io.load_dir : "synthetic") +
+             "; median of " + std::to_string(job.sweep.iters) + " iterations after " +
+             std::to_string(job.sweep.warmup) + " warmup");
+    if (job.checks.peak) {
         char line[96];
         std::snprintf(line, sizeof(line), "FMA peak of one core (measured): %.1f GFLOP/s fp32", peak);
         rep.note(line);
@@ -146,28 +148,30 @@ int run_kernel_bench(const Job& job) {
                  {"fwd_%peak", 9, 1}, {"bwd_ms", 10, 2}, {"bwd_GF/s", 9, 1}, {"bwd_%peak", 9, 1}, {"unfused_ms", 10, 2},
                  {"speedup", 7, 2}, {"max_err", 10, 2, true}, {"#wrong", 6, -1}});
     std::int64_t wrong_total = 0;
-    for (std::int64_t L : job.lengths) {
+    for (std::int64_t L : job.sweep.lengths) {
         const Pattern pat(spec_for_length(job, L));
         Problem pr(job, in, L, do_bwd);
-        if (job.device == Device::cuda) pr.to_device(job.device);
+        if (job.exec.device == Device::cuda) pr.to_device(job.exec.device);
         const double pairs = static_cast<double>(pat.count_allowed(0, L, 0, L));
-        const double flops = 4.0 * static_cast<double>(job.head_dim) * pairs * static_cast<double>(job.batch * job.heads);
-        for (int thr : job.threads) {
+        const double flops = 4.0 * static_cast<double>(job.shape.head_dim) * pairs *
+                             static_cast<double>(job.shape.batch * job.shape.heads);
+        for (int thr : job.sweep.threads) {
             const int t = thr > 0 ? thr : omp_get_max_threads();
             double t_bwd = 0, t_base = 0;
             // The forward always runs: the backward needs its O and LSE.
             const double t_fwd = time_median(job, [&] { const auto f = pr.fwd(pat, t); kernels::backend_of(f.q).forward(f); });
             if (do_bwd) t_bwd = time_median(job, [&] { const auto b = pr.bwd(pat, t); kernels::backend_of(b.q).backward(b); });
-            if (job.baseline) {
+            if (job.checks.baseline) {
                 t_base = time_median(job, [&] { kernels::unfused_forward_cpu(pr.fwd(pat, t)); });
                 kernels::flash_forward_cpu(pr.fwd(pat, t));  // the check reads the fused result
             }
             pr.results_to_host();
-            if (job.corrupt) store_from_f32(pr.ov.data, pr.dtype, 0, load_as_f32(pr.ov.data, pr.dtype, 0) + 0.5f);
+            if (job.faults.corrupt)
+                store_from_f32(pr.ov.data, pr.dtype, 0, load_as_f32(pr.ov.data, pr.dtype, 0) + 0.5f);
             RankRows rows = pr.rows();
             std::vector<float> delta;
             CheckResult c;
-            if (job.check) {
+            if (job.checks.enabled) {
                 if (do_bwd) {
                     delta = row_delta(pr.ov, pr.dov);
                     rows.lse_all = pr.lse.data();
@@ -176,7 +180,7 @@ int run_kernel_bench(const Job& job) {
                 c = check_rows(job, in, pat, L, rows, t);
             }
             wrong_total += c.wrong;
-            if (!job.save_dir.empty()) save_outputs(job, L, rows, nullptr);
+            if (!job.io.save_dir.empty()) save_outputs(job, L, rows, nullptr);
             auto pct = [&](double gf) { return peak > 0 ? 100.0 * gf / (peak * t) : 0.0; };
             const double gf_fwd = flops / t_fwd * 1e-9, gf_bwd = t_bwd > 0 ? 2.5 * flops / t_bwd * 1e-9 : 0;
             rep.row({double(L), double(t), pairs / (double(L) * double(L)), t_fwd * 1e3, gf_fwd, pct(gf_fwd), t_bwd * 1e3,

@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
         }
         bench::validate_for_ranks(job, size);
 #if !LONGATTN_HAVE_NCCL
-        require(!job.nccl, "comm", "this build has no NCCL communicator (it needs CUDA, NCCL and MPI)");
+        require(!job.exec.nccl, "comm", "this build has no NCCL communicator (it needs CUDA, NCCL and MPI)");
 #endif
     } catch (const Error& e) {
         if (rank == 0) std::fprintf(stderr, "longattn-bench: error: %s\n", e.what());
@@ -67,14 +67,14 @@ int main(int argc, char** argv) {
     int rc = 0;
     try {
 #if LONGATTN_HAVE_CUDA && LONGATTN_HAVE_MPI
-        if (job.device == Device::cuda) comm::select_device(MPI_COMM_WORLD);  // one GPU per rank
+        if (job.exec.device == Device::cuda) comm::select_device(MPI_COMM_WORLD);  // one GPU per rank
 #endif
-        if (!job.distributed) {
+        if (!job.exec.distributed) {
             rc = bench::run_kernel_bench(job);
         } else {
 #if LONGATTN_HAVE_MPI
 #if LONGATTN_HAVE_NCCL
-            if (job.nccl) {
+            if (job.exec.nccl) {
                 comm::NcclCommunicator comm(MPI_COMM_WORLD);
                 rc = bench::run_dist_bench(job, comm);
                 return finish(rc);

@@ -1,117 +1,24 @@
 // Options of longattn-bench: the command line and an INI file (--config), the command line winning.
 // In the INI file a key sits either in its section ([pattern] causal = true, i.e. pattern.causal) or
 // at the top as the long option name (causal = true). Anything unknown, misspelt or in the wrong
-// section is an error naming the key and what is allowed.
-#include <unistd.h>
-
+// section is an error naming the key and what is allowed. This file declares the options and reads
+// them; job.cpp makes the job of what they gave.
 #include <boost/program_options.hpp>
-#include <cmath>
 #include <fstream>
 #include <map>
 #include <sstream>
-#include <tuple>
+#include <string>
+#include <vector>
 
 #include "bench/bench.hpp"
-#include "bench/npy.hpp"
+#include "bench/option_values.hpp"
 #include "bench/parse.hpp"
-#include "kernels/backend.hpp"
 #include "longattn/error.hpp"
 
 namespace po = boost::program_options;
 
 namespace longattn::bench {
-
-const char* mode_name(Mode m) { return m == Mode::fwd ? "fwd" : m == Mode::bwd ? "bwd" : "fwd+bwd"; }
-
 namespace {
-
-std::string show_number(double x) {
-    std::ostringstream os;
-    os.precision(12);
-    os << x;
-    return os.str();
-}
-
-// --doc-dist uniform:MIN,MAX | exp:MEAN | lognormal:MEAN,SIGMA
-DocSpec parse_doc_dist(const std::string& s) {
-    const char* key = "doc-dist";
-    const std::string form = "uniform:MIN,MAX, exp:MEAN or lognormal:MEAN,SIGMA";
-    const auto colon = s.find(':');
-    require(colon != std::string::npos, key, "expected ", form, ", got '", visible(s), "'");
-    const std::string kind = s.substr(0, colon), args = s.substr(colon + 1);
-    std::vector<std::string> parts;
-    std::stringstream ss(args);
-    std::string item;
-    while (std::getline(ss, item, ',')) parts.push_back(item);
-    DocSpec d;
-    if (kind == "uniform") {
-        require(parts.size() == 2, key, "expected uniform:MIN,MAX, got '", visible(s), "'");
-        d.kind = DocSpec::Kind::uniform;
-        d.a = static_cast<double>(parse_size(parts[0], key));
-        d.b = static_cast<double>(parse_size(parts[1], key));
-        require(d.b >= d.a, key, "uniform:MIN,MAX needs MAX >= MIN, got '", visible(s), "'");
-    } else if (kind == "exp") {
-        require(parts.size() == 1, key, "expected exp:MEAN, got '", visible(s), "'");
-        d.kind = DocSpec::Kind::exponential;
-        d.a = static_cast<double>(parse_size(parts[0], key));
-    } else if (kind == "lognormal") {
-        require(parts.size() == 2, key, "expected lognormal:MEAN,SIGMA, got '", visible(s), "'");
-        d.kind = DocSpec::Kind::lognormal;
-        d.a = static_cast<double>(parse_size(parts[0], key));
-        d.b = parse_number(parts[1], key, "SIGMA as a number in (0, 4]");
-        require(d.b > 0 && d.b <= 4, key, "SIGMA must be in (0, 4], got ", d.b);
-    } else {
-        require(false, key, "unknown distribution '", visible(kind), "'; allowed: ", form);
-    }
-    return d;
-}
-
-std::vector<std::int64_t> read_lens_file(const std::string& path) {
-    require_input_file(path, "doc-lens-file");
-    std::ifstream f(path);
-    require(f.good(), "doc-lens-file", "cannot open '", visible(path), "'");
-    std::string text, line;
-    while (std::getline(f, line))
-        if (line.find('#') != std::string::npos) text += line.substr(0, line.find('#')) + " ";
-        else text += line + " ";
-    return parse_list(text, "doc-lens-file");
-}
-
-// Rows of 0/1 characters, one line per query block.
-void read_block_mask(const std::string& path, PatternSpec& p) {
-    require_input_file(path, "block-mask");
-    std::ifstream f(path);
-    require(f.good(), "block-mask", "cannot open '", visible(path), "'");
-    std::string line;
-    std::int64_t rows = 0, cols = -1;
-    while (std::getline(f, line)) {
-        if (line.empty() || line[0] == '#') continue;
-        std::int64_t n = 0;
-        for (char c : line) {
-            if (c == ' ' || c == '\r') continue;
-            require(c == '0' || c == '1', "block-mask", "'", visible(path), "' line ", rows + 1, ": only 0 and 1 are allowed, got '",
-                    visible(std::string(1, c)), "'");
-            p.block_mask.push_back(static_cast<std::uint8_t>(c == '1'));
-            ++n;
-        }
-        require(cols < 0 || n == cols, "block-mask", "'", visible(path), "': every row needs ", cols, " entries; row ", rows + 1,
-                " has ", n);
-        cols = n;
-        ++rows;
-    }
-    require(rows > 0 && cols > 0, "block-mask", "'", visible(path), "' holds no rows");
-    p.block_mask_rows = rows;
-    p.block_mask_cols = cols;
-}
-
-// Every tensor of a sequence of n tokens: its element count and byte size (at most 4 bytes an element)
-// must fit 64 bits.
-void require_tensors_fit(const Job& j, std::int64_t n, const char* key) {
-    const std::string what = std::to_string(j.batch) + " x " + std::to_string(n) + " tokens x " + std::to_string(j.heads) +
-                             " heads x " + std::to_string(j.head_dim) + " dims x 4 bytes";
-    checked_mul(checked_mul(checked_mul(checked_mul(j.batch, n, key, what), j.heads, key, what), j.head_dim, key, what), 4,
-                key, what);
-}
 
 // Boost.Program_options fills its messages by replacing %name% tokens in a loop, which never ends when
 // the user's text holds such a token: a %name% (letters and '_' between two '%') outside a comment is
@@ -172,104 +79,151 @@ void store_config(const std::string& file, const po::options_description& all,
     po::store(parsed, vm);
 }
 
-}  // namespace
+using SectionOf = std::map<std::string, std::string>;  // option name -> its INI section
 
-Job parse_job(int argc, char** argv, std::string& help_text) {
-    std::string device, comm_name, mode, dtype, window, doc_lens, doc_lens_file, doc_dist, threads, minlen, maxlen, config, strategy,
-        layout, global_list, block_mask, scaling, seed, doc_seed, random_seed;
-    double factor = 2;
-    Job j;
-    // Section of every option, for the INI mapping.
-    std::map<std::string, std::string> section_of;
-    auto group = [&](const char* title, const char* section) {
-        struct Adder {
-            po::options_description desc;
-            std::map<std::string, std::string>* sections;
-            std::string section;
-            Adder& operator()(const char* name, const po::value_semantic* v, const char* help) {
-                std::string n = name;
-                sections->emplace(n.substr(0, n.find(',')), section);
-                desc.add_options()(name, v, help);
-                return *this;
-            }
-        };
-        return Adder{po::options_description(title), &section_of, section};
-    };
-    auto run = group("Run [run]", "run");
-    run("mode", po::value(&mode)->default_value("fwd"), "fwd | bwd | fwd+bwd")
-       ("device", po::value(&device)->default_value("cpu"), "cpu | cuda (the CUDA kernels; one GPU per rank by local rank)")
-       ("threads,t", po::value(&threads)->default_value("0"), "threads per rank, or a list to sweep in kernel mode (0 = all)")
-       ("seed", po::value(&seed)->default_value("1"), "seed of the synthetic inputs (0 to 2^63-1)");
-    auto sweep = group("Sweep, nccl-tests style [sweep]", "sweep");
-    sweep("minlen,b", po::value(&minlen)->default_value("8K"), "smallest sequence length (K/M/G suffixes)")
-         ("maxlen,e", po::value(&maxlen)->default_value(""), "largest sequence length (default: minlen)")
-         ("factor,f", po::value(&factor)->default_value(2.0), "multiplication factor between lengths")
-         ("scaling", po::value(&scaling)->default_value("strong"),
-          "strong: lengths are whole sequences | weak: lengths are tokens per rank")
-         ("iters,n", po::value(&j.iters)->default_value(5), "timed iterations (the median is reported)")
-         ("warmup,w", po::value(&j.warmup)->default_value(1), "warmup iterations")
-         ("check,c", po::value(&j.check)->default_value(true), "check sampled rows against an fp64 reference")
-         ("check-rows", po::value(&j.check_rows)->default_value(16), "sampled query (and key) rows per rank for the check")
-         ("baseline", po::value(&j.baseline)->default_value(false), "kernel mode: also time the unfused GEMM-softmax-GEMM baseline")
-         ("peak", po::value(&j.peak)->default_value(true), "kernel mode: measure the FMA peak of this CPU first");
-    auto shape = group("Shape [shape]", "shape");
-    shape("batch", po::value(&j.batch)->default_value(1), "batch size")
-         ("heads", po::value(&j.heads)->default_value(4), "query heads")
-         ("kv-heads", po::value(&j.kv_heads)->default_value(0), "key/value heads (0 = heads; GQA/MQA when fewer)")
-         ("head-dim", po::value(&j.head_dim)->default_value(128), "head dimension (1..256)")
-         ("dtype,d", po::value(&dtype)->default_value("fp32"), "storage type: fp32 | bf16 | fp16");
-    auto dist = group("Distribution, under mpirun [dist]", "dist");
-    dist("strategy", po::value(&strategy)->default_value("kernel"),
-         "kernel (single process) | ring | ulysses | hybrid | allgather")
-        ("layout", po::value(&layout)->default_value("zigzag"), "contiguous | zigzag | striped")
-        ("comm", po::value(&comm_name)->default_value("mpi"), "mpi | nccl (with --device cuda)")
-        ("ulysses-degree", po::value(&j.dist.ulysses_degree)->default_value(1), "hybrid: ranks per Ulysses group (divides the rank count)")
-        ("kv-head-chunk", po::value(&j.dist.kv_head_chunk)->default_value(0), "allgather: kv heads gathered at once (0 = all)")
-        ("progress-chunks", po::value(&j.dist.progress_chunks)->default_value(4),
-         "ring: kernel calls per step, with transfer progress between them")
-        ("per-rank", po::value(&j.per_rank)->default_value(false), "print every rank's time, wait, bytes and memory");
-    auto pat = group("Pattern [pattern]", "pattern");
-    pat("causal", po::value(&j.pattern.causal)->default_value(false), "causal mask")
-       ("window", po::value(&window)->default_value(""), "sliding window LEFT,RIGHT (-1 = unbounded)")
-       ("docs", po::value(&j.docs.count)->default_value(0), "pack this many equal documents")
-       ("doc-lens", po::value(&doc_lens)->default_value(""), "document lengths, repeated to fill the sequence")
-       ("doc-lens-file", po::value(&doc_lens_file)->default_value(""), "file of document lengths (whitespace or commas)")
-       ("doc-dist", po::value(&doc_dist)->default_value(""),
-        "drawn document lengths: uniform:MIN,MAX | exp:MEAN | lognormal:MEAN,SIGMA")
-       ("doc-seed", po::value(&doc_seed)->default_value("1"), "seed of --doc-dist")
-       ("global", po::value(&j.pattern.global_first)->default_value(0), "first N tokens are global")
-       ("global-list", po::value(&global_list)->default_value(""), "further global token positions")
-       ("block", po::value(&j.pattern.block)->default_value(64), "block size of the block-mask, strided and random parts")
-       ("block-mask", po::value(&block_mask)->default_value(""), "file of 0/1 rows: allowed key blocks per query block")
-       ("stride", po::value(&j.pattern.stride)->default_value(0), "every s-th key block column (0 = off)")
-       ("random", po::value(&j.pattern.random_blocks)->default_value(0), "random key blocks per query block")
-       ("random-seed", po::value(&random_seed)->default_value("0"), "seed of the random blocks")
-       ("softcap", po::value(&j.pattern.softcap)->default_value(0.0f), "tanh softcap of scores (0 = off)")
-       ("scale", po::value(&j.pattern.scale)->default_value(0.0f), "softmax scale (0 = 1/sqrt(head-dim))")
-       ("alibi", po::value(&j.alibi)->default_value(false), "ALiBi slopes 2^(-8(h+1)/heads)");
-    auto io = group("Inputs and outputs [io]", "io");
-    io("load", po::value(&j.load_dir)->default_value(""),
-       "directory with q.npy, k.npy, v.npy [S, H, D] float32/float16 (dout.npy optional) instead of synthetic inputs")
-      ("save", po::value(&j.save_dir)->default_value(""),
-       "directory for out.npy [S, H, D] and lse.npy [H, S] (dq/dk/dv.npy with bwd), float32, global token order")
-      ("json", po::value(&j.json_path)->default_value(""), "write the table as JSON to this file")
-      ("csv", po::value(&j.csv_path)->default_value(""), "write the table as CSV to this file")
-      ("allow-nonfinite", po::value(&j.allow_nonfinite)->default_value(false),
-       "let NaN and Inf in loaded inputs through (they propagate to the outputs) and save such outputs");
+// One titled group of --help, whose options are the keys of one INI section.
+class OptionGroup {
+public:
+    OptionGroup(const char* title, const char* section, SectionOf& section_of)
+        : desc_(title), section_(section), section_of_(&section_of) {}
+    OptionGroup& operator()(const char* name, const po::value_semantic* v, const char* help) {
+        const std::string n = name;
+        section_of_->emplace(n.substr(0, n.find(',')), section_);
+        desc_.add_options()(name, v, help);
+        return *this;
+    }
+    const po::options_description& desc() const { return desc_; }
+
+private:
+    po::options_description desc_;
+    std::string section_;
+    SectionOf* section_of_;
+};
+
+// The groups of --help, in its order; each binds its options to their fields of the job or of `v`.
+po::options_description run_options(OptionValues& v, SectionOf& section_of) {
+    OptionGroup g("Run [run]", "run", section_of);
+    g("mode", po::value(&v.mode)->default_value("fwd"), "fwd | bwd | fwd+bwd")
+     ("device", po::value(&v.device)->default_value("cpu"),
+      "cpu | cuda (the CUDA kernels; one GPU per rank by local rank)")
+     ("threads,t", po::value(&v.threads)->default_value("0"),
+      "threads per rank, or a list to sweep in kernel mode (0 = all)")
+     ("seed", po::value(&v.seed)->default_value("1"), "seed of the synthetic inputs (0 to 2^63-1)");
+    return g.desc();
+}
+
+// [sweep] also holds the check's options and the kernel mode's baseline and peak.
+po::options_description sweep_options(Sweep& s, Checks& c, OptionValues& v, SectionOf& section_of) {
+    OptionGroup g("Sweep, nccl-tests style [sweep]", "sweep", section_of);
+    g("minlen,b", po::value(&v.minlen)->default_value("8K"), "smallest sequence length (K/M/G suffixes)")
+     ("maxlen,e", po::value(&v.maxlen)->default_value(""), "largest sequence length (default: minlen)")
+     ("factor,f", po::value(&v.factor)->default_value(2.0), "multiplication factor between lengths")
+     ("scaling", po::value(&v.scaling)->default_value("strong"),
+      "strong: lengths are whole sequences | weak: lengths are tokens per rank")
+     ("iters,n", po::value(&s.iters)->default_value(5), "timed iterations (the median is reported)")
+     ("warmup,w", po::value(&s.warmup)->default_value(1), "warmup iterations")
+     ("check,c", po::value(&c.enabled)->default_value(true), "check sampled rows against an fp64 reference")
+     ("check-rows", po::value(&c.rows)->default_value(16), "sampled query (and key) rows per rank for the check")
+     ("baseline", po::value(&c.baseline)->default_value(false),
+      "kernel mode: also time the unfused GEMM-softmax-GEMM baseline")
+     ("peak", po::value(&c.peak)->default_value(true), "kernel mode: measure the FMA peak of this CPU first");
+    return g.desc();
+}
+
+po::options_description shape_options(Shape& s, OptionValues& v, SectionOf& section_of) {
+    OptionGroup g("Shape [shape]", "shape", section_of);
+    g("batch", po::value(&s.batch)->default_value(1), "batch size")
+     ("heads", po::value(&s.heads)->default_value(4), "query heads")
+     ("kv-heads", po::value(&s.kv_heads)->default_value(0), "key/value heads (0 = heads; GQA/MQA when fewer)")
+     ("head-dim", po::value(&s.head_dim)->default_value(128), "head dimension (1..256)")
+     ("dtype,d", po::value(&v.dtype)->default_value("fp32"), "storage type: fp32 | bf16 | fp16");
+    return g.desc();
+}
+
+po::options_description dist_options(Execution& x, OptionValues& v, SectionOf& section_of) {
+    OptionGroup g("Distribution, under mpirun [dist]", "dist", section_of);
+    g("strategy", po::value(&v.strategy)->default_value("kernel"),
+      "kernel (single process) | ring | ulysses | hybrid | allgather")
+     ("layout", po::value(&v.layout)->default_value("zigzag"), "contiguous | zigzag | striped")
+     ("comm", po::value(&v.comm)->default_value("mpi"), "mpi | nccl (with --device cuda)")
+     ("ulysses-degree", po::value(&x.dist.ulysses_degree)->default_value(1),
+      "hybrid: ranks per Ulysses group (divides the rank count)")
+     ("kv-head-chunk", po::value(&x.dist.kv_head_chunk)->default_value(0),
+      "allgather: kv heads gathered at once (0 = all)")
+     ("progress-chunks", po::value(&x.dist.progress_chunks)->default_value(4),
+      "ring: kernel calls per step, with transfer progress between them")
+     ("per-rank", po::value(&x.per_rank)->default_value(false), "print every rank's time, wait, bytes and memory");
+    return g.desc();
+}
+
+po::options_description pattern_options(AttentionPattern& p, OptionValues& v, SectionOf& section_of) {
+    OptionGroup g("Pattern [pattern]", "pattern", section_of);
+    g("causal", po::value(&p.spec.causal)->default_value(false), "causal mask")
+     ("window", po::value(&v.window)->default_value(""), "sliding window LEFT,RIGHT (-1 = unbounded)")
+     ("docs", po::value(&p.docs.count)->default_value(0), "pack this many equal documents")
+     ("doc-lens", po::value(&v.doc_lens)->default_value(""), "document lengths, repeated to fill the sequence")
+     ("doc-lens-file", po::value(&v.doc_lens_file)->default_value(""),
+      "file of document lengths (whitespace or commas)")
+     ("doc-dist", po::value(&v.doc_dist)->default_value(""),
+      "drawn document lengths: uniform:MIN,MAX | exp:MEAN | lognormal:MEAN,SIGMA")
+     ("doc-seed", po::value(&v.doc_seed)->default_value("1"), "seed of --doc-dist")
+     ("global", po::value(&p.spec.global_first)->default_value(0), "first N tokens are global")
+     ("global-list", po::value(&v.global_list)->default_value(""), "further global token positions")
+     ("block", po::value(&p.spec.block)->default_value(64), "block size of the block-mask, strided and random parts")
+     ("block-mask", po::value(&v.block_mask)->default_value(""), "file of 0/1 rows: allowed key blocks per query block")
+     ("stride", po::value(&p.spec.stride)->default_value(0), "every s-th key block column (0 = off)")
+     ("random", po::value(&p.spec.random_blocks)->default_value(0), "random key blocks per query block")
+     ("random-seed", po::value(&v.random_seed)->default_value("0"), "seed of the random blocks")
+     ("softcap", po::value(&p.spec.softcap)->default_value(0.0f), "tanh softcap of scores (0 = off)")
+     ("scale", po::value(&p.spec.scale)->default_value(0.0f), "softmax scale (0 = 1/sqrt(head-dim))")
+     ("alibi", po::value(&p.alibi)->default_value(false), "ALiBi slopes 2^(-8(h+1)/heads)");
+    return g.desc();
+}
+
+po::options_description io_options(Io& io, SectionOf& section_of) {
+    OptionGroup g("Inputs and outputs [io]", "io", section_of);
+    g("load", po::value(&io.load_dir)->default_value(""),
+      "directory with q.npy, k.npy, v.npy [S, H, D] float32/float16 (dout.npy optional) instead of synthetic inputs")
+     ("save", po::value(&io.save_dir)->default_value(""),
+      "directory for out.npy [S, H, D] and lse.npy [H, S] (dq/dk/dv.npy with bwd), float32, global token order")
+     ("json", po::value(&io.json_path)->default_value(""), "write the table as JSON to this file")
+     ("csv", po::value(&io.csv_path)->default_value(""), "write the table as CSV to this file")
+     ("allow-nonfinite", po::value(&io.allow_nonfinite)->default_value(false),
+      "let NaN and Inf in loaded inputs through (they propagate to the outputs) and save such outputs");
+    return g.desc();
+}
+
+// Every option, bound to its field of `j` or `v` (which must outlive the parse): `shown` is what --help
+// prints, `all` adds the hidden ones.
+struct Declared {
+    SectionOf section_of;
+    po::options_description shown, all;
+};
+
+void declare_options(Job& j, OptionValues& v, Declared& d) {
     po::options_description general("General");
-    general.add_options()("help,h", "print this help")("config", po::value(&config), "INI file with any of the options below");
+    general.add_options()("help,h", "print this help")
+        ("config", po::value(&v.config), "INI file with any of the options below");
+    d.shown.add(general);
+    d.shown.add(run_options(v, d.section_of));
+    d.shown.add(sweep_options(j.sweep, j.checks, v, d.section_of));
+    d.shown.add(shape_options(j.shape, v, d.section_of));
+    d.shown.add(dist_options(j.exec, v, d.section_of));
+    d.shown.add(pattern_options(j.pattern, v, d.section_of));
+    d.shown.add(io_options(j.io, d.section_of));
     po::options_description hidden("Hidden");
     hidden.add_options()
-        ("inject-failure", po::value(&j.inject_failure)->default_value(-1), "this rank throws mid-run")
-        ("corrupt", po::value(&j.corrupt)->default_value(false), "perturb one output element before the check");
-    po::options_description shown;
-    shown.add(general).add(run.desc).add(sweep.desc).add(shape.desc).add(dist.desc).add(pat.desc).add(io.desc);
-    po::options_description all;
-    all.add(shown).add(hidden);
+        ("inject-failure", po::value(&j.faults.inject_failure)->default_value(-1), "this rank throws mid-run")
+        ("corrupt", po::value(&j.faults.corrupt)->default_value(false), "perturb one output element before the check");
+    d.all.add(d.shown).add(hidden);
+}
 
+// The command line, then the config file: Boost keeps the value stored first, so the command line wins.
+// Boost's own errors (a bad value, an unknown option) become "option: ..." messages.
+po::variables_map read_options(int argc, char** argv, const Declared& d) {
     // Boolean options work bare (--causal) and with a value (--causal false, --causal=false).
     std::vector<std::string> bools;
-    for (const auto& o : all.options()) {
+    for (const auto& o : d.all.options()) {
         const auto* typed = dynamic_cast<const po::typed_value<bool>*>(o->semantic().get());
         if (typed) bools.push_back(o->long_name());
     }
@@ -279,227 +233,45 @@ Job parse_job(int argc, char** argv, std::string& help_text) {
 
     po::variables_map vm;
     try {
-        const po::parsed_options parsed = po::command_line_parser(args).options(all).run();
+        const po::parsed_options parsed = po::command_line_parser(args).options(d.all).run();
         const std::vector<std::string> stray = po::collect_unrecognized(parsed.options, po::include_positional);
         require(stray.empty(), "option", "unexpected argument '", stray.empty() ? "" : visible(stray.front()),
                 "'; every value belongs to an option (--name value)");
         po::store(parsed, vm);
-        if (vm.count("config")) store_config(vm["config"].as<std::string>(), all, section_of, vm);
+        if (vm.count("config")) store_config(vm["config"].as<std::string>(), d.all, d.section_of, vm);
         po::notify(vm);
     } catch (const po::error& e) {
         throw Error("option: " + visible(e.what()));
     }
+    return vm;
+}
+
+// What --help prints.
+std::string usage(const po::options_description& shown) {
+    std::ostringstream os;
+    os << "usage: longattn-bench [options]   (under mpirun for the distributed strategies)\n"
+       << "In a --config INI file a key sits in its [section] or at the top: [pattern] causal = true\n"
+       << shown << '\n';
+    return os.str();
+}
+
+}  // namespace
+
+Job parse_job(int argc, char** argv, std::string& help_text) {
+    Job j;
+    OptionValues v;
+    Declared d;
+    declare_options(j, v, d);
+    const po::variables_map vm = read_options(argc, argv, d);
     if (vm.count("help")) {
-        std::ostringstream os;
-        os << "usage: longattn-bench [options]   (under mpirun for the distributed strategies)\n"
-           << "In a --config INI file a key sits in its [section] or at the top: [pattern] causal = true\n"
-           << shown << '\n';
-        help_text = os.str();
+        help_text = usage(d.shown);
         return j;
     }
-    for (int i = 0; i < argc; ++i) j.command_line += (i ? " " : "") + std::string(argv[i]);
-    auto given = [&](const char* name) { return vm.count(name) && !vm[name].defaulted(); };
-
-    // Seeds are read as signed integers: a negative one is an error, not a wrapped 2^64 - 1.
-    for (const auto& [text, key, out] : {std::tuple{&seed, "seed", &j.seed}, std::tuple{&doc_seed, "doc-seed", &j.docs.seed},
-                                         std::tuple{&random_seed, "random-seed", &j.pattern.random_seed}}) {
-        const std::int64_t v = parse_int(*text, key, "a seed in [0, 2^63)");
-        require(v >= 0, key, "must be in [0, 2^63), got ", v);
-        *out = static_cast<std::uint64_t>(v);
-    }
-    if (mode == "fwd") j.mode = Mode::fwd;
-    else if (mode == "bwd") j.mode = Mode::bwd;
-    else if (mode == "fwd+bwd") j.mode = Mode::fwd_bwd;
-    else require(false, "mode", "must be fwd, bwd or fwd+bwd, got '", mode, "'");
-    if (dtype == "fp32") j.dtype = DType::f32;
-    else if (dtype == "bf16") j.dtype = DType::bf16;
-    else if (dtype == "fp16") j.dtype = DType::f16;
-    else require(false, "dtype", "must be fp32, bf16 or fp16, got '", dtype, "'");
-    require(device == "cpu" || device == "cuda", "device", "must be cpu or cuda, got '", device, "'");
-    j.device = device == "cuda" ? Device::cuda : Device::cpu;
-    if (j.device == Device::cuda) {
-        require(kernels::backend(Device::cuda).built, "device", "this build has no CUDA kernels (configure with -DLONGATTN_WITH_CUDA=ON)");
-        require(j.dtype != DType::f32, "dtype", "the CUDA kernels store bf16 or fp16; choose -d bf16 or -d fp16");
-        require(!j.baseline, "baseline", "the unfused baseline runs on the CPU only");
-        j.peak = false;  // the FMA peak is the CPU's
-    }
-    require(comm_name == "mpi" || comm_name == "nccl", "comm", "must be mpi or nccl, got '", comm_name, "'");
-    j.nccl = comm_name == "nccl";
-    require(scaling == "strong" || scaling == "weak", "scaling", "must be strong or weak, got '", scaling, "'");
-    j.weak = scaling == "weak";
-
-    j.distributed = strategy != "kernel";
-    if (j.distributed) j.dist.strategy = parse_strategy(strategy);
-    require(!j.nccl || (j.distributed && j.device == Device::cuda), "comm",
-            "nccl needs a distributed strategy and --device cuda");
-    j.layout = parse_layout(layout);
-    require(j.dist.ulysses_degree >= 1, "ulysses-degree", "must be >= 1, got ", j.dist.ulysses_degree);
-    require(j.dist.kv_head_chunk >= 0, "kv-head-chunk", "must be >= 0 (0 = all), got ", j.dist.kv_head_chunk);
-    require(j.dist.progress_chunks >= 1, "progress-chunks", "must be >= 1, got ", j.dist.progress_chunks);
-    for (std::int64_t t : parse_list(threads, "threads", true)) {
-        require(t <= 4096, "threads", "must be <= 4096, got ", t);
-        j.threads.push_back(static_cast<int>(t));
-    }
-    require(!j.distributed || j.threads.size() == 1, "threads", "takes one value per rank in distributed runs, got ",
-            j.threads.size());
-    j.dist.threads = j.threads.front();
-    require(j.iters >= 1, "iters", "must be >= 1, got ", j.iters);
-    require(j.warmup >= 0, "warmup", "must be >= 0, got ", j.warmup);
-    require(j.check_rows >= 1, "check-rows", "must be >= 1, got ", j.check_rows);
-    require(j.batch >= 1, "batch", "must be >= 1, got ", j.batch);
-
-    // Inputs from files fix the shape and the length.
-    if (!j.load_dir.empty()) {
-        require(j.batch == 1, "batch", "must be 1 with --load (the files hold one sequence [S, H, D]), got ", j.batch);
-        require(!given("minlen") && !given("maxlen") && !j.weak, "load", "the sequence length comes from the files; drop -b/-e/--scaling");
-        for (const char* f : {"/q.npy", "/k.npy", "/v.npy"}) require_input_file(j.load_dir + f, "load");
-        const NpyHeader q = npy_read_header(j.load_dir + "/q.npy", "load");
-        const NpyHeader k = npy_read_header(j.load_dir + "/k.npy", "load");
-        const NpyHeader v = npy_read_header(j.load_dir + "/v.npy", "load");
-        const auto dims = [](const NpyHeader& h) {
-            std::string t = "[";
-            for (std::size_t i = 0; i < h.shape.size(); ++i) t += (i ? ", " : "") + std::to_string(h.shape[i]);
-            return t + "]";
-        };
-        require(q.shape.size() == 3 && k.shape.size() == 3 && v.shape.size() == 3, "load",
-                "q.npy, k.npy, v.npy must be 3-d [S, H, D]; got q ", dims(q), ", k ", dims(k), ", v ", dims(v));
-        require(v.shape == k.shape, "load", "v.npy must have k.npy's shape; got k ", dims(k), ", v ", dims(v));
-        require(q.shape[0] == k.shape[0] && q.shape[2] == k.shape[2], "load",
-                "q.npy and k.npy must share S and D; got q [", q.shape[0], ", ", q.shape[1], ", ", q.shape[2], "], k [",
-                k.shape[0], ", ", k.shape[1], ", ", k.shape[2], "]");
-        require(q.shape[0] > 0, "load", "the files hold an empty sequence");
-        require(!given("heads") || j.heads == q.shape[1], "heads", "is ", j.heads, " but q.npy has ", q.shape[1]);
-        require(!given("kv-heads") || j.kv_heads == k.shape[1], "kv-heads", "is ", j.kv_heads, " but k.npy has ", k.shape[1]);
-        require(!given("head-dim") || j.head_dim == q.shape[2], "head-dim", "is ", j.head_dim, " but q.npy has ", q.shape[2]);
-        j.heads = q.shape[1];
-        j.kv_heads = k.shape[1];
-        j.head_dim = q.shape[2];
-        j.lengths = {q.shape[0]};
-        if (::access((j.load_dir + "/dout.npy").c_str(), F_OK) == 0) {
-            require_input_file(j.load_dir + "/dout.npy", "load");
-            const NpyHeader d = npy_read_header(j.load_dir + "/dout.npy", "load");
-            require(d.shape == q.shape, "load", "dout.npy must have q.npy's shape");
-        }
-    } else {
-        const std::int64_t lo = parse_size(minlen, "minlen");
-        const std::int64_t hi = maxlen.empty() ? lo : parse_size(maxlen, "maxlen");
-        require(hi >= lo, "maxlen", "must be >= minlen (", lo, "), got ", hi);
-        require(std::isfinite(factor) && (factor > 1.0 || lo == hi), "factor", "must be a number > 1 for a sweep, got ", factor);
-        // Each length is the previous one times the factor, rounded down; a factor that leaves a length
-        // unchanged (or a sweep of more than 64 lengths) is refused rather than run forever.
-        for (std::int64_t L = lo; L <= hi;) {
-            j.lengths.push_back(L);
-            if (lo == hi) break;
-            const double next = std::floor(static_cast<double>(L) * factor);
-            if (next > static_cast<double>(hi)) break;
-            require(static_cast<std::int64_t>(next) > L, "factor", show_number(factor), " does not grow the length ", L,
-                    "; use a larger factor (the next length must be at least ", L + 1, ")");
-            require(j.lengths.size() < 64, "factor", show_number(factor), " makes a sweep of more than 64 lengths from ", lo, " to ", hi);
-            L = static_cast<std::int64_t>(next);
-        }
-    }
-    require(j.heads >= 1, "heads", "must be >= 1, got ", j.heads);
-    if (j.kv_heads == 0) j.kv_heads = j.heads;
-    require(j.kv_heads >= 1 && j.heads % j.kv_heads == 0, "kv-heads", "must divide heads (", j.heads, "), got ",
-            j.kv_heads);
-    require(j.head_dim >= 1 && j.head_dim <= 256, "head-dim", "must be in [1, 256], got ", j.head_dim);
-
-    for (std::int64_t L : j.lengths) require_tensors_fit(j, L, j.load_dir.empty() ? "minlen" : "load");
-
-    if (!window.empty()) {
-        const auto comma = window.find(',');
-        const std::string form = "LEFT,RIGHT integers (-1 = unbounded)";
-        require(comma != std::string::npos && window.find(',', comma + 1) == std::string::npos, "window", "expected ",
-                form, ", got '", visible(window), "'");
-        j.pattern.window = Window{parse_int(window.substr(0, comma), "window", form),
-                                  parse_int(window.substr(comma + 1), "window", form)};
-    }
-    // Documents: one way at a time.
-    const int doc_ways = (j.docs.count != 0) + !doc_lens.empty() + !doc_lens_file.empty() + !doc_dist.empty();
-    require(doc_ways <= 1, "docs", "give one of docs, doc-lens, doc-lens-file or doc-dist, not ", doc_ways);
-    require(j.docs.count >= 0, "docs", "must be >= 0, got ", j.docs.count);
-    if (j.docs.count > 0) j.docs.kind = DocSpec::Kind::equal;
-    if (!doc_lens.empty() || !doc_lens_file.empty()) {
-        const std::uint64_t seed = j.docs.seed;
-        j.docs = DocSpec{};
-        j.docs.seed = seed;
-        j.docs.kind = DocSpec::Kind::lens;
-        j.docs.lens = doc_lens.empty() ? read_lens_file(doc_lens_file) : parse_list(doc_lens, "doc-lens");
-    }
-    if (!doc_dist.empty()) {
-        const std::uint64_t seed = j.docs.seed;
-        j.docs = parse_doc_dist(doc_dist);
-        j.docs.seed = seed;
-    }
-    if (!global_list.empty())
-        for (std::int64_t g : parse_list(global_list, "global-list", true)) j.pattern.global_list.push_back(g);
-    if (!block_mask.empty()) read_block_mask(block_mask, j.pattern);
-
-    // Outputs: checked now so that a bad path fails before any work, and nothing is half-written.
-    if (!j.save_dir.empty()) require_output_dir(j.save_dir, "save");
-    require(j.save_dir.empty() || j.batch == 1, "save", "needs batch 1 (the files hold one sequence [S, H, D])");
-    require(j.save_dir.empty() || j.lengths.size() == 1, "save", "needs one sequence length, not a sweep of ",
-            j.lengths.size());
-    require(j.save_dir.empty() || j.threads.size() == 1, "save", "needs one thread count, not a sweep");
-    for (const auto& [path, name] : {std::pair{j.json_path, "json"}, std::pair{j.csv_path, "csv"}})
-        if (!path.empty()) require_output_file(path, name);
-
-    PatternSpec probe = spec_for_length(j, j.lengths.back());  // validate the pattern before any work starts
-    Pattern{probe};
+    for (int i = 0; i < argc; ++i) j.command_line.append(i ? " " : "").append(argv[i]);
+    for (const auto& [name, value] : vm)
+        if (!value.defaulted()) v.given.insert(name);
+    complete_job(v, j);
     return j;
-}
-
-void validate_for_ranks(const Job& job, int ranks) {
-    if (job.weak)
-        for (std::int64_t L : job.lengths)
-            require_tensors_fit(job,
-                                checked_mul(L, ranks, "minlen",
-                                            "weak scaling: " + std::to_string(L) + " tokens per rank x " +
-                                                std::to_string(ranks) + " ranks"),
-                                "minlen");
-    const std::int64_t n = total_tokens(job, job.lengths.back(), ranks);
-    // What is fixed in tokens must fit the shortest sequence of the sweep: nothing is clamped silently.
-    const std::int64_t shortest = total_tokens(job, job.lengths.front(), ranks);
-    require(job.docs.kind != DocSpec::Kind::equal || job.docs.count <= shortest, "docs", job.docs.count,
-            " documents do not fit in ", shortest, " tokens (at most one per token)");
-    if (job.docs.kind == DocSpec::Kind::lens)
-        for (std::int64_t len : job.docs.lens)
-            require(len <= shortest, "doc-lens", "a document of ", len,
-                    " tokens does not fit in a sequence of ", shortest);
-    require(job.pattern.global_first <= shortest, "global", "must be in [0, ", shortest, "] for a sequence of ", shortest,
-            " tokens, got ", job.pattern.global_first);
-    for (std::int64_t g : job.pattern.global_list)
-        require(g < shortest, "global-list", "positions must be in [0, ", shortest, ") for a sequence of ", shortest,
-                " tokens, got ", g);
-    if (!job.pattern.block_mask.empty())
-        for (std::int64_t L : job.lengths) {
-            const std::int64_t nb = (total_tokens(job, L, ranks) + job.pattern.block - 1) / job.pattern.block;
-            require(job.pattern.block_mask_rows == nb && job.pattern.block_mask_cols == nb, "block-mask", "is ",
-                    job.pattern.block_mask_rows, " x ", job.pattern.block_mask_cols, " blocks; a sequence of ",
-                    total_tokens(job, L, ranks), " tokens in blocks of ", job.pattern.block, " needs ", nb, " x ", nb);
-        }
-    if (job.pattern.window)
-        for (std::int64_t w : {job.pattern.window->left, job.pattern.window->right})
-            require(w >= -1 && w < n, "window", "each side must be -1 (unbounded) or in [0, ", n,
-                    ") for sequences up to ", n, " tokens, got ", job.pattern.window->left, ",", job.pattern.window->right);
-    require(job.distributed || ranks == 1, "strategy",
-            "'kernel' runs in one process; under mpirun choose ring, ulysses, hybrid or allgather");
-    if (job.distributed && job.dist.strategy == StrategyKind::hybrid)
-        require(ranks % job.dist.ulysses_degree == 0, "ulysses-degree", "must divide the number of ranks (", ranks,
-                "), got ", job.dist.ulysses_degree);
-    if (job.distributed && job.dist.strategy == StrategyKind::allgather)
-        require(job.dist.kv_head_chunk <= job.kv_heads, "kv-head-chunk", "must be in [0, kv-heads = ", job.kv_heads,
-                "], got ", job.dist.kv_head_chunk);
-}
-
-PatternSpec spec_for_length(const Job& job, std::int64_t n) {
-    PatternSpec s = job.pattern;
-    s.seq_len = n;
-    s.doc_bounds = doc_bounds(job.docs, n);
-    if (job.alibi)
-        for (std::int64_t h = 0; h < job.heads; ++h)
-            s.alibi_slopes.push_back(std::exp2(-8.0f * static_cast<float>(h + 1) / static_cast<float>(job.heads)));
-    return s;
 }
 
 }  // namespace longattn::bench

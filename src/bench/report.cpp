@@ -92,9 +92,9 @@ int Report::finish(std::int64_t wrong) {
     const char* verdict = wrong == 0 ? "OK" : "FAILED";
     if (!printer_) return wrong == 0 ? 0 : 1;
     std::printf("# Out of bounds values : %lld %s\n", static_cast<long long>(wrong), verdict);
-    if (job_.check) std::printf("# Check: %s\n", wrong == 0 ? "PASSED" : "FAILED (see #wrong)");
+    if (job_.checks.enabled) std::printf("# Check: %s\n", wrong == 0 ? "PASSED" : "FAILED (see #wrong)");
     std::fflush(stdout);
-    if (!job_.json_path.empty()) {
+    if (!job_.io.json_path.empty()) {
         std::ostringstream js;
         js << "{\n  \"command\": " << json_string(job_.command_line) << ",\n  \"notes\": [";
         for (std::size_t i = 0; i < notes_.size(); ++i) js << (i ? ",\n    " : "\n    ") << json_string(notes_[i]);
@@ -107,11 +107,11 @@ int Report::finish(std::int64_t wrong) {
             }
             js << "}";
         }
-        js << "\n  ],\n  \"wrong\": " << wrong << ",\n  \"checked\": " << (job_.check ? "true" : "false")
+        js << "\n  ],\n  \"wrong\": " << wrong << ",\n  \"checked\": " << (job_.checks.enabled ? "true" : "false")
            << ",\n  \"verdict\": \"" << verdict << "\"\n}\n";
-        write_file(job_.json_path, js.str());
+        write_file(job_.io.json_path, js.str());
     }
-    if (!job_.csv_path.empty()) {
+    if (!job_.io.csv_path.empty()) {
         std::ostringstream cs;
         for (std::size_t i = 0; i < cols_.size(); ++i) cs << (i ? "," : "") << cols_[i].name;
         cs << "\n";
@@ -119,7 +119,7 @@ int Report::finish(std::int64_t wrong) {
             for (std::size_t i = 0; i < cols_.size(); ++i) cs << (i ? "," : "") << number(r[i], cols_[i]);
             cs << "\n";
         }
-        write_file(job_.csv_path, cs.str());
+        write_file(job_.io.csv_path, cs.str());
     }
     return wrong == 0 ? 0 : 1;
 }

@@ -42,8 +42,8 @@ void write_rows(NpyWriter& w, const TensorView& t, const RankRows& r) {
 
 void save_outputs(const Job& job, std::int64_t N, const RankRows& r, comm::Communicator* comm) {
     const bool root = comm == nullptr || comm->rank() == 0;
-    if (!job.allow_nonfinite) {
-        std::int64_t bad = count_nonfinite(r, job.batch, job.heads);
+    if (!job.io.allow_nonfinite) {
+        std::int64_t bad = count_nonfinite(r, job.shape.batch, job.shape.heads);
         if (comm) comm->all_reduce_sum(&bad, 1);  // every rank refuses alike
         if (bad > 0)
             throw std::runtime_error("save: the outputs hold " + std::to_string(bad) +
@@ -51,8 +51,8 @@ void save_outputs(const Job& job, std::int64_t N, const RankRows& r, comm::Commu
     }
     std::int64_t tag = ::getpid();  // one temporary name for all ranks: the creating rank's pid
     if (comm) comm->broadcast(&tag, sizeof(tag), 0);
-    const std::string dir = job.save_dir + "/", suffix = std::to_string(tag);
-    const std::int64_t H = job.heads, Hkv = job.kv_heads, D = job.head_dim;
+    const std::string dir = job.io.save_dir + "/", suffix = std::to_string(tag);
+    const std::int64_t H = job.shape.heads, Hkv = job.shape.kv_heads, D = job.shape.head_dim;
     struct File {
         std::unique_ptr<NpyWriter> w;
         const TensorView* rows;  // null: the LSE

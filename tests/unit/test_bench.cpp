@@ -136,10 +136,10 @@ TEST(Npy, BadFilesNameTheOptionAndTheProblem) {
 TEST(Save, RowsLandInGlobalOrderWhateverTheLayout) {
     TempDir dir;
     Job job;
-    job.save_dir = dir.path.string();
-    job.heads = 2;
-    job.kv_heads = 1;
-    job.head_dim = 3;
+    job.io.save_dir = dir.path.string();
+    job.shape.heads = 2;
+    job.shape.kv_heads = 1;
+    job.shape.head_dim = 3;
     const std::int64_t N = 7;
     // Two "ranks" holding zigzag-like rows: {0, 1, 5, 6} and {2, 3, 4}; written by one process in turn
     // would need two calls, so the local rows here are all of them in a shuffled order.
@@ -237,22 +237,22 @@ TEST(Options, IniSectionsTopLevelKeysAndCommandLinePrecedence) {
                 "head-dim = 64\n[dist]\nstrategy = ring\nlayout = striped\n[pattern]\ncausal = true\nwindow = 128,0\n"
                 "doc-dist = exp:512\ndoc-seed = 9\n");
     const Job j = parse({"--config", ini, "--heads", "4", "-n", "7"});
-    EXPECT_EQ(j.mode, Mode::fwd_bwd);
-    EXPECT_EQ(j.lengths, (std::vector<std::int64_t>{2048, 4096, 8192}));
-    EXPECT_EQ(j.iters, 7) << "the command line wins";
-    EXPECT_EQ(j.heads, 4) << "the command line wins";
-    EXPECT_EQ(j.kv_heads, 2);
-    EXPECT_EQ(j.head_dim, 64);
-    EXPECT_TRUE(j.distributed);
-    EXPECT_EQ(j.dist.strategy, StrategyKind::ring);
-    EXPECT_EQ(j.layout, LayoutKind::striped);
-    EXPECT_TRUE(j.pattern.causal);
-    ASSERT_TRUE(j.pattern.window.has_value());
-    EXPECT_EQ(j.pattern.window->left, 128);
-    EXPECT_EQ(j.pattern.window->right, 0);
-    EXPECT_EQ(j.docs.kind, DocSpec::Kind::exponential);
-    EXPECT_EQ(j.docs.a, 512.0);
-    EXPECT_EQ(j.docs.seed, 9u);
+    EXPECT_EQ(j.sweep.mode, Mode::fwd_bwd);
+    EXPECT_EQ(j.sweep.lengths, (std::vector<std::int64_t>{2048, 4096, 8192}));
+    EXPECT_EQ(j.sweep.iters, 7) << "the command line wins";
+    EXPECT_EQ(j.shape.heads, 4) << "the command line wins";
+    EXPECT_EQ(j.shape.kv_heads, 2);
+    EXPECT_EQ(j.shape.head_dim, 64);
+    EXPECT_TRUE(j.exec.distributed);
+    EXPECT_EQ(j.exec.dist.strategy, StrategyKind::ring);
+    EXPECT_EQ(j.exec.layout, LayoutKind::striped);
+    EXPECT_TRUE(j.pattern.spec.causal);
+    ASSERT_TRUE(j.pattern.spec.window.has_value());
+    EXPECT_EQ(j.pattern.spec.window->left, 128);
+    EXPECT_EQ(j.pattern.spec.window->right, 0);
+    EXPECT_EQ(j.pattern.docs.kind, DocSpec::Kind::exponential);
+    EXPECT_EQ(j.pattern.docs.a, 512.0);
+    EXPECT_EQ(j.pattern.docs.seed, 9u);
 }
 
 TEST(Options, BadInputNamesTheKeyAndWhatIsAllowed) {
@@ -352,15 +352,16 @@ TEST(Parse, BooleanFlagsWorkBareAndWithAValue) {
     EXPECT_EQ(normalize_bool_flags(V{"--causal=yes", "-c"}, names, shorts), (V{"--causal=yes", "--check=true"}));
     EXPECT_EQ(normalize_bool_flags(V{"--causalx", "-b", "1K"}, names, shorts), (V{"--causalx", "-b", "1K"}));
     // Through the parser: bare, valued, and a stray argument refused.
-    EXPECT_TRUE(parse({"--causal", "-b", "1K"}).pattern.causal);
-    EXPECT_FALSE(parse({"--causal", "off", "-b", "1K"}).pattern.causal);
-    EXPECT_FALSE(parse({"-c", "false"}).check);
+    EXPECT_TRUE(parse({"--causal", "-b", "1K"}).pattern.spec.causal);
+    EXPECT_FALSE(parse({"--causal", "off", "-b", "1K"}).pattern.spec.causal);
+    EXPECT_FALSE(parse({"-c", "false"}).checks.enabled);
     EXPECT_NE(error_of([] { parse({"-b", "1K", "2K"}); }).find("option: unexpected argument '2K'"), std::string::npos);
 }
 
 TEST(Parse, SweepsGrowAndStayBounded) {
-    EXPECT_EQ(parse({"-b", "1000", "-e", "3000", "-f", "1.5"}).lengths, (std::vector<std::int64_t>{1000, 1500, 2250}));
-    EXPECT_EQ(parse({"-b", "1K", "-e", "4K"}).lengths, (std::vector<std::int64_t>{1024, 2048, 4096}));
+    EXPECT_EQ(parse({"-b", "1000", "-e", "3000", "-f", "1.5"}).sweep.lengths,
+              (std::vector<std::int64_t>{1000, 1500, 2250}));
+    EXPECT_EQ(parse({"-b", "1K", "-e", "4K"}).sweep.lengths, (std::vector<std::int64_t>{1024, 2048, 4096}));
     EXPECT_NE(error_of([] { parse({"-b", "4K", "-e", "8K", "-f", "1.0000001"}); }).find("does not grow the length 4096"),
               std::string::npos);
     EXPECT_NE(error_of([] { parse({"-b", "1000", "-e", "1G", "-f", "1.1"}); }).find("more than 64 lengths"), std::string::npos);
