@@ -59,6 +59,7 @@ struct Execution {
     bool per_rank = false;               // print every rank's kernel, wait, bytes and memory
     Device device = Device::cpu;         // where the tensors live and the kernels run
     bool nccl = false;                   // the NCCL communicator instead of MPI (device cuda)
+    bool reuse_plan = true;              // one Plan per length for every call (else one-shot calls)
 };
 
 // What each run is compared with: the fp64 reference on sampled rows and, in kernel mode, the unfused

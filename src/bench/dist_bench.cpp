@@ -4,8 +4,10 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -161,9 +163,11 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
              " warmup) of the slowest rank; TFLOP/s from the exact allowed-pair count (bwd = 2.5x fwd)");
     rep.note("MB_sent: bytes sent per rank (max); comm%: time blocked on transfers / wall (max); peak_MB: peak RSS "
              "growth per rank (max); mem_x: peak_MB / (Q,K,V,O shards + two K/V buffers" +
-             std::string(grads ? " + dO,dQ,dK,dV + two dK/dV buffers" : "") + ")");
+             std::string(grads ? " + dO,dQ,dK,dV + two dK/dV buffers" : "") + "); setup%: building the plan per call / time "
+             "(least over ranks; 0 with --plan reuse, whose one build is in the notes)");
     rep.columns({{"tokens", 10, -1}, {"per_rank", 9, -1}, {"density", 8, 5}, {"time_ms", 10, 2}, {"TFLOP/s", 9, 4},
-                 {"MB_sent", 10, 1}, {"comm%", 7, 1}, {"peak_MB", 9, 0}, {"mem_x", 7, 2}, {"max_err", 10, 2, true},
+                 {"MB_sent", 10, 1}, {"comm%", 7, 1}, {"peak_MB", 9, 0}, {"mem_x", 7, 2}, {"setup%", 7, 3},
+                 {"max_err", 10, 2, true},
                  {"#wrong", 6, -1}});
     std::int64_t wrong_total = 0;
     for (std::int64_t L : job.sweep.lengths) {
@@ -177,13 +181,26 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         DistForwardArgs fa;
         DistBackwardArgs ba;
         sh.bind(job, pat, fa, ba);
+        // --plan reuse: one plan for every call of this length, as a training loop keeps one per layer.
+        std::optional<Plan> plan;
+        double build_s = 0;
+        if (job.exec.reuse_plan) {
+            comm.barrier();
+            const auto t0 = std::chrono::steady_clock::now();
+            plan.emplace(comm, sh.pos.data(), pat, PlanShape{sh.B, sh.S, sh.H, sh.Hkv, sh.D}, job.exec.dist);
+            build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            fa.pos = ba.pos = nullptr;
+            fa.pattern = ba.pattern = nullptr;
+        }
         std::vector<DistStats> fs, bs;
         for (int it = 0; it < job.sweep.warmup + job.sweep.iters; ++it) {
             comm.barrier();
             if (job.faults.inject_failure == me) throw std::runtime_error("injected failure");
             DistStats f, b;
-            attention_forward(comm, job.exec.dist, fa, &f);
-            if (grads) attention_backward(comm, job.exec.dist, ba, &b);
+            if (plan) plan->forward(fa, &f);
+            else attention_forward(comm, job.exec.dist, fa, &f);
+            if (grads && plan) plan->backward(ba, &b);
+            else if (grads) attention_backward(comm, job.exec.dist, ba, &b);
             if (it >= job.sweep.warmup) {
                 fs.push_back(f);
                 bs.push_back(b);
@@ -231,24 +248,32 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
                 std::fflush(stdout);
             }
         }
-        // Maxima over ranks: [time, comm fraction, kernel, bytes, peak, mem ratio, work, err]; minima of work, kernel.
-        double mx[8] = {total, wait / std::max(total, 1e-12), kern, double(f.bytes_sent + b.bytes_sent), peak_mb,
-                        mem_x, double(work), c.max_err};
-        double mn[2] = {-double(work), -kern};
+        // Maxima over ranks: [time, comm fraction, kernel, bytes, peak, mem ratio, work, err, plan build]; minima
+        // of work, kernel, and the setup per call: the plan's collectives also absorb the ranks' different
+        // arrival times, which the last rank to arrive does not wait for.
+        double mx[9] = {total, wait / std::max(total, 1e-12), kern, double(f.bytes_sent + b.bytes_sent), peak_mb,
+                        mem_x, double(work), c.max_err, build_s};
+        double mn[3] = {-double(work), -kern, -(f.setup_s + b.setup_s)};
         std::int64_t bad = c.wrong;
-        comm.all_reduce_max(mx, 8);
-        comm.all_reduce_max(mn, 2);
+        comm.all_reduce_max(mx, 9);
+        comm.all_reduce_max(mn, 3);
         comm.all_reduce_sum(&bad, 1);
         wrong_total += bad;
         const double pairs = double(pat.count_allowed(0, N, 0, N));
         const double flops = 4.0 * double(job.shape.head_dim) * double(job.shape.batch * job.shape.heads) * pairs *
                              (job.sweep.mode == Mode::fwd ? 1.0 : job.sweep.mode == Mode::bwd ? 2.5 : 3.5);
         rep.row({double(N), double((N + P - 1) / P), pairs / (double(N) * double(N)), mx[0] * 1e3, flops / mx[0] * 1e-12,
-                 mx[3] / 1e6, 100 * mx[1], mx[4], mx[5], mx[7], double(bad)});
-        char line[160];
+                 mx[3] / 1e6, 100 * mx[1], mx[4], mx[5], 100 * -mn[2] / std::max(mx[0], 1e-12), mx[7], double(bad)});
+        char line[200];
         std::snprintf(line, sizeof(line), "  work per rank max/min %.4f (allowed pairs); kernel time per rank max/min %.3f",
                       mx[6] / std::max(-mn[0], 1.0), mx[2] / std::max(-mn[1], 1e-12));
         rep.note(line);
+        if (plan) {
+            std::snprintf(line, sizeof(line), "  plan built once in %.2f ms for %d calls; workspace %.1f MB per rank",
+                          mx[8] * 1e3, (job.sweep.warmup + job.sweep.iters) * (grads ? 2 : 1),
+                          double(plan->workspace_bytes()) / 1048576.0);
+            rep.note(line);
+        }
     }
     return rep.finish(wrong_total);
 }

@@ -148,6 +148,8 @@ void read_choices(const OptionValues& v, Job& j) {
     require(!j.exec.nccl || (j.exec.distributed && j.exec.device == Device::cuda), "comm",
             "nccl needs a distributed strategy and --device cuda");
     j.exec.layout = parse_layout(v.layout);
+    require(v.plan == "reuse" || v.plan == "per-call", "plan", "must be reuse or per-call, got ", quoted(v.plan));
+    j.exec.reuse_plan = v.plan == "reuse";
 }
 
 // The counts' ranges, and the thread counts: a list to sweep in kernel mode, one value per rank otherwise.

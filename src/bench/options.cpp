@@ -146,6 +146,8 @@ po::options_description dist_options(Execution& x, OptionValues& v, SectionOf& s
       "kernel (single process) | ring | ulysses | hybrid | allgather")
      ("layout", po::value(&v.layout)->default_value("zigzag"), "contiguous | zigzag | striped")
      ("comm", po::value(&v.comm)->default_value("mpi"), "mpi | nccl (with --device cuda)")
+     ("plan", po::value(&v.plan)->default_value("reuse"),
+      "reuse: one plan per length for every call, as a training loop | per-call: a one-shot plan each call")
      ("ulysses-degree", po::value(&x.dist.ulysses_degree)->default_value(1),
       "hybrid: ranks per Ulysses group (divides the rank count)")
      ("kv-head-chunk", po::value(&x.dist.kv_head_chunk)->default_value(0),

@@ -37,7 +37,7 @@ struct DistOptions {
 
 struct DistStats {
     double total_s = 0, kernel_s = 0, wait_s = 0;  // wall, inside kernels, blocked on communication
-    double setup_s = 0;                  // building the plan (one-shot calls; 0 through a kept Plan)
+    double setup_s = 0;  // building the plan, included in total_s (one-shot calls; 0 through a kept Plan)
     std::uint64_t bytes_sent = 0;
     std::uint64_t scratch_peak_bytes = 0;  // largest working memory the strategy held at once
     std::int64_t kernel_calls = 0, skipped_blocks = 0, skipped_transfers = 0;

@@ -53,13 +53,13 @@ PlanShape shape_of(const TensorView& q, const TensorView& k) {
 // traffic is the call's.
 template <class Args, class Execute>
 void one_shot(comm::Communicator& comm, const DistOptions& opt, const Args& args, DistStats* stats, Execute&& execute) {
-    const auto t0 = std::chrono::steady_clock::now();
     dist::agree_on_input(comm, [&] {
         require(args.pos != nullptr || args.q.rank < 2 || args.q.shape[1] == 0, "pos",
                 "must be given (the global position of each local row)");
         require(args.pattern != nullptr, "pattern", "must be given");
         (void)shape_of(args.q, args.k);
     });
+    const auto t0 = std::chrono::steady_clock::now();
     dist::PlanState plan(comm, args.pos, *args.pattern, shape_of(args.q, args.k), opt);
     const double setup = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     Args a = args;

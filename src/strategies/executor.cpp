@@ -20,11 +20,11 @@ void check_against_plan(const PlanState& s, const TensorView& q, const TensorVie
             "k", "must have the plan's shape [", p.batch, ", ", p.rows, ", ", p.kv_heads, ", ", p.head_dim, "]");
 }
 
+// Runs f with the call's context; the time counts from t0 (the call's start, its checks included).
 template <class F>
-void with_stats(PlanState& s, DistStats* stats, Device device, F&& f) {
+void with_stats(PlanState& s, DistStats* stats, Device device, std::chrono::steady_clock::time_point t0, F&& f) {
     DistStats local;
     Ctx cx{s.opt, local, s.workspace, device};
-    const auto t0 = std::chrono::steady_clock::now();
     const std::uint64_t b0 = s.mesh.bytes_sent();
     f(cx);
     local.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -51,6 +51,7 @@ void agree_on_input(comm::Communicator& comm, const std::function<void()>& check
 }
 
 void execute_forward(PlanState& s, const DistForwardArgs& args, DistStats* stats) {
+    const auto t0 = std::chrono::steady_clock::now();
     DistForwardArgs a = args;
     agree_on_input(s.mesh.world, [&] {
         check_against_plan(s, a.q, a.k, a.pos, a.pattern);
@@ -62,7 +63,7 @@ void execute_forward(PlanState& s, const DistForwardArgs& args, DistStats* stats
         p.threads = s.opt.threads;
         kernels::backend_of(p.q).validate_fwd(p);
     });
-    with_stats(s, stats, a.q.device, [&](Ctx& cx) {
+    with_stats(s, stats, a.q.device, t0, [&](Ctx& cx) {
         Mesh& m = s.mesh;
         switch (s.opt.strategy) {
             case StrategyKind::ring: ring_forward(cx, m.world, *s.ring, a); break;
@@ -79,6 +80,7 @@ void execute_forward(PlanState& s, const DistForwardArgs& args, DistStats* stats
 }
 
 void execute_backward(PlanState& s, const DistBackwardArgs& args, DistStats* stats) {
+    const auto t0 = std::chrono::steady_clock::now();
     DistBackwardArgs a = args;
     agree_on_input(s.mesh.world, [&] {
         check_against_plan(s, a.q, a.k, a.pos, a.pattern);
@@ -91,7 +93,7 @@ void execute_backward(PlanState& s, const DistBackwardArgs& args, DistStats* sta
         p.threads = s.opt.threads;
         kernels::backend_of(p.q).validate_bwd(p);
     });
-    with_stats(s, stats, a.q.device, [&](Ctx& cx) {
+    with_stats(s, stats, a.q.device, t0, [&](Ctx& cx) {
         Mesh& m = s.mesh;
         switch (s.opt.strategy) {
             case StrategyKind::ring: ring_backward(cx, m.world, *s.ring, a); break;
