@@ -64,7 +64,7 @@ struct Row {
 };
 
 template <class Real>
-struct Problem {
+struct RefCall {
     Dims d;
     const Pattern* pattern;
     const std::int64_t* q_pos;
@@ -139,11 +139,11 @@ struct Problem {
 };
 
 template <class Real>
-Problem<Real> make_problem(const TensorView& q, const TensorView& k, const TensorView& v, const Pattern* pattern,
+RefCall<Real> make_problem(const TensorView& q, const TensorView& k, const TensorView& v, const Pattern* pattern,
                            const std::int64_t* q_pos, const std::int64_t* k_pos, std::int64_t head_offset,
                            RefPrecision prec, DType storage) {
     require(pattern != nullptr, "pattern", "is null");
-    Problem<Real> pr{dims_of(q, k), pattern, q_pos, k_pos, head_offset,
+    RefCall<Real> pr{dims_of(q, k), pattern, q_pos, k_pos, head_offset,
                      Arith<Real>{prec == RefPrecision::bf16 || prec == RefPrecision::f16, storage},
                      static_cast<Real>(pattern->softmax_scale(q.shape[3])), load<Real>(q), load<Real>(k),
                      load<Real>(v)};

@@ -25,6 +25,7 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// One attention problem of the sweep (as tests/unit/testing.hpp's Problem): its tensors, owned.
 struct Problem {
     std::int64_t B, L, H, Hkv, D;
     DType dtype;

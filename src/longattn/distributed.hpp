@@ -74,12 +74,14 @@ namespace dist {
 struct PlanState;
 }
 
-// What every call of one layer shares, built once: the shard table (every rank's positions), the
-// ring's schedule (which rank needs which shard, which rows travel), the Ulysses head split, the
-// hybrid's sub-communicators (split here, never per call), and the working memory of the calls
-// (kept between calls, so a training step allocates nothing). Building is collective over comm; so
-// are forward() and backward(), called by every rank in the same order. The communicator, and
-// nothing else, must outlive the plan: positions and pattern are copied.
+// What every call shares, built once: the shard table (every rank's positions), the ring's
+// schedule (which rank needs which shard, which rows travel), the Ulysses head split, the hybrid's
+// sub-communicators (split here, never per call), and the working memory of the calls (kept between
+// calls, so a training step allocates nothing). Building is collective over comm; so are forward()
+// and backward(), called by every rank in the same order. The communicator, and nothing else, must
+// outlive the plan: positions and pattern are copied. A plan keeps no state of a call: every layer of
+// a model whose shapes, positions and pattern agree calls the same plan, and shares its workspace
+// (as large as one call's working memory).
 class Plan {
 public:
     Plan(comm::Communicator& comm, const std::int64_t* pos, const Pattern& pattern, const PlanShape& shape,
