@@ -77,13 +77,14 @@ struct Shard {
     RankRows rows() const {
         RankRows r;
         r.pos = pos.data(), r.S = S, r.o = ov, r.lse = lse.data();
-        if (!dq.empty()) r.dq = dqv, r.dk = dkv, r.dv = dvv;
+        if (dqv.rank == 4) r.dq = dqv, r.dk = dkv, r.dv = dvv;
         return r;
     }
 
     // The arguments of the run: the host views, or device copies of them with --device cuda.
-    void bind(const Job& job, const Pattern& pat, DistForwardArgs& fa, DistBackwardArgs& ba) {
-        const bool grads = !dq.empty();
+    // grads: a backward runs (a rank without rows has empty gradient buffers, but its views still take
+    // part in the call).
+    void bind(const Job& job, const Pattern& pat, bool grads, DistForwardArgs& fa, DistBackwardArgs& ba) {
         auto use = [&](const TensorView& host) {
             if (job.exec.device == Device::cpu) return host;
             mirrors.emplace_back(job.exec.device, host);
@@ -180,7 +181,7 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         for (std::int64_t p : sh.pos) work += pat.count_allowed(p, p + 1, 0, N);
         DistForwardArgs fa;
         DistBackwardArgs ba;
-        sh.bind(job, pat, fa, ba);
+        sh.bind(job, pat, grads, fa, ba);
         // --plan reuse: one plan for every call of this length, as a training loop keeps one per layer.
         std::optional<Plan> plan;
         double build_s = 0;
