@@ -104,10 +104,10 @@ void add_view(const TensorView& src, const TensorView& dst) {
     backend_of(dst).add(src, dst);
 }
 
-DeviceCopy::DeviceCopy(Device d, const TensorView& host) : host_(host), dev_(host) {
+DeviceCopy::DeviceCopy(Device d, const TensorView& host, std::size_t bytes) : host_(host), dev_(host) {
     if (d == Device::cpu) return;
-    // Host views here are contiguous, so the bytes copy as one block.
-    bytes_ = static_cast<std::size_t>(host.numel()) * dtype_size(host.dtype);
+    // The view's whole extent copies as one block, strides and all.
+    bytes_ = bytes ? bytes : static_cast<std::size_t>(host.numel()) * dtype_size(host.dtype);
     const Backend& be = backend(d);
     dev_.data = be.alloc(bytes_);
     dev_.device = d;

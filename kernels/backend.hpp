@@ -48,12 +48,13 @@ void copy_view(const TensorView& src, const TensorView& dst);
 void add_view(const TensorView& src, const TensorView& dst);
 inline void fill_view(const TensorView& dst, float value) { backend_of(dst).fill(dst, value); }
 
-// A device copy of a host tensor view (contiguous), owned: filled from the host on construction,
-// copied back by to_host(). On the host device it is the host view itself.
+// A device copy of a host tensor view, owned: filled from the host on construction, copied back by
+// to_host(). On the host device it is the host view itself. bytes: the view's extent in memory (0: a
+// contiguous view's numel x dtype size; more for a view with padding between rows).
 class DeviceCopy {
 public:
     DeviceCopy() = default;
-    DeviceCopy(Device d, const TensorView& host);
+    DeviceCopy(Device d, const TensorView& host, std::size_t bytes = 0);
     ~DeviceCopy();
     DeviceCopy(DeviceCopy&& o) noexcept;
     DeviceCopy& operator=(DeviceCopy&& o) noexcept;

@@ -34,6 +34,8 @@
 
 using namespace longattn;
 using longattn::test::floor_for;
+using longattn::test::lse_rows;
+using longattn::test::pick_rows;
 
 namespace {
 
@@ -62,22 +64,6 @@ std::vector<double> rows_f64(const TensorView& t, const std::vector<std::int64_t
             for (std::int64_t h = 0; h < t.shape[2]; ++h)
                 for (std::int64_t d = 0; d < t.shape[3]; ++d)
                     out.push_back(load_as_f32(t.data, t.dtype, t.offset(b, r, h, d)));
-    return out;
-}
-std::vector<double> pick_rows(const std::vector<double>& full, std::int64_t B, std::int64_t S, std::int64_t HD,
-                              const std::vector<std::int64_t>& rows) {
-    std::vector<double> out;
-    for (std::int64_t b = 0; b < B; ++b)
-        for (std::int64_t r : rows)
-            for (std::int64_t e = 0; e < HD; ++e) out.push_back(full[static_cast<std::size_t>((b * S + r) * HD + e)]);
-    return out;
-}
-// LSE [BH, S] at the given rows.
-std::vector<double> lse_rows(const std::vector<double>& lse, std::int64_t BH, std::int64_t S,
-                             const std::vector<std::int64_t>& rows) {
-    std::vector<double> out;
-    for (std::int64_t bh = 0; bh < BH; ++bh)
-        for (std::int64_t r : rows) out.push_back(lse[static_cast<std::size_t>(bh * S + r)]);
     return out;
 }
 

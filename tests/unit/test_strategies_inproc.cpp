@@ -103,23 +103,6 @@ Whole whole_problem(const Shape& s, const Pattern& pat) {
             kernels::reference_backward(bp)};
 }
 
-// Rows of a [B, S, HD] array at the given positions, batch by batch; LSE [BH, S] at the given positions.
-std::vector<double> pick_rows(const std::vector<double>& full, std::int64_t B, std::int64_t S, std::int64_t HD,
-                              const std::vector<std::int64_t>& rows) {
-    std::vector<double> out;
-    for (std::int64_t b = 0; b < B; ++b)
-        for (std::int64_t r : rows)
-            for (std::int64_t e = 0; e < HD; ++e) out.push_back(full[static_cast<std::size_t>((b * S + r) * HD + e)]);
-    return out;
-}
-std::vector<double> lse_rows(const std::vector<double>& lse, std::int64_t BH, std::int64_t S,
-                             const std::vector<std::int64_t>& rows) {
-    std::vector<double> out;
-    for (std::int64_t bh = 0; bh < BH; ++bh)
-        for (std::int64_t r : rows) out.push_back(lse[static_cast<std::size_t>(bh * S + r)]);
-    return out;
-}
-
 // One rank's part of a distributed forward and backward.
 struct RankRun {
     std::vector<std::int64_t> pos;

@@ -214,24 +214,6 @@ BwdParams Problem::bwd_params(const Tensor& o, const std::vector<float>& lse, co
 }
 
 
-OnDevice::OnDevice(Device d, const TensorView& host, std::size_t bytes) : d_(d), host_(host), view_(host), bytes_(bytes) {
-    if (d == Device::cpu) return;
-    const kernels::Backend& be = kernels::backend(d);
-    view_.data = be.alloc(bytes);
-    view_.device = d;
-    be.memcpy(view_.data, host.data, bytes);
-}
-OnDevice::OnDevice(Device d, const Tensor& t) : OnDevice(d, t.view(), t.bytes().size()) {}
-OnDevice::OnDevice(Device d, const std::vector<float>& v)
-    : OnDevice(d, contiguous_view(const_cast<float*>(v.data()), DType::f32, 1, 1, 1, static_cast<std::int64_t>(v.size())),
-               v.size() * sizeof(float)) {}
-OnDevice::~OnDevice() {
-    if (d_ != Device::cpu) kernels::backend(d_).free(view_.data);
-}
-void OnDevice::to_host() const {
-    if (d_ != Device::cpu) kernels::backend(d_).memcpy(host_.data, view_.data, bytes_);
-}
-
 FwdOut fresh_forward_out(const Problem& pb) {
     const auto& c = pb.c;
     return {Tensor(pb.out_dtype(), {c.B, c.Sq, c.Hq, c.D}, c.pad),
@@ -282,6 +264,23 @@ FwdOut reference_forward_out(const Problem& pb) {
 BwdOut run_backward(const Problem& pb, const FwdOut& fwd, int threads, Device d) {
     BwdOut out = fresh_grads(pb.c);
     backward_on(d, pb, fwd, out, false, threads);
+    return out;
+}
+
+std::vector<double> pick_rows(const std::vector<double>& full, std::int64_t B, std::int64_t S, std::int64_t HD,
+                              const std::vector<std::int64_t>& rows) {
+    std::vector<double> out;
+    for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t r : rows)
+            for (std::int64_t e = 0; e < HD; ++e) out.push_back(full[static_cast<std::size_t>((b * S + r) * HD + e)]);
+    return out;
+}
+
+std::vector<double> lse_rows(const std::vector<double>& lse, std::int64_t BH, std::int64_t S,
+                             const std::vector<std::int64_t>& rows) {
+    std::vector<double> out;
+    for (std::int64_t bh = 0; bh < BH; ++bh)
+        for (std::int64_t r : rows) out.push_back(lse[static_cast<std::size_t>(bh * S + r)]);
     return out;
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kernels/attention.hpp"
+#include "kernels/backend.hpp"
 #include "kernels/cpu/reference.hpp"
 #include "longattn/dtype.hpp"
 #include "longattn/pattern.hpp"
@@ -111,22 +112,12 @@ struct BwdOut {
 
 // A test tensor (or float array) on device d, padding and strides included, copied from the host on
 // construction and back by to_host(); on the CPU, the host memory itself.
-class OnDevice {
+class OnDevice : public kernels::DeviceCopy {
 public:
-    OnDevice(Device d, const TensorView& host, std::size_t bytes);
-    OnDevice(Device d, const Tensor& t);
-    OnDevice(Device d, const std::vector<float>& v);
-    ~OnDevice();
-    OnDevice(const OnDevice&) = delete;
-    OnDevice& operator=(const OnDevice&) = delete;
-    const TensorView& view() const { return view_; }
-    float* floats() const { return static_cast<float*>(view_.data); }
-    void to_host() const;
-
-private:
-    Device d_;
-    TensorView host_, view_;
-    std::size_t bytes_;
+    OnDevice(Device d, const Tensor& t) : DeviceCopy(d, t.view(), t.bytes().size()) {}
+    OnDevice(Device d, const std::vector<float>& v)
+        : DeviceCopy(d, contiguous_view(const_cast<float*>(v.data()), DType::f32, 1, 1, 1, static_cast<std::int64_t>(v.size()))) {}
+    float* floats() const { return view().ptr<float>(); }
 };
 
 // The kernels of any backend (kernels/backend.hpp) on the test's host tensors: inputs are copied to
@@ -152,6 +143,13 @@ struct ErrorAt {
     std::size_t index = 0;
 };
 ErrorAt max_abs_err(const std::vector<double>& got, const std::vector<double>& ref);
+
+// The rows of a [B, S, HD] array at the given positions, batch by batch; of an LSE array [BH, S] at the
+// given positions, (batch, head) by (batch, head). A distributed rank's part of a whole-sequence result.
+std::vector<double> pick_rows(const std::vector<double>& full, std::int64_t B, std::int64_t S, std::int64_t HD,
+                              const std::vector<std::int64_t>& rows);
+std::vector<double> lse_rows(const std::vector<double>& lse, std::int64_t BH, std::int64_t S,
+                             const std::vector<std::int64_t>& rows);
 double max_abs_finite(const std::vector<double>& v);
 std::vector<double> to_f64(const std::vector<float>& v);
 
