@@ -60,6 +60,12 @@ public:
     virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
     // Ends every rank of the job with this exit code (for a rank that failed alone).
     [[noreturn]] virtual void abort(int code) = 0;
+    // Names what the caller is doing, for a watchdog's report of a stuck job ("ring forward", step 3).
+    // phase must outlive the communicator (a string literal).
+    virtual void note_step(const char* phase, int step) {
+        (void)phase;
+        (void)step;
+    }
 
     // Byte counters of this communicator's point-to-point and collective traffic sent by this rank.
     std::uint64_t bytes_sent() const { return bytes_sent_; }

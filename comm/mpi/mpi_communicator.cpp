@@ -4,6 +4,7 @@
 #include <cstring>
 #include <string>
 
+#include "comm/mpi/watchdog.hpp"
 #include "longattn/build_config.hpp"
 #include "longattn/error.hpp"
 
@@ -36,7 +37,15 @@ void DeviceStagingDeleter::operator()(DeviceStaging* p) const {
 #endif
 }
 
-MpiCommunicator::MpiCommunicator(MPI_Comm parent) {
+MpiCommunicator::MpiCommunicator(MPI_Comm parent, double timeout_s) : MpiCommunicator(parent, nullptr) {
+    require(timeout_s >= 0, "timeout", "must be 0 (no watchdog) or a number of seconds, not ", timeout_s);
+    if (timeout_s > 0 && size_ > 1) {
+        watchdog_ = std::make_shared<Watchdog>(comm_, timeout_s);
+        watched_rank_ = watchdog_->world_ranks(comm_);
+    }
+}
+
+MpiCommunicator::MpiCommunicator(MPI_Comm parent, std::shared_ptr<Watchdog> watchdog) : watchdog_(std::move(watchdog)) {
     int init = 0;
     MPI_Initialized(&init);
     require(init != 0, "comm", "MPI must be initialized before creating an MpiCommunicator");
@@ -48,6 +57,20 @@ MpiCommunicator::MpiCommunicator(MPI_Comm parent) {
     // Without a visible device no buffer can be device memory: the host path stays as it is.
     if (cuda_device_count() > 0) device_.reset(new DeviceStaging());
 #endif
+    if (watchdog_) watched_rank_ = watchdog_->world_ranks(comm_);
+}
+
+MpiCommunicator::Waiting::Waiting(const MpiCommunicator& c, const char* op, std::size_t bytes, int peer, int tag)
+    : w(c.watchdog_.get()) {
+    if (w) w->begin_wait(op, bytes, peer < 0 ? -1 : c.watched_rank_[static_cast<std::size_t>(peer)], tag);
+}
+
+MpiCommunicator::Waiting::~Waiting() {
+    if (w) w->end_wait();
+}
+
+void MpiCommunicator::note_step(const char* phase, int step) {
+    if (watchdog_) watchdog_->set_step(phase, step);
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -65,7 +88,7 @@ Request MpiCommunicator::post(bool send, void* buf, std::size_t bytes, int peer,
                             : device_->stage_recv(static_cast<int>(id), buf, bytes);
 #endif
     Slot& s = slots_[id];
-    s.in_use = true;
+    s.in_use = true, s.send = send, s.bytes = bytes, s.peer = peer, s.tag = tag;
     s.parts.clear();
     auto* p = static_cast<char*>(buf);
     std::size_t done = 0;
@@ -114,6 +137,7 @@ void MpiCommunicator::wait(Request& r) {
     if (!r.active()) return;
     const auto id = static_cast<std::size_t>(r.id);
     Slot& s = slots_[id];
+    const Waiting w(*this, s.send ? "a send" : "a receive", s.bytes, s.peer, s.tag);
     check(MPI_Waitall(static_cast<int>(s.parts.size()), s.parts.data(), MPI_STATUSES_IGNORE), "Waitall");
     finish_slot(id);
     r = Request{};
@@ -164,9 +188,8 @@ void MpiCommunicator::allreduce(void* data, std::size_t n, MPI_Datatype type, st
     void* p = data;
 #if LONGATTN_HAVE_CUDA
     if (device_) p = device_->borrow(data, n * elem_bytes, true);
-#else
-    (void)elem_bytes;
 #endif
+    const Waiting w(*this, "an all-reduce", n * elem_bytes);
     check(MPI_Allreduce(MPI_IN_PLACE, p, static_cast<int>(n), type, op, comm_), "Allreduce");
 #if LONGATTN_HAVE_CUDA
     if (device_) device_->give_back(data, p, n * elem_bytes, true);
@@ -196,6 +219,7 @@ void MpiCommunicator::broadcast(void* buf, std::size_t bytes, int root) {
     if (device_) mpi_buf = device_->borrow(buf, bytes, rank_ == root);
 #endif
     auto* p = static_cast<char*>(mpi_buf);
+    const Waiting w(*this, "a broadcast", bytes);
     for (std::size_t done = 0; done < bytes; done += kPart)
         check(MPI_Bcast(p + done, static_cast<int>(std::min(kPart, bytes - done)), MPI_BYTE, root, comm_), "Bcast");
 #if LONGATTN_HAVE_CUDA
@@ -203,12 +227,18 @@ void MpiCommunicator::broadcast(void* buf, std::size_t bytes, int root) {
 #endif
 }
 
-void MpiCommunicator::barrier() { check(MPI_Barrier(comm_), "Barrier"); }
+void MpiCommunicator::barrier() {
+    const Waiting w(*this, "a barrier", 0);
+    check(MPI_Barrier(comm_), "Barrier");
+}
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
     MPI_Comm sub;
-    check(MPI_Comm_split(comm_, color, key, &sub), "Comm_split");
-    auto out = std::make_unique<MpiCommunicator>(sub);
+    {
+        const Waiting w(*this, "a communicator split", 0);
+        check(MPI_Comm_split(comm_, color, key, &sub), "Comm_split");
+    }
+    std::unique_ptr<MpiCommunicator> out(new MpiCommunicator(sub, watchdog_));
     MPI_Comm_free(&sub);
     return out;
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "comm/device_memory.hpp"
+#include "comm/mpi/watchdog.hpp"
 #include "comm/nccl/nccl_check.hpp"
 #include "comm/nccl/nccl_communicator.hpp"
 #include "longattn/error.hpp"
@@ -106,10 +107,8 @@ void NcclCommunicator::barrier() {
 std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
     require(color >= 0, "comm.split", "color must be >= 0, got ", color);
     flush();
-    MPI_Comm sub = MPI_COMM_NULL;
-    mpi_check(MPI_Comm_split(mpi_->handle(), color, key, &sub), "Comm_split");
-    auto mpi = std::make_unique<MpiCommunicator>(sub);
-    MPI_Comm_free(&sub);
+    // The MPI half shares this communicator's watchdog.
+    std::unique_ptr<MpiCommunicator> mpi(static_cast<MpiCommunicator*>(mpi_->split(color, key).release()));
     // The rank MPI gave (ties in key broken by the old rank) is the NCCL key, so both halves of the
     // new communicator number the ranks the same way.
     ncclComm_t child = nullptr;
@@ -118,6 +117,8 @@ std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
 }
 
 void NcclCommunicator::abort(int code) {
+    if (abort_hook_ >= 0) mpi_->watchdog()->remove_hook(abort_hook_);
+    abort_hook_ = -1;
     if (nccl_ != nullptr) (void)ncclCommAbort(nccl_);  // unblocks this rank's pending NCCL work
     nccl_ = nullptr;
     mpi_->abort(code);

@@ -9,6 +9,7 @@
 
 #include "comm/device_memory.hpp"
 #include "comm/mpi/device_select.hpp"
+#include "comm/mpi/watchdog.hpp"
 #include "comm/nccl/nccl_check.hpp"
 #include "longattn/error.hpp"
 
@@ -28,8 +29,8 @@ std::exception_ptr attempt(F&& f) {
 
 }  // namespace
 
-NcclCommunicator::NcclCommunicator(MPI_Comm parent, void* compute_stream, int device)
-    : mpi_(std::make_unique<MpiCommunicator>(parent)), compute_(static_cast<cudaStream_t>(compute_stream)) {
+NcclCommunicator::NcclCommunicator(MPI_Comm parent, void* compute_stream, int device, double timeout_s)
+    : mpi_(std::make_unique<MpiCommunicator>(parent, timeout_s)), compute_(static_cast<cudaStream_t>(compute_stream)) {
     // Every rank learns whether all ranks found a device before any of them waits in NCCL's
     // bootstrap, so a rank without a GPU fails the job on every rank instead of hanging it.
     const std::exception_ptr failed = attempt([&] {
@@ -71,10 +72,13 @@ void NcclCommunicator::create_streams() {
     // below order exactly what needs ordering.
     cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     cuda_check(cudaEventCreateWithFlags(&compute_ready_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+    // A stuck peer leaves this rank's NCCL kernels spinning: the watchdog aborts them first.
+    if (Watchdog* w = mpi_->watchdog()) abort_hook_ = w->add_abort_hook([c = nccl_] { (void)ncclCommAbort(c); });
 }
 
 NcclCommunicator::~NcclCommunicator() {
     // Nothing can be reported from here. Destroying the NCCL communicator waits for launched work.
+    if (abort_hook_ >= 0) mpi_->watchdog()->remove_hook(abort_hook_);
     if (nccl_ != nullptr) (void)ncclCommDestroy(nccl_);
     for (Batch& b : batches_)
         if (b.done != nullptr) (void)cudaEventDestroy(b.done);
@@ -187,6 +191,7 @@ void NcclCommunicator::wait(Request& r) {
     } else {
         if (slots_[id].batch < 0) flush();
         // Polled rather than synchronized, so a failed peer surfaces as an NCCL error here.
+        const MpiCommunicator::Waiting note(*mpi_, "an NCCL point-to-point batch", 0);
         while (!batch_done(slots_[id].batch)) std::this_thread::yield();
     }
     release(r);
@@ -207,6 +212,7 @@ void NcclCommunicator::order_after_compute() {
 }
 
 void NcclCommunicator::synchronize() {
+    const MpiCommunicator::Waiting note(*mpi_, "an NCCL collective", 0);
     for (;;) {
         const cudaError_t rc = cudaStreamQuery(stream_);
         if (rc == cudaSuccess) return;

@@ -45,7 +45,9 @@ class NcclCommunicator final : public Communicator {
 public:
     // Collective over parent. compute_stream is a cudaStream_t (null: the legacy default stream).
     // device < 0 picks one from the local rank (comm/mpi/device_select.hpp); it becomes the current device.
-    explicit NcclCommunicator(MPI_Comm parent, void* compute_stream = nullptr, int device = -1);
+    // timeout_s > 0: the MPI communicator's watchdog, which also aborts the NCCL communicator (and
+    // those split from it) before it ends a stuck job.
+    explicit NcclCommunicator(MPI_Comm parent, void* compute_stream = nullptr, int device = -1, double timeout_s = 0);
     ~NcclCommunicator() override;
     NcclCommunicator(const NcclCommunicator&) = delete;
     NcclCommunicator& operator=(const NcclCommunicator&) = delete;
@@ -64,6 +66,7 @@ public:
     void wait(Request& r) override;
     void progress() override;
     void flush() override;
+    void note_step(const char* phase, int step) override { mpi_->note_step(phase, step); }
 
     void all_to_all_v(const void* send, const std::size_t* send_bytes, const std::size_t* send_off, void* recv,
                       const std::size_t* recv_bytes, const std::size_t* recv_off) override;
@@ -79,7 +82,7 @@ public:
 private:
     // A split: the sub-communicators are made by the parent.
     NcclCommunicator(std::unique_ptr<MpiCommunicator> mpi, ncclComm_t nccl, int device, cudaStream_t compute);
-    void create_streams();
+    void create_streams();  // and registers with the watchdog
 
     struct Op {
         bool send;
@@ -124,6 +127,7 @@ private:
     std::vector<Slot> slots_;
     std::vector<Batch> batches_;
     std::vector<std::pair<Op, int>> pending_;  // (operation, slot) posted since the last flush
+    int abort_hook_ = -1;                      // the watchdog's hook that aborts nccl_
 };
 
 }  // namespace longattn::comm

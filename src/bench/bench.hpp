@@ -60,6 +60,7 @@ struct Execution {
     Device device = Device::cpu;         // where the tensors live and the kernels run
     bool nccl = false;                   // the NCCL communicator instead of MPI (device cuda)
     bool reuse_plan = true;              // one Plan per length for every call (else one-shot calls)
+    double timeout_s = 60;               // the watchdog's deadline on a silent rank (0: none)
 };
 
 // What each run is compared with: the fp64 reference on sampled rows and, in kernel mode, the unfused
@@ -82,6 +83,11 @@ struct Io {
 // Fault injection for the tests.
 struct Faults {
     int inject_failure = -1;             // this rank throws mid-run (the abort path)
+    int inject_stop = -1;                // this rank stops itself (SIGSTOP) at the first timed iteration
+    int inject_sleep = -1;               // this rank sleeps sleep_s at the first timed iteration (slow, alive)
+    double sleep_s = 10;
+    int save_kill = -1;                  // this rank kills itself (SIGKILL) in --save, one file written
+    int publish_failure = -1;            // the outputs' publish fails at this step (0: the first file)
     bool corrupt = false;                // perturb one output element before the check (the check must fail)
 };
 

@@ -3,6 +3,9 @@
 // memory, and the sampled fp64 check of this rank's rows.
 #include <sys/resource.h>
 
+#include <csignal>
+#include <thread>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -14,6 +17,7 @@
 #include "bench/bench.hpp"
 #include "bench/check.hpp"
 #include "bench/inputs.hpp"
+#include "bench/outputs.hpp"
 #include "bench/report.hpp"
 #include "bench/save.hpp"
 #include "comm/communicator.hpp"
@@ -153,6 +157,7 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
     const int P = comm.size(), me = comm.rank();
     const bool grads = job.sweep.mode != Mode::fwd;
     const Inputs in(job);
+    OutputSet out(job, &comm);
     const double rss0 = peak_rss_mb();
     Report rep(job, me == 0);
     rep.note(describe(job, P));
@@ -197,6 +202,9 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         for (int it = 0; it < job.sweep.warmup + job.sweep.iters; ++it) {
             comm.barrier();
             if (job.faults.inject_failure == me) throw std::runtime_error("injected failure");
+            if (it == job.sweep.warmup && job.faults.inject_stop == me) ::raise(SIGSTOP);
+            if (it == job.sweep.warmup && job.faults.inject_sleep == me)
+                std::this_thread::sleep_for(std::chrono::duration<double>(job.faults.sleep_s));
             DistStats f, b;
             if (plan) plan->forward(fa, &f);
             else attention_forward(comm, job.exec.dist, fa, &f);
@@ -232,7 +240,7 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
             }
             c = check_rows(job, in, pat, N, rows, job.exec.dist.threads);
         }
-        if (!job.io.save_dir.empty()) save_outputs(job, N, rows, &comm);
+        if (!job.io.save_dir.empty()) save_outputs(job, N, rows, &comm, out);
 
         const double total = f.total_s + b.total_s, wait = f.wait_s + b.wait_s, kern = f.kernel_s + b.kernel_s;
         const double mem_x = peak_mb * 1048576.0 / std::max(sh.base_bytes(grads), 1.0);
@@ -276,7 +284,9 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
             rep.note(line);
         }
     }
-    return rep.finish(wrong_total);
+    const int rc = rep.finish(wrong_total, out);
+    out.publish();
+    return rc;
 }
 
 }  // namespace longattn::bench

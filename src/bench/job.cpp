@@ -158,6 +158,10 @@ void read_counts(const OptionValues& v, Job& j) {
     require(dist.ulysses_degree >= 1, "ulysses-degree", "must be >= 1, got ", dist.ulysses_degree);
     require(dist.kv_head_chunk >= 0, "kv-head-chunk", "must be >= 0 (0 = all), got ", dist.kv_head_chunk);
     require(dist.progress_chunks >= 1, "progress-chunks", "must be >= 1, got ", dist.progress_chunks);
+    require(std::isfinite(j.exec.timeout_s) && j.exec.timeout_s >= 0 && j.exec.timeout_s <= 1e6, "timeout",
+            "must be 0 (no watchdog) or a number of seconds up to 1e6, got ", j.exec.timeout_s);
+    require(std::isfinite(j.faults.sleep_s) && j.faults.sleep_s >= 0 && j.faults.sleep_s <= 1e4, "inject-sleep-s",
+            "must be 0 to 1e4 seconds, got ", j.faults.sleep_s);
     for (std::int64_t t : parse_list(v.threads, "threads", true)) {
         require(t <= 4096, "threads", "must be <= 4096, got ", t);
         j.sweep.threads.push_back(static_cast<int>(t));
@@ -286,7 +290,7 @@ void read_pattern(const OptionValues& v, AttentionPattern& p) {
 // Outputs: checked now so that a bad path fails before any work, and nothing is half-written.
 void check_outputs(const Job& j) {
     const Io& io = j.io;
-    if (!io.save_dir.empty()) require_output_dir(io.save_dir, "save");
+    if (!io.save_dir.empty()) check_save_target(io.save_dir, "save");
     require(io.save_dir.empty() || j.shape.batch == 1, "save", "needs batch 1 (the files hold one sequence [S, H, D])");
     require(io.save_dir.empty() || j.sweep.lengths.size() == 1, "save", "needs one sequence length, not a sweep of ",
             j.sweep.lengths.size());

@@ -12,6 +12,7 @@
 #include "bench/bench.hpp"
 #include "bench/check.hpp"
 #include "bench/inputs.hpp"
+#include "bench/outputs.hpp"
 #include "bench/report.hpp"
 #include "bench/save.hpp"
 #include "kernels/attention.hpp"
@@ -126,6 +127,7 @@ int run_kernel_bench(const Job& job) {
     const double peak = job.checks.peak ? kernels::measure_fma_peak() : 0.0;
     const bool do_bwd = job.sweep.mode != Mode::fwd;
     const Inputs in(job);
+    OutputSet out(job, nullptr);
     Report rep(job, true);
     {
         std::ostringstream os;
@@ -181,14 +183,16 @@ int run_kernel_bench(const Job& job) {
                 c = check_rows(job, in, pat, L, rows, t);
             }
             wrong_total += c.wrong;
-            if (!job.io.save_dir.empty()) save_outputs(job, L, rows, nullptr);
+            if (!job.io.save_dir.empty()) save_outputs(job, L, rows, nullptr, out);
             auto pct = [&](double gf) { return peak > 0 ? 100.0 * gf / (peak * t) : 0.0; };
             const double gf_fwd = flops / t_fwd * 1e-9, gf_bwd = t_bwd > 0 ? 2.5 * flops / t_bwd * 1e-9 : 0;
             rep.row({double(L), double(t), pairs / (double(L) * double(L)), t_fwd * 1e3, gf_fwd, pct(gf_fwd), t_bwd * 1e3,
                      gf_bwd, pct(gf_bwd), t_base * 1e3, t_base > 0 ? t_base / t_fwd : 0.0, c.max_err, double(c.wrong)});
         }
     }
-    return rep.finish(wrong_total);
+    const int rc = rep.finish(wrong_total, out);
+    out.publish();
+    return rc;
 }
 
 }  // namespace longattn::bench

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "bench/bench.hpp"
-#include "bench/npy.hpp"
+#include "bench/outputs.hpp"
 #include "longattn/build_config.hpp"
 #include "longattn/error.hpp"
 #if LONGATTN_HAVE_MPI
@@ -29,10 +29,11 @@ int main(int argc, char** argv) {
     int rank = 0, size = 1;
 #if LONGATTN_HAVE_MPI
     int provided = 0;
-    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);  // the watchdog's thread calls MPI
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
 #endif
+    bench::install_cleanup_handlers(size > 1 ? "longattn-bench: rank " + std::to_string(rank) + ": " : "longattn-bench: ");
     auto finish = [&](int rc) {
 #if LONGATTN_HAVE_MPI
         MPI_Finalize();
@@ -75,12 +76,12 @@ int main(int argc, char** argv) {
 #if LONGATTN_HAVE_MPI
 #if LONGATTN_HAVE_NCCL
             if (job.exec.nccl) {
-                comm::NcclCommunicator comm(MPI_COMM_WORLD);
+                comm::NcclCommunicator comm(MPI_COMM_WORLD, nullptr, -1, job.exec.timeout_s);
                 rc = bench::run_dist_bench(job, comm);
                 return finish(rc);
             }
 #endif
-            comm::MpiCommunicator comm(MPI_COMM_WORLD);
+            comm::MpiCommunicator comm(MPI_COMM_WORLD, job.exec.timeout_s);
             rc = bench::run_dist_bench(job, comm);
 #else
             throw Error("strategy: this build has no MPI (configure with -DLONGATTN_WITH_MPI=ON)");

@@ -3,10 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <mutex>
 #include <sstream>
 #include <vector>
 
@@ -66,19 +64,6 @@ std::string header_text(const std::vector<std::int64_t>& shape, DType t) {
     h.append(total - 10 - h.size() - 1, ' ');
     h.push_back('\n');
     return h;
-}
-
-// Temporary files to remove on the way out. A plain array: the signal handler may only read it.
-constexpr int kMaxTemps = 16;
-char g_temps[kMaxTemps][4096];
-volatile std::sig_atomic_t g_ntemps = 0;
-std::mutex g_temps_mutex;
-
-extern "C" void remove_temps_and_exit(int sig) {
-    for (int i = 0; i < g_ntemps; ++i)
-        if (g_temps[i][0]) ::unlink(g_temps[i]);
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
 }
 
 }  // namespace
@@ -164,85 +149,52 @@ void NpyReader::read(std::int64_t first, std::int64_t n, float* out) const {
     for (std::int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(tmp[static_cast<std::size_t>(i)]);
 }
 
-NpyWriter::NpyWriter(std::string path, std::vector<std::int64_t> shape, const std::string& tmp_suffix, DType dtype)
+NpyWriter::NpyWriter(std::string path, std::vector<std::int64_t> shape, DType dtype)
     : path_(std::move(path)), shape_(std::move(shape)), dtype_(dtype) {
     require(dtype == DType::f32 || dtype == DType::f16, "save", "files are float32 or float16");
-    const std::size_t slash = path_.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "" : path_.substr(0, slash + 1);
-    tmp_ = dir + "." + path_.substr(slash == std::string::npos ? 0 : slash + 1) + "." + tmp_suffix + ".partial";
     data_offset_ = header_text(shape_, dtype_).size() + 10;
 }
 
-NpyWriter::~NpyWriter() { close(); }
-
-void NpyWriter::close() {
+NpyWriter::~NpyWriter() {
     if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
 }
 
 void NpyWriter::create() {
-    register_temp_file(tmp_);
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd_ < 0) throw std::runtime_error("cannot create '" + tmp_ + "': " + std::strerror(errno));
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd_ < 0) throw std::runtime_error("cannot create '" + path_ + "': " + std::strerror(errno));
     const std::string h = header_text(shape_, dtype_);
     unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, static_cast<unsigned char>(h.size() & 0xff),
                              static_cast<unsigned char>(h.size() >> 8)};
-    pwrite_all(fd_, pre, sizeof(pre), 0, tmp_);
-    pwrite_all(fd_, h.data(), h.size(), sizeof(pre), tmp_);
+    pwrite_all(fd_, pre, sizeof(pre), 0, path_);
+    pwrite_all(fd_, h.data(), h.size(), sizeof(pre), path_);
     std::int64_t n = 1;
     for (auto s : shape_) n *= s;
     if (::ftruncate(fd_, static_cast<off_t>(data_offset_ + static_cast<std::size_t>(n) * dtype_size(dtype_))) != 0)
-        throw std::runtime_error("cannot size '" + tmp_ + "': " + std::strerror(errno));
+        throw std::runtime_error("cannot size '" + path_ + "': " + std::strerror(errno));
 }
 
 void NpyWriter::open() {
     if (fd_ >= 0) return;
-    fd_ = ::open(tmp_.c_str(), O_WRONLY);
-    if (fd_ < 0) throw std::runtime_error("cannot open '" + tmp_ + "': " + std::strerror(errno));
+    fd_ = ::open(path_.c_str(), O_WRONLY);
+    if (fd_ < 0) throw std::runtime_error("cannot open '" + path_ + "': " + std::strerror(errno));
 }
 
 void NpyWriter::write(std::int64_t first, std::int64_t n, const float* data) {
     if (dtype_ == DType::f32) {
-        pwrite_all(fd_, data, static_cast<std::size_t>(n) * 4, data_offset_ + static_cast<std::size_t>(first) * 4, tmp_);
+        pwrite_all(fd_, data, static_cast<std::size_t>(n) * 4, data_offset_ + static_cast<std::size_t>(first) * 4, path_);
         return;
     }
     std::vector<std::uint16_t> h(static_cast<std::size_t>(n));
     for (std::int64_t i = 0; i < n; ++i) h[static_cast<std::size_t>(i)] = f32_to_f16(data[i]);
-    pwrite_all(fd_, h.data(), static_cast<std::size_t>(n) * 2, data_offset_ + static_cast<std::size_t>(first) * 2, tmp_);
+    pwrite_all(fd_, h.data(), static_cast<std::size_t>(n) * 2, data_offset_ + static_cast<std::size_t>(first) * 2, path_);
 }
 
-void NpyWriter::commit() {
-    close();
-    if (std::rename(tmp_.c_str(), path_.c_str()) != 0)
-        throw std::runtime_error("cannot rename '" + tmp_ + "' to '" + path_ + "': " + std::strerror(errno));
-    unregister_temp_file(tmp_);
-}
-
-void register_temp_file(const std::string& path) {
-    std::lock_guard<std::mutex> lock(g_temps_mutex);
-    require(path.size() < sizeof(g_temps[0]), "save", "path too long: '", path, "'");
-    require(g_ntemps < kMaxTemps, "save", "too many temporary files");
-    std::snprintf(g_temps[g_ntemps], sizeof(g_temps[0]), "%s", path.c_str());
-    if (g_ntemps == 0) {
-        std::signal(SIGTERM, remove_temps_and_exit);
-        std::signal(SIGINT, remove_temps_and_exit);
-    }
-    g_ntemps = g_ntemps + 1;
-}
-
-void unregister_temp_file(const std::string& path) {
-    std::lock_guard<std::mutex> lock(g_temps_mutex);
-    for (int i = 0; i < g_ntemps; ++i)
-        if (path == g_temps[i]) g_temps[i][0] = '\0';
-}
-
-void remove_temp_files() {
-    std::lock_guard<std::mutex> lock(g_temps_mutex);
-    for (int i = 0; i < g_ntemps; ++i)
-        if (g_temps[i][0]) {
-            ::unlink(g_temps[i]);
-            g_temps[i][0] = '\0';
-        }
+void NpyWriter::finish() {
+    if (fd_ < 0) return;
+    const int fd = fd_;
+    fd_ = -1;
+    const bool ok = ::fsync(fd) == 0;
+    if (::close(fd) != 0 || !ok) throw std::runtime_error("cannot write '" + path_ + "': " + std::strerror(errno));
 }
 
 }  // namespace longattn::bench

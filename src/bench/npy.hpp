@@ -1,7 +1,7 @@
 #pragma once
 // NumPy .npy files (format versions 1-3, little-endian, C order): reading rows of float32 / float16
-// arrays at any offset, and writing float32 arrays in pieces from several processes into a temporary
-// file that is renamed to its final name only once complete.
+// arrays at any offset, and writing float32 / float16 arrays in pieces from several processes (into a
+// staging directory that bench/outputs.hpp publishes whole).
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -38,13 +38,11 @@ private:
     int fd_ = -1;
 };
 
-// A float32 (or float16) .npy being written at `path` + a temporary suffix. create() (one process) writes the header
-// and sizes the file; any process may then open() it and write(); commit() (one process, after every
-// writer is done) renames it to its final name. Until then the final name does not exist.
+// A float32 (or float16) .npy being written at `path`. create() (one process) writes the header and
+// sizes the file; any process may then open() it, write() and finish() (flushed to storage).
 class NpyWriter {
 public:
-    NpyWriter(std::string path, std::vector<std::int64_t> shape, const std::string& tmp_suffix,
-              DType dtype = DType::f32);
+    NpyWriter(std::string path, std::vector<std::int64_t> shape, DType dtype = DType::f32);
     ~NpyWriter();
     NpyWriter(const NpyWriter&) = delete;
     NpyWriter& operator=(const NpyWriter&) = delete;
@@ -52,22 +50,14 @@ public:
     void open();
     // Elements [first, first + n) = data[0, n), rounded to the file's dtype.
     void write(std::int64_t first, std::int64_t n, const float* data);
-    void commit();
-    const std::string& temp_path() const { return tmp_; }
+    void finish();
 
 private:
-    void close();
-    std::string path_, tmp_;
+    std::string path_;
     std::vector<std::int64_t> shape_;
     DType dtype_;
     std::size_t data_offset_ = 0;
     int fd_ = -1;
 };
-
-// Paths of temporary files this process created and has not committed: removed on any exit path,
-// a termination signal (how MPI_Abort ends the other ranks) included.
-void register_temp_file(const std::string& path);
-void unregister_temp_file(const std::string& path);
-void remove_temp_files();
 
 }  // namespace longattn::bench

@@ -154,7 +154,10 @@ po::options_description dist_options(Execution& x, OptionValues& v, SectionOf& s
       "allgather: kv heads gathered at once (0 = all)")
      ("progress-chunks", po::value(&x.dist.progress_chunks)->default_value(4),
       "ring: kernel calls per step, with transfer progress between them")
-     ("per-rank", po::value(&x.per_rank)->default_value(false), "print every rank's time, wait, bytes and memory");
+     ("per-rank", po::value(&x.per_rank)->default_value(false), "print every rank's time, wait, bytes and memory")
+     ("timeout", po::value(&x.timeout_s)->default_value(60.0),
+      "watchdog: a rank that shows no sign of life (heartbeat) for this many seconds ends the job with exit 3; "
+      "slow ranks that are alive are waited for (0 = no watchdog)");
     return g.desc();
 }
 
@@ -216,6 +219,12 @@ void declare_options(Job& j, OptionValues& v, Declared& d) {
     po::options_description hidden("Hidden");
     hidden.add_options()
         ("inject-failure", po::value(&j.faults.inject_failure)->default_value(-1), "this rank throws mid-run")
+        ("inject-stop", po::value(&j.faults.inject_stop)->default_value(-1), "this rank stops itself (SIGSTOP) mid-run")
+        ("inject-sleep", po::value(&j.faults.inject_sleep)->default_value(-1), "this rank sleeps mid-run")
+        ("inject-sleep-s", po::value(&j.faults.sleep_s)->default_value(10.0), "how long --inject-sleep sleeps")
+        ("inject-save-kill", po::value(&j.faults.save_kill)->default_value(-1), "this rank dies (SIGKILL) mid-save")
+        ("inject-publish-failure", po::value(&j.faults.publish_failure)->default_value(-1),
+         "the publish of the outputs fails at this step")
         ("corrupt", po::value(&j.faults.corrupt)->default_value(false), "perturb one output element before the check");
     d.all.add(d.shown).add(hidden);
 }

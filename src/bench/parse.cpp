@@ -1,5 +1,6 @@
 #include "bench/parse.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <sys/stat.h>
@@ -103,6 +104,11 @@ std::int64_t checked_add(std::int64_t a, std::int64_t b, const char* key, const 
     return r;
 }
 
+std::string parent_of(const std::string& path) {
+    const auto slash = path.find_last_of('/');
+    return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+}
+
 namespace {
 
 void require_path_length(const std::string& path, const char* key) {
@@ -119,10 +125,6 @@ void require_path_length(const std::string& path, const char* key) {
     }
 }
 
-std::string parent_of(const std::string& path) {
-    const auto slash = path.find_last_of('/');
-    return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-}
 
 // Creates and removes a file in dir: the only test of writability that holds for root and for
 // read-only or virtual file systems alike. Returns the reason it cannot, or "".
@@ -148,12 +150,38 @@ void require_input_file(const std::string& path, const char* key) {
             "; a regular file is needed");
 }
 
-void require_output_dir(const std::string& dir, const char* key) {
+void check_save_target(const std::string& dir, const char* key) {
     require_path_length(dir, key);
-    struct stat st {};
-    require(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode), key, "'", visible(dir), "' is not a writable directory");
-    const std::string why = cannot_create_in(dir);
-    require(why.empty(), key, "cannot create files in '", visible(dir), "': ", why);
+    std::string d = dir;
+    while (d.size() > 1 && d.back() == '/') d.pop_back();
+    const std::size_t slash = d.find_last_of('/');
+    const std::size_t base = d.size() - (slash == std::string::npos ? 0 : slash + 1);
+    require(base <= NAME_MAX - 64, key, "'", visible(dir), "' has a last name of ", base, " bytes; at most ",
+            NAME_MAX - 64, " are allowed (the set is built under a longer hidden name beside it)");
+    const std::string parent = parent_of(d);
+    struct stat st {}, up {};
+    require(::stat(parent.c_str(), &up) == 0 && S_ISDIR(up.st_mode), key, "cannot create '", visible(dir), "': '",
+            visible(parent), "' is not a directory");
+    const std::string why = cannot_create_in(parent);
+    require(why.empty(), key, "cannot create files in '", visible(parent), "' (the set is built there, beside '",
+            visible(dir), "'): ", why);
+    if (::lstat(d.c_str(), &st) != 0) return;  // a new directory
+    require(S_ISDIR(st.st_mode), key, "'", visible(dir), "' exists and is not a directory");
+    char real[PATH_MAX];
+    require(st.st_dev == up.st_dev && ::realpath(d.c_str(), real) != nullptr && std::string(real) != "/", key, "'",
+            visible(dir), "' is a mount point; the set replaces its directory whole, so give one inside it");
+    bool empty = true, manifest = false;
+    if (DIR* h = ::opendir(d.c_str())) {
+        while (const dirent* e = ::readdir(h)) {
+            const std::string n = e->d_name;
+            if (n == "." || n == "..") continue;
+            empty = false;
+            manifest = manifest || n == "manifest.json";
+        }
+        ::closedir(h);
+    }
+    require(empty || manifest, key, "'", visible(dir), "' holds files that no --save wrote (it has no manifest.json); ",
+            "give a new or empty directory, or one an earlier --save made (its files are then replaced)");
 }
 
 void require_output_file(const std::string& path, const char* key) {

@@ -28,12 +28,15 @@ std::int64_t checked_mul(std::int64_t a, std::int64_t b, const char* key, const 
 std::int64_t checked_add(std::int64_t a, std::int64_t b, const char* key, const std::string& what);
 
 // Paths: an input must exist and be a regular file (a FIFO or a device would block or never end); an
-// output directory must be a directory this process can create files in (probed by creating one); an
-// output file must not be a directory and its directory must be writable. Names longer than the
-// system's limits are refused.
+// output file must not be a directory and its directory must be writable (probed by creating a file).
+// A --save target (bench/outputs.hpp) is a new directory, or an existing one that is empty or holds an
+// earlier --save's set (manifest.json), not a mount point, in a writable directory. Names longer than
+// the system's limits are refused.
 void require_input_file(const std::string& path, const char* key);
-void require_output_dir(const std::string& dir, const char* key);
+void check_save_target(const std::string& dir, const char* key);
 void require_output_file(const std::string& path, const char* key);
+// The directory part of a path ("." for a bare name).
+std::string parent_of(const std::string& path);
 
 // Rewrites boolean options given bare (--causal, -c) to --name=true, and "--causal false" to
 // --causal=false, so that a flag works with and without a value. `names` are the long names; `shorts`

@@ -1,13 +1,8 @@
 #include "bench/report.hpp"
 
-#include <unistd.h>
-
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <sstream>
-
-#include "bench/npy.hpp"
 
 namespace longattn::bench {
 namespace {
@@ -19,6 +14,8 @@ std::string number(double v, const Column& c) {
     else std::snprintf(buf, sizeof(buf), c.sci ? "%.*e" : "%.*f", c.precision + 2, v);
     return buf;
 }
+
+}  // namespace
 
 std::string json_string(const std::string& s) {
     std::string out = "\"";
@@ -34,22 +31,6 @@ std::string json_string(const std::string& s) {
     }
     return out + "\"";
 }
-
-// Writes text to path through a temporary file in the same directory.
-void write_file(const std::string& path, const std::string& text) {
-    const std::string tmp = path + ".partial." + std::to_string(::getpid());
-    register_temp_file(tmp);
-    {
-        std::ofstream f(tmp, std::ios::trunc);
-        f << text;
-        f.close();
-        if (!f) throw std::runtime_error("cannot write '" + tmp + "'");
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename '" + tmp + "' to '" + path + "'");
-    unregister_temp_file(tmp);
-}
-
-}  // namespace
 
 Report::Report(const Job& job, bool printer) : job_(job), printer_(printer) {}
 
@@ -88,7 +69,7 @@ void Report::row(const std::vector<double>& values) {
     std::fflush(stdout);
 }
 
-int Report::finish(std::int64_t wrong) {
+int Report::finish(std::int64_t wrong, OutputSet& out) {
     const char* verdict = wrong == 0 ? "OK" : "FAILED";
     if (!printer_) return wrong == 0 ? 0 : 1;
     std::printf("# Out of bounds values : %lld %s\n", static_cast<long long>(wrong), verdict);
@@ -109,7 +90,7 @@ int Report::finish(std::int64_t wrong) {
         }
         js << "\n  ],\n  \"wrong\": " << wrong << ",\n  \"checked\": " << (job_.checks.enabled ? "true" : "false")
            << ",\n  \"verdict\": \"" << verdict << "\"\n}\n";
-        write_file(job_.io.json_path, js.str());
+        out.write_text(job_.io.json_path, js.str());
     }
     if (!job_.io.csv_path.empty()) {
         std::ostringstream cs;
@@ -119,7 +100,7 @@ int Report::finish(std::int64_t wrong) {
             for (std::size_t i = 0; i < cols_.size(); ++i) cs << (i ? "," : "") << number(r[i], cols_[i]);
             cs << "\n";
         }
-        write_file(job_.io.csv_path, cs.str());
+        out.write_text(job_.io.csv_path, cs.str());
     }
     return wrong == 0 ? 0 : 1;
 }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "bench/bench.hpp"
+#include "bench/outputs.hpp"
 
 namespace longattn::bench {
 
@@ -17,14 +18,18 @@ struct Column {
     bool sci = false;
 };
 
+// s as a JSON string literal, quotes included.
+std::string json_string(const std::string& s);
+
 class Report {
 public:
     Report(const Job& job, bool printer);
     void note(const std::string& line);            // a '#' line, kept in the JSON notes
     void columns(std::vector<Column> cols);        // prints the column header
     void row(const std::vector<double>& values);   // one value per column
-    // Prints the footer and writes the files; returns the exit code (0 ok, 1 wrong values).
-    int finish(std::int64_t wrong);
+    // Prints the footer and writes --json and --csv into the job's outputs (published by the caller);
+    // returns the exit code (0 ok, 1 wrong values).
+    int finish(std::int64_t wrong, OutputSet& out);
 
 private:
     const Job& job_;

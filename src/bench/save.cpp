@@ -1,6 +1,6 @@
 #include "bench/save.hpp"
 
-#include <unistd.h>
+#include <csignal>
 
 #include <memory>
 #include <stdexcept>
@@ -40,7 +40,7 @@ void write_rows(NpyWriter& w, const TensorView& t, const RankRows& r) {
 
 }  // namespace
 
-void save_outputs(const Job& job, std::int64_t N, const RankRows& r, comm::Communicator* comm) {
+void save_outputs(const Job& job, std::int64_t N, const RankRows& r, comm::Communicator* comm, OutputSet& out) {
     const bool root = comm == nullptr || comm->rank() == 0;
     if (!job.io.allow_nonfinite) {
         std::int64_t bad = count_nonfinite(r, job.shape.batch, job.shape.heads);
@@ -49,37 +49,37 @@ void save_outputs(const Job& job, std::int64_t N, const RankRows& r, comm::Commu
             throw std::runtime_error("save: the outputs hold " + std::to_string(bad) +
                                      " NaN or infinite values; nothing is saved (--allow-nonfinite saves them)");
     }
-    std::int64_t tag = ::getpid();  // one temporary name for all ranks: the creating rank's pid
-    if (comm) comm->broadcast(&tag, sizeof(tag), 0);
-    const std::string dir = job.io.save_dir + "/", suffix = std::to_string(tag);
     const std::int64_t H = job.shape.heads, Hkv = job.shape.kv_heads, D = job.shape.head_dim;
     struct File {
         std::unique_ptr<NpyWriter> w;
         const TensorView* rows;  // null: the LSE
     };
     std::vector<File> files;
-    files.push_back({std::make_unique<NpyWriter>(dir + "out.npy", std::vector<std::int64_t>{N, H, D}, suffix), &r.o});
-    files.push_back({std::make_unique<NpyWriter>(dir + "lse.npy", std::vector<std::int64_t>{H, N}, suffix), nullptr});
+    auto add = [&](const char* name, std::vector<std::int64_t> shape, const TensorView* rows) {
+        files.push_back({std::make_unique<NpyWriter>(out.staged(name, shape), shape), rows});
+    };
+    add("out.npy", {N, H, D}, &r.o);
+    add("lse.npy", {H, N}, nullptr);
     if (r.dq.data) {
-        files.push_back({std::make_unique<NpyWriter>(dir + "dq.npy", std::vector<std::int64_t>{N, H, D}, suffix), &r.dq});
-        files.push_back({std::make_unique<NpyWriter>(dir + "dk.npy", std::vector<std::int64_t>{N, Hkv, D}, suffix), &r.dk});
-        files.push_back({std::make_unique<NpyWriter>(dir + "dv.npy", std::vector<std::int64_t>{N, Hkv, D}, suffix), &r.dv});
+        add("dq.npy", {N, H, D}, &r.dq);
+        add("dk.npy", {N, Hkv, D}, &r.dk);
+        add("dv.npy", {N, Hkv, D}, &r.dv);
     }
     if (root)
         for (auto& f : files) f.w->create();
     if (comm) comm->barrier();
+    const int me = comm ? comm->rank() : 0;
     for (auto& f : files) {
         f.w->open();
         if (f.rows) {
             write_rows(*f.w, *f.rows, r);
-            continue;
+        } else {
+            for (std::int64_t h = 0; h < H; ++h)
+                for (const auto& [s0, n] : runs(r.pos, r.S)) f.w->write(h * N + r.pos[s0], n, r.lse + h * r.S + s0);
         }
-        for (std::int64_t h = 0; h < H; ++h)
-            for (const auto& [s0, n] : runs(r.pos, r.S)) f.w->write(h * N + r.pos[s0], n, r.lse + h * r.S + s0);
+        f.w->finish();
+        if (job.faults.save_kill == me) ::raise(SIGKILL);  // dies with one file written
     }
-    if (comm) comm->barrier();
-    if (root)
-        for (auto& f : files) f.w->commit();
     if (comm) comm->barrier();
 }
 

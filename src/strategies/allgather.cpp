@@ -27,6 +27,7 @@ void gather_heads(Ctx& cx, comm::Communicator& comm, const Shards& sh, const Ten
     }
     {
         ScopedTimer w(cx.st.wait_s);
+        comm.note_step("all-gather of K/V", -1);
         comm.all_gather_v(mine.data(), dst, bytes.data(), off.data());
     }
     if (B == 1) return;

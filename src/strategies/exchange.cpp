@@ -54,6 +54,7 @@ void exchange_blocks(Ctx& cx, comm::Communicator& comm, const TensorView& src, i
     }
     {
         ScopedTimer t(cx.st.wait_s);
+        comm.note_step("Ulysses all-to-all", -1);
         comm.all_to_all_v(sbuf.data(), sb.data(), so.data(), rbuf.data(), rb.data(), ro.data());
     }
     for (std::size_t r = 0; r < P; ++r) {

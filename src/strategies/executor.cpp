@@ -27,6 +27,7 @@ void with_stats(PlanState& s, DistStats* stats, Device device, std::chrono::stea
     Ctx cx{s.opt, local, s.workspace, device};
     const std::uint64_t b0 = s.mesh.bytes_sent();
     f(cx);
+    s.mesh.world.note_step(nullptr, -1);  // the call is over: a later wait is the caller's
     local.total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     local.bytes_sent += s.mesh.bytes_sent() - b0;
     if (stats) *stats = local;
@@ -35,6 +36,7 @@ void with_stats(PlanState& s, DistStats* stats, Device device, std::chrono::stea
 }  // namespace
 
 void agree_on_input(comm::Communicator& comm, const std::function<void()>& check) {
+    comm.note_step("the agreement on a call's inputs", -1);
     double bad = 0;
     std::string mine;
     try {

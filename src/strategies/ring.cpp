@@ -73,6 +73,7 @@ void ring_forward(Ctx& cx, comm::Communicator& comm, const RingPlan& plan, const
         const int o = plan.origin(t), o_next = plan.origin(t + 1);
         const std::int64_t sent = plan.sent_rows(o);
         comm::Request rx, tx;
+        comm.note_step("ring forward", t);
         if (t == 0 && plan.forwarded(o, 0)) {  // the own rows others need, made contiguous for sending
             copy_view(slice(a.k, 1, plan.sent_lo[static_cast<std::size_t>(o)], sent), buf[cur].k(sent));
             copy_view(slice(a.v, 1, plan.sent_lo[static_cast<std::size_t>(o)], sent), buf[cur].v(sent));
@@ -133,6 +134,7 @@ void ring_backward(Ctx& cx, comm::Communicator& comm, const RingPlan& plan, cons
         const int lo = plan.last[static_cast<std::size_t>(o)];
         const std::int64_t sent = plan.sent_rows(o), rows = t == 0 ? S : sent;
         comm::Request rx, tx, grad_rx;
+        comm.note_step("ring backward", t);
         if (t == 0 && plan.forwarded(o, 0)) {
             copy_view(slice(a.k, 1, plan.sent_lo[static_cast<std::size_t>(o)], sent), buf[cur].k(sent));
             copy_view(slice(a.v, 1, plan.sent_lo[static_cast<std::size_t>(o)], sent), buf[cur].v(sent));

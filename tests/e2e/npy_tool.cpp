@@ -22,7 +22,7 @@ namespace {
 
 void make(const std::string& name, SynthTensor t, std::int64_t S, std::int64_t H, std::int64_t D, std::uint64_t seed,
           DType dtype) {
-    NpyWriter w(name, {S, H, D}, "make", dtype);
+    NpyWriter w(name, {S, H, D}, dtype);
     w.create();
     std::vector<float> row(static_cast<std::size_t>(H * D));
     for (std::int64_t s = 0; s < S; ++s) {
@@ -30,7 +30,7 @@ void make(const std::string& name, SynthTensor t, std::int64_t S, std::int64_t H
             for (std::int64_t d = 0; d < D; ++d) row[static_cast<std::size_t>(h * D + d)] = synth_value(seed, t, 0, s, h, d);
         w.write(s * H * D, H * D, row.data());
     }
-    w.commit();
+    w.finish();
 }
 
 }  // namespace

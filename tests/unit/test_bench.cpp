@@ -1,4 +1,5 @@
-// The bench driver's parts with exact values: .npy files, --save in global order, document layouts,
+// The bench driver's parts with exact values: .npy files, --save in global order, output sets that
+// appear whole or not at all, document layouts,
 // and the option parser (INI sections, precedence, errors naming the key).
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -6,10 +7,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <numeric>
+#include <set>
 
 #include "bench/bench.hpp"
 #include "bench/npy.hpp"
+#include "bench/outputs.hpp"
 #include "bench/parse.hpp"
 #include "bench/save.hpp"
 #include "longattn/error.hpp"
@@ -32,6 +36,16 @@ struct TempDir {
     ~TempDir() { fs::remove_all(path); }
     std::string file(const std::string& name) const { return (path / name).string(); }
 };
+
+// The names in dir (those starting with prefix, when given).
+std::set<std::string> names_in(const fs::path& dir, const std::string& prefix = "") {
+    std::set<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir)) {
+        const std::string n = e.path().filename().string();
+        if (n.compare(0, prefix.size(), prefix) == 0) out.insert(n);
+    }
+    return out;
+}
 
 void write_bytes(const std::string& path, const std::string& bytes) {
     std::ofstream f(path, std::ios::binary);
@@ -75,16 +89,13 @@ Job parse(std::vector<std::string> args) {
 TEST(Npy, WriterPiecesInAnyOrderReadBackExactly) {
     TempDir dir;
     const std::string path = dir.file("a.npy");
-    NpyWriter w(path, {5, 3}, "t");
+    NpyWriter w(path, {5, 3});
     w.create();
-    EXPECT_FALSE(fs::exists(path)) << "the final name must not exist before commit";
     const float hi[] = {9, 10, 11, 12, 13, 14}, lo[] = {0, 1, 2}, mid[] = {3, 4, 5, 6, 7, 8};
     w.write(9, 6, hi);
     w.write(0, 3, lo);
     w.write(3, 6, mid);
-    w.commit();
-    EXPECT_TRUE(fs::exists(path));
-    EXPECT_FALSE(fs::exists(w.temp_path()));
+    w.finish();
     const NpyHeader h = npy_read_header(path, "load");
     EXPECT_EQ(h.shape, (std::vector<std::int64_t>{5, 3}));
     EXPECT_EQ(h.dtype, DType::f32);
@@ -167,7 +178,12 @@ TEST(Save, RowsLandInGlobalOrderWhateverTheLayout) {
     r.dq = contiguous_view(dq.data(), DType::f32, 1, N, 2, 3);
     r.dk = contiguous_view(dk.data(), DType::f32, 1, N, 1, 3);
     r.dv = contiguous_view(dv.data(), DType::f32, 1, N, 1, 3);
-    save_outputs(job, N, r, nullptr);
+    {
+        OutputSet out(job, nullptr);
+        save_outputs(job, N, r, nullptr, out);
+        EXPECT_FALSE(fs::exists(dir.file("out.npy"))) << "nothing is visible before the publish";
+        out.publish();
+    }
 
     std::vector<float> got(static_cast<std::size_t>(N * 2 * 3));
     NpyReader(dir.file("out.npy"), "t").read(0, N * 6, got.data());
@@ -185,13 +201,93 @@ TEST(Save, RowsLandInGlobalOrderWhateverTheLayout) {
     std::vector<float> k(static_cast<std::size_t>(N * 3));
     NpyReader(dir.file("dv.npy"), "t").read(0, N * 3, k.data());
     for (std::int64_t g = 0; g < N; ++g) EXPECT_EQ(k[static_cast<std::size_t>(g * 3 + 1)], float(2000 + 10 * g + 1));
-    // Only the final files remain: no temporary left behind.
-    int files = 0;
-    for (const auto& e : fs::directory_iterator(dir.path)) {
-        EXPECT_EQ(e.path().filename().string().find(".partial"), std::string::npos) << e.path();
-        ++files;
+    // The five arrays and the manifest, and nothing left beside the directory.
+    EXPECT_EQ(names_in(dir.path), (std::set<std::string>{"dk.npy", "dq.npy", "dv.npy", "lse.npy", "manifest.json", "out.npy"}));
+    EXPECT_EQ(names_in(dir.path.parent_path(), "." + dir.path.filename().string() + ".longattn-"), std::set<std::string>{});
+}
+
+// A job's outputs for the OutputSet tests: a --save directory `set` and a --json file beside it, in a
+// fresh directory; `fill` stands for the run writing them.
+struct OutputsCase {
+    TempDir root;
+    Job job;
+    std::string set = root.file("set"), json = root.file("r.json");
+    OutputsCase() {
+        job.io.save_dir = set;
+        job.io.json_path = json;
+        job.command_line = "longattn-bench --test";
     }
-    EXPECT_EQ(files, 5);
+    void run(const std::string& tag, int publish_failure = -1) {
+        job.faults.publish_failure = publish_failure;
+        OutputSet out(job, nullptr);
+        write_bytes(out.staged("out.npy", {1}), tag);
+        if (tag == "first") write_bytes(out.staged("dq.npy", {1}), tag);  // the second run has no backward
+        out.write_text(json, tag);
+        out.publish();
+    }
+    std::string read(const std::string& path) const {
+        std::ifstream f(path);
+        return std::string(std::istreambuf_iterator<char>(f), {});
+    }
+};
+
+TEST(Outputs, ANewSetReplacesTheOldOneWhole) {
+    OutputsCase c;
+    c.run("first");
+    EXPECT_EQ(names_in(c.set), (std::set<std::string>{"dq.npy", "manifest.json", "out.npy"}));
+    c.run("second");
+    // The first run's dq.npy does not survive beside the second run's out.npy.
+    EXPECT_EQ(names_in(c.set), (std::set<std::string>{"manifest.json", "out.npy"}));
+    EXPECT_EQ(c.read(c.set + "/out.npy"), "second");
+    EXPECT_EQ(c.read(c.json), "second");
+    EXPECT_NE(c.read(c.set + "/manifest.json").find("\"out.npy\": [1]"), std::string::npos);
+    EXPECT_EQ(names_in(c.root.path), (std::set<std::string>{"r.json", "set"}));
+}
+
+TEST(Outputs, AFailedPublishLeavesEveryOldFileAsItWas) {
+    for (int step : {0, 1}) {  // the --json rename fails, or the directory's after the --json is in place
+        OutputsCase c;
+        c.run("first");
+        EXPECT_THROW(c.run("second", step), std::runtime_error) << step;
+        EXPECT_EQ(c.read(c.json), "first") << step;
+        EXPECT_EQ(c.read(c.set + "/out.npy"), "first") << step;
+        EXPECT_EQ(names_in(c.set), (std::set<std::string>{"dq.npy", "manifest.json", "out.npy"})) << step;
+        EXPECT_EQ(names_in(c.root.path), (std::set<std::string>{"r.json", "set"})) << step;
+    }
+}
+
+TEST(Outputs, NothingAppearsUnlessPublished) {
+    OutputsCase c;
+    {
+        OutputSet out(c.job, nullptr);
+        write_bytes(out.staged("out.npy", {1}), "x");
+        out.write_text(c.json, "x");
+    }  // a failure: the set is dropped
+    EXPECT_EQ(names_in(c.root.path), std::set<std::string>{});
+}
+
+TEST(Outputs, LeftoversOfAKilledJobAreRemovedByTheNext) {
+    OutputsCase c;
+    fs::create_directories(c.root.file(".set.longattn-partial-77-1"));
+    write_bytes(c.root.file(".set.longattn-partial-77-1/out.npy"), "stale");
+    write_bytes(c.root.file(".r.json.longattn-partial-77-1"), "stale");
+    write_bytes(c.root.file(".other.longattn-partial-77-1"), "not ours");
+    c.run("first");
+    EXPECT_EQ(names_in(c.root.path), (std::set<std::string>{".other.longattn-partial-77-1", "r.json", "set"}));
+}
+
+TEST(Outputs, ASaveTargetOfForeignFilesIsRefused) {
+    TempDir dir;
+    EXPECT_NO_THROW(check_save_target(dir.file("new"), "save"));
+    EXPECT_NO_THROW(check_save_target(dir.path.string(), "save"));  // empty
+    write_bytes(dir.file("notes.txt"), "mine");
+    EXPECT_NE(error_of([&] { check_save_target(dir.path.string(), "save"); }).find("holds files that no --save wrote"),
+              std::string::npos);
+    write_bytes(dir.file("manifest.json"), "{}");
+    EXPECT_NO_THROW(check_save_target(dir.path.string(), "save"));
+    EXPECT_NE(error_of([&] { check_save_target(dir.file("notes.txt"), "save"); }).find("exists and is not a directory"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] { check_save_target("/", "save"); }).find("mount point"), std::string::npos);
 }
 
 TEST(Docs, ExactBoundsForEqualAndGivenLengths) {
@@ -283,10 +379,10 @@ TEST(Options, BadInputNamesTheKeyAndWhatIsAllowed) {
     EXPECT_NE(error_of([] { parse({"-d", "fp8"}); }).find("dtype: must be fp32, bf16 or fp16, got 'fp8'"), std::string::npos);
     EXPECT_NE(error_of([] { parse({"--doc-dist", "zipf:3"}); }).find("doc-dist: unknown distribution 'zipf'"), std::string::npos);
     EXPECT_NE(error_of([] { parse({"--docs", "3", "--doc-lens", "5"}); }).find("docs: give one of"), std::string::npos);
-    EXPECT_NE(error_of([] { parse({"--save", "/nonexistent/dir"}); }).find("save: '/nonexistent/dir' is not a writable"),
+    EXPECT_NE(error_of([] { parse({"--save", "/nonexistent/dir"}); }).find("save: cannot create '/nonexistent/dir': '/nonexistent' is not a directory"),
               std::string::npos);
     EXPECT_NE(error_of([] { parse({"--json", "/nonexistent/dir/r.json"}); }).find("json: the directory"), std::string::npos);
-    EXPECT_NE(error_of([&] { parse({"--save", dir.path.string(), "-b", "1K", "-e", "4K"}); }).find("save: needs one sequence length"),
+    EXPECT_NE(error_of([&] { parse({"--save", dir.file("out"), "-b", "1K", "-e", "4K"}); }).find("save: needs one sequence length"),
               std::string::npos);
     EXPECT_NE(error_of([] { parse({"--load", "/nonexistent"}); }).find("load: cannot open '/nonexistent/q.npy'"),
               std::string::npos);

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The bench under faults, one case per call: a rank stopped (SIGSTOP) ends the job through the
+# watchdog within its deadline; a slow rank that is alive is waited for; a publish that fails half
+# way, a rank killed during --save, and Ctrl-C leave the earlier output set as it was and nothing
+# else; a --save over an earlier set replaces it whole.
+# usage: faults.sh CASE BENCH MPIRUN... (the launcher command up to, not including, the rank count)
+set -uo pipefail
+case_=$1 bench=$2
+shift 2
+mpirun=("$@")
+dir=$(mktemp -d)
+trap 'rm -rf "$dir" "$dir.before" "$dir.after" "$dir.log"' EXIT
+job=(--strategy ring -b 6K --heads 2 --head-dim 32 --causal true --threads 1 -n 1 -w 1)
+fail() { echo "FAIL: $*"; exit 1; }
+# Everything in $dir: names and contents, to compare before and after.
+snapshot() {
+  (cd "$dir" && find . -mindepth 1 | sort | while read -r f; do
+     if [ -f "$f" ]; then echo "$f $(cksum < "$f")"; else echo "$f/"; fi
+   done)
+}
+# The first, complete set: out/ with a backward (dq/dk/dv.npy) and r.json beside it.
+first_set() {
+  "${mpirun[@]}" 3 "$bench" "${job[@]}" --mode fwd+bwd --save "$dir/out" --json "$dir/r.json" > /dev/null ||
+    fail "the first run failed"
+  [ -f "$dir/out/dq.npy" ] && [ -f "$dir/out/manifest.json" ] || fail "the first set is incomplete"
+  snapshot > "$dir.before"
+}
+same_as_before() {
+  snapshot > "$dir.after"
+  diff "$dir.before" "$dir.after" || fail "the earlier output set changed, or something was left beside it"
+  rm -f "$dir.before" "$dir.after"
+}
+
+case $case_ in
+  stop)  # rank 1 stops itself at its first timed iteration; the watchdog's deadline is 3 s
+    start=$(date +%s)
+    out=$(timeout 60 "${mpirun[@]}" 3 "$bench" "${job[@]}" --mode fwd+bwd --timeout 3 --inject-stop 1 2>&1)
+    rc=$? took=$(( $(date +%s) - start ))
+    echo "$out"; echo "exit $rc after $took s"
+    [ $rc -eq 3 ] || fail "expected exit 3 (the watchdog), got $rc"
+    echo "$out" | grep -Eq "watchdog: rank 1 \(.*\) sent no heartbeat for [0-9.]+ s .*this rank was waiting for" ||
+      fail "no watchdog report naming rank 1 and the wait"
+    # Start-up and the warmup take a few seconds here; a missed deadline would run into timeout's 60 s.
+    [ $took -le 25 ] || fail "the job took $took s to end"
+    ;;
+  slow)  # rank 1 sleeps 8 s, far past the 2 s deadline, but its heartbeats go on: the job completes
+    out=$("${mpirun[@]}" 3 "$bench" "${job[@]}" --mode fwd+bwd --timeout 2 --inject-sleep 1 --inject-sleep-s 8 2>&1)
+    rc=$?
+    echo "$out"
+    [ $rc -eq 0 ] || fail "a slow rank was not waited for (exit $rc)"
+    echo "$out" | grep -q "Check: PASSED" || fail "no passing check"
+    ;;
+  publish-fails)  # the --json is in place when the directory's publish fails: both roll back
+    first_set
+    out=$("${mpirun[@]}" 3 "$bench" "${job[@]}" --mode fwd --save "$dir/out" --json "$dir/r.json" \
+          --inject-publish-failure 1 2>&1)
+    rc=$?
+    echo "$out"
+    [ $rc -eq 1 ] || fail "expected exit 1, got $rc"
+    echo "$out" | grep -q "nothing is published, the old files are as they were" || fail "no message"
+    same_as_before
+    ;;
+  save-killed)  # rank 2 dies (SIGKILL) with one file of the new set written; the others are ended by MPI
+    first_set
+    out=$("${mpirun[@]}" 3 "$bench" "${job[@]}" --mode fwd --save "$dir/out" --json "$dir/r.json" --inject-save-kill 2 2>&1)
+    rc=$?
+    echo "$out"
+    [ $rc -ne 0 ] || fail "the job succeeded"
+    echo "$out" | grep -Eq "signal 9|Killed" || fail "rank 2 was not the one killed"
+    same_as_before
+    ;;
+  replace)  # a forward-only --save over a fwd+bwd set: no dq/dk/dv.npy of the old run stays
+    first_set
+    "${mpirun[@]}" 3 "$bench" "${job[@]}" --mode fwd --save "$dir/out" > /dev/null || fail "the second run failed"
+    [ "$(ls "$dir/out" | tr '\n' ' ')" = "lse.npy manifest.json out.npy " ] || fail "mixed set: $(ls "$dir/out")"
+    [ "$(ls -A "$dir" | tr '\n' ' ')" = "out r.json " ] || fail "left beside it: $(ls -A "$dir")"
+    ;;
+  interrupt)  # Ctrl-C (SIGINT to the process group of a single-process run) during a long run
+    first_set
+    "$bench" -b 64K --heads 4 --head-dim 64 --mode fwd+bwd -n 50 -w 0 --peak false --save "$dir/out" \
+      --json "$dir/r.json" > "$dir.log" 2>&1 &
+    pid=$!
+    sleep 2
+    kill -INT $pid
+    wait $pid
+    rc=$?
+    cat "$dir.log"
+    grep -q "interrupted (Ctrl-C)" "$dir.log" || fail "no line saying the job was interrupted"
+    rm -f "$dir.log"
+    [ $rc -eq 130 ] || fail "expected exit 130 (SIGINT), got $rc"
+    same_as_before
+    ;;
+  *) fail "unknown case $case_" ;;
+esac
+echo "PASS: $case_"
