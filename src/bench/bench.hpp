@@ -6,6 +6,7 @@
 
 #include "longattn/distributed.hpp"
 #include "longattn/dtype.hpp"
+#include "longattn/error.hpp"
 #include "longattn/layout.hpp"
 #include "longattn/pattern.hpp"
 
@@ -61,6 +62,7 @@ struct Execution {
     bool nccl = false;                   // the NCCL communicator instead of MPI (device cuda)
     bool reuse_plan = true;              // one Plan per length for every call (else one-shot calls)
     double timeout_s = 60;               // the watchdog's deadline on a silent rank (0: none)
+    std::uint64_t max_memory = 0;        // bytes a rank may hold (0: what its node gives)
 };
 
 // What each run is compared with: the fp64 reference on sampled rows and, in kernel mode, the unfused
@@ -89,6 +91,12 @@ struct Faults {
     int save_kill = -1;                  // this rank kills itself (SIGKILL) in --save, one file written
     int publish_failure = -1;            // the outputs' publish fails at this step (0: the first file)
     bool corrupt = false;                // perturb one output element before the check (the check must fail)
+};
+
+// An error every rank throws alike (the job is refused as a whole): one rank reports it.
+class AgreedError : public Error {
+public:
+    using Error::Error;
 };
 
 // What parse_job makes of the command line and the config file, for the runners.

@@ -17,6 +17,7 @@
 #include "bench/bench.hpp"
 #include "bench/check.hpp"
 #include "bench/inputs.hpp"
+#include "bench/memory.hpp"
 #include "bench/outputs.hpp"
 #include "bench/report.hpp"
 #include "bench/save.hpp"
@@ -156,6 +157,10 @@ std::string describe(const Job& job, int P) {
 int run_dist_bench(const Job& job, comm::Communicator& comm) {
     const int P = comm.size(), me = comm.rank();
     const bool grads = job.sweep.mode != Mode::fwd;
+    {
+        const std::int64_t N = total_tokens(job, job.sweep.lengths.back(), P);
+        refuse_what_cannot_fit(job, &comm, N, tensor_memory(job, N, Layout(job.exec.layout, N, P).local_count(me), P));
+    }
     const Inputs in(job);
     OutputSet out(job, &comm);
     const double rss0 = peak_rss_mb();
@@ -168,11 +173,11 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
              std::to_string(job.sweep.warmup) +
              " warmup) of the slowest rank; TFLOP/s from the exact allowed-pair count (bwd = 2.5x fwd)");
     rep.note("MB_sent: bytes sent per rank (max); comm%: time blocked on transfers / wall (max); peak_MB: peak RSS "
-             "growth per rank (max); mem_x: peak_MB / (Q,K,V,O shards + two K/V buffers" +
+             "growth per rank (max); est_MB: its estimate from the plan, checked before the run (max); mem_x: peak_MB / (Q,K,V,O shards + two K/V buffers" +
              std::string(grads ? " + dO,dQ,dK,dV + two dK/dV buffers" : "") + "); setup%: building the plan per call / time "
              "(least over ranks; 0 with --plan reuse, whose one build is in the notes)");
     rep.columns({{"tokens", 10, -1}, {"per_rank", 9, -1}, {"density", 8, 5}, {"time_ms", 10, 2}, {"TFLOP/s", 9, 4},
-                 {"MB_sent", 10, 1}, {"comm%", 7, 1}, {"peak_MB", 9, 0}, {"mem_x", 7, 2}, {"setup%", 7, 3},
+                 {"MB_sent", 10, 1}, {"comm%", 7, 1}, {"peak_MB", 9, 0}, {"est_MB", 8, 0}, {"mem_x", 7, 2}, {"setup%", 7, 3},
                  {"max_err", 10, 2, true},
                  {"#wrong", 6, -1}});
     std::int64_t wrong_total = 0;
@@ -180,21 +185,35 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         const std::int64_t N = total_tokens(job, L, P);
         const Pattern pat(spec_for_length(job, N));
         const Layout layout(job.exec.layout, N, P);
-        Shard sh(job, in, layout.positions(me), grads);
+        // Refused before anything large is allocated: the largest length from the sizes alone before the
+        // sweep starts, then each with the plan's working memory (its tables are all that building it
+        // allocates).
+        MemoryNeed need = tensor_memory(job, N, layout.local_count(me), P);
+        std::vector<std::int64_t> pos = layout.positions(me);
+        const PlanShape shape{job.shape.batch, static_cast<std::int64_t>(pos.size()), job.shape.heads,
+                              job.shape.kv_heads, job.shape.head_dim};
+        // --plan reuse: one plan for every call of this length, as a training loop keeps one per layer
+        // (with --plan per-call this one only sizes the job).
+        std::optional<Plan> plan;
+        comm.barrier();
+        const auto t0 = std::chrono::steady_clock::now();
+        plan.emplace(comm, pos.data(), pat, shape, job.exec.dist);
+        const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const MemoryEstimate wf = plan->memory_estimate(false, job.shape.dtype, job.exec.device),
+                             wb = grads ? plan->memory_estimate(true, job.shape.dtype, job.exec.device) : MemoryEstimate{};
+        need.tables = 8.0 * double(pos.size()) + double(plan->table_bytes());
+        need.working = double(std::max(wf.scratch, wb.scratch));
+        need.kernel = double(std::max(wf.kernel, wb.kernel));
+        if (!job.exec.reuse_plan) plan.reset();
+        refuse_what_cannot_fit(job, &comm, N, need);
+        Shard sh(job, in, std::move(pos), grads);
         // Exact work of this rank: allowed pairs of its queries against the whole sequence.
         std::int64_t work = 0;
         for (std::int64_t p : sh.pos) work += pat.count_allowed(p, p + 1, 0, N);
         DistForwardArgs fa;
         DistBackwardArgs ba;
         sh.bind(job, pat, grads, fa, ba);
-        // --plan reuse: one plan for every call of this length, as a training loop keeps one per layer.
-        std::optional<Plan> plan;
-        double build_s = 0;
-        if (job.exec.reuse_plan) {
-            comm.barrier();
-            const auto t0 = std::chrono::steady_clock::now();
-            plan.emplace(comm, sh.pos.data(), pat, PlanShape{sh.B, sh.S, sh.H, sh.Hkv, sh.D}, job.exec.dist);
-            build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (plan) {
             fa.pos = ba.pos = nullptr;
             fa.pattern = ba.pattern = nullptr;
         }
@@ -249,22 +268,25 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
                 comm.barrier();
                 if (r == me)
                     std::printf("#  rank %d rows %lld work %lld pairs: kernel %.1f ms, wait %.1f ms (%.1f%%), wall %.1f ms, "
-                                "sent %.1f MB, peak +%.0f MB (%.2fx), scratch %.0f MB, checked %lld values, %lld wrong\n",
+                                "sent %.1f MB, peak +%.0f MB (%.2fx; estimate %.0f MB), scratch %.0f MB, checked %lld values, "
+                                "%lld wrong\n",
                                 me, static_cast<long long>(sh.S), static_cast<long long>(work), kern * 1e3, wait * 1e3,
                                 100 * wait / std::max(total, 1e-12), total * 1e3, double(f.bytes_sent + b.bytes_sent) / 1e6,
-                                peak_mb, mem_x, double(std::max(f.scratch_peak_bytes, b.scratch_peak_bytes)) / 1048576.0,
+                                peak_mb, mem_x, need.run() / 1048576.0,
+                                double(std::max(f.scratch_peak_bytes, b.scratch_peak_bytes)) / 1048576.0,
                                 static_cast<long long>(c.values), static_cast<long long>(c.wrong));
                 std::fflush(stdout);
             }
         }
-        // Maxima over ranks: [time, comm fraction, kernel, bytes, peak, mem ratio, work, err, plan build]; minima
+        // Maxima over ranks: [time, comm fraction, kernel, bytes, peak, mem ratio, work, err, plan build,
+        // memory estimate]; minima
         // of work, kernel, and the setup per call: the plan's collectives also absorb the ranks' different
         // arrival times, which the last rank to arrive does not wait for.
-        double mx[9] = {total, wait / std::max(total, 1e-12), kern, double(f.bytes_sent + b.bytes_sent), peak_mb,
-                        mem_x, double(work), c.max_err, build_s};
+        double mx[10] = {total, wait / std::max(total, 1e-12), kern, double(f.bytes_sent + b.bytes_sent), peak_mb,
+                        mem_x, double(work), c.max_err, build_s, need.run() / 1048576.0};
         double mn[3] = {-double(work), -kern, -(f.setup_s + b.setup_s)};
         std::int64_t bad = c.wrong;
-        comm.all_reduce_max(mx, 9);
+        comm.all_reduce_max(mx, 10);
         comm.all_reduce_max(mn, 3);
         comm.all_reduce_sum(&bad, 1);
         wrong_total += bad;
@@ -272,7 +294,7 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         const double flops = 4.0 * double(job.shape.head_dim) * double(job.shape.batch * job.shape.heads) * pairs *
                              (job.sweep.mode == Mode::fwd ? 1.0 : job.sweep.mode == Mode::bwd ? 2.5 : 3.5);
         rep.row({double(N), double((N + P - 1) / P), pairs / (double(N) * double(N)), mx[0] * 1e3, flops / mx[0] * 1e-12,
-                 mx[3] / 1e6, 100 * mx[1], mx[4], mx[5], 100 * -mn[2] / std::max(mx[0], 1e-12), mx[7], double(bad)});
+                 mx[3] / 1e6, 100 * mx[1], mx[4], mx[9], mx[5], 100 * -mn[2] / std::max(mx[0], 1e-12), mx[7], double(bad)});
         char line[200];
         std::snprintf(line, sizeof(line), "  work per rank max/min %.4f (allowed pairs); kernel time per rank max/min %.3f",
                       mx[6] / std::max(-mn[0], 1.0), mx[2] / std::max(-mn[1], 1e-12));

@@ -118,6 +118,7 @@ void read_seeds(const OptionValues& v, Job& j) {
         require(n >= 0, key, "must be in [0, 2^63), got ", n);
         *out = static_cast<std::uint64_t>(n);
     }
+    j.exec.max_memory = v.max_memory == "0" ? 0 : static_cast<std::uint64_t>(parse_size(v.max_memory, "max-memory"));
 }
 
 // The options that name one of a few choices, and what a choice rules out: the CUDA kernels store

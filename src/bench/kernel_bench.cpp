@@ -12,6 +12,7 @@
 #include "bench/bench.hpp"
 #include "bench/check.hpp"
 #include "bench/inputs.hpp"
+#include "bench/memory.hpp"
 #include "bench/outputs.hpp"
 #include "bench/report.hpp"
 #include "bench/save.hpp"
@@ -124,6 +125,8 @@ double time_median(const Job& job, F&& run) {
 }  // namespace
 
 int run_kernel_bench(const Job& job) {
+    refuse_what_cannot_fit(job, nullptr, job.sweep.lengths.back(),
+                           tensor_memory(job, job.sweep.lengths.back(), job.sweep.lengths.back(), 1));
     const double peak = job.checks.peak ? kernels::measure_fma_peak() : 0.0;
     const bool do_bwd = job.sweep.mode != Mode::fwd;
     const Inputs in(job);

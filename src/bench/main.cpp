@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
         return code;
     };
     bench::Job job;
+    std::string refused;  // why this rank refuses the job
     try {
         std::string help;
         job = bench::parse_job(argc, argv, help);
@@ -62,7 +63,19 @@ int main(int argc, char** argv) {
         require(!job.exec.nccl, "comm", "this build has no NCCL communicator (it needs CUDA, NCCL and MPI)");
 #endif
     } catch (const Error& e) {
-        if (rank == 0) std::fprintf(stderr, "longattn-bench: error: %s\n", e.what());
+        refused = e.what();
+    }
+    // The ranks parse alike, but their checks of files and directories see the file system at
+    // different moments: they agree, so a rank that refuses never leaves the others waiting. The
+    // first refusing rank reports.
+    int first = refused.empty() ? size : rank;
+#if LONGATTN_HAVE_MPI
+    MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+#endif
+    if (first < size) {
+        if (rank == first)
+            std::fprintf(stderr, "longattn-bench: error: %s%s\n",
+                         first == 0 ? "" : ("rank " + std::to_string(rank) + ": ").c_str(), refused.c_str());
         return finish(2);
     }
     int rc = 0;
@@ -87,6 +100,9 @@ int main(int argc, char** argv) {
             throw Error("strategy: this build has no MPI (configure with -DLONGATTN_WITH_MPI=ON)");
 #endif
         }
+    } catch (const bench::AgreedError& e) {
+        if (rank == 0) std::fprintf(stderr, "longattn-bench: error: %s\n", e.what());
+        return finish(2);
     } catch (const Error& e) {
         return finish(fail("error: ", e.what(), 2));
     } catch (const std::exception& e) {

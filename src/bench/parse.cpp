@@ -174,7 +174,8 @@ void check_save_target(const std::string& dir, const char* key) {
     if (DIR* h = ::opendir(d.c_str())) {
         while (const dirent* e = ::readdir(h)) {
             const std::string n = e->d_name;
-            if (n == "." || n == "..") continue;
+            // Another rank's probe of the directory (require_output_file) is not a file of its own.
+            if (n == "." || n == ".." || n.rfind(".longattn-probe-", 0) == 0) continue;
             empty = false;
             manifest = manifest || n == "manifest.json";
         }

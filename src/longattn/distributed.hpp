@@ -70,6 +70,13 @@ struct PlanShape {
     std::int64_t batch = 1, rows = 0, heads = 1, kv_heads = 1, head_dim = 64;
 };
 
+// Working memory of one call at its peak, in bytes, beyond the caller's tensors.
+struct MemoryEstimate {
+    std::uint64_t scratch = 0;  // the strategy's buffers (what DistStats::scratch_peak_bytes measures)
+    std::uint64_t kernel = 0;   // the CPU kernels' own (packed K/V, backward row chunks); 0 for CUDA
+    std::uint64_t total() const { return scratch + kernel; }
+};
+
 namespace dist {
 struct PlanState;
 }
@@ -101,6 +108,11 @@ public:
     const DistOptions& options() const;
     // Working memory held between calls, and handing it back (the next call allocates it again).
     std::uint64_t workspace_bytes() const;
+    // What a forward (or backward) call will hold at its peak with tensors of this storage type and
+    // device, from the plan's tables alone (nothing is allocated): for checking that a job fits.
+    MemoryEstimate memory_estimate(bool backward, DType storage, Device device = Device::cpu) const;
+    // The plan's own tables (every rank's positions, the ring's schedule), held for its lifetime.
+    std::uint64_t table_bytes() const;
     void release_workspace();
 
 private:

@@ -38,6 +38,21 @@ const PlanShape& Plan::shape() const { return s_->shape; }
 const DistOptions& Plan::options() const { return s_->opt; }
 std::uint64_t Plan::workspace_bytes() const { return s_->workspace.held_bytes(); }
 void Plan::release_workspace() { s_->workspace.clear(); }
+
+MemoryEstimate Plan::memory_estimate(bool backward, DType storage, Device device) const {
+    MemoryEstimate m = dist::working_memory(*s_, backward, storage);
+    if (device != Device::cpu) m.kernel = 0;
+    return m;
+}
+
+std::uint64_t Plan::table_bytes() const {
+    auto shards = [](const dist::Shards& sh) { return (sh.count.size() + sh.offset.size() + sh.pos.size()) * sizeof(std::int64_t); };
+    std::uint64_t b = s_->pos.size() * sizeof(std::int64_t);
+    if (s_->ring) b += shards(s_->ring->sh) + s_->ring->need.size() * s_->ring->need.size() + s_->ring->last.size() * 20;
+    if (s_->ulysses) b += shards(s_->ulysses->sh) + s_->ulysses->rows.size() * 48;
+    if (s_->shards) b += shards(*s_->shards);
+    return b;
+}
 void Plan::forward(const DistForwardArgs& args, DistStats* stats) { dist::execute_forward(*s_, args, stats); }
 void Plan::backward(const DistBackwardArgs& args, DistStats* stats) { dist::execute_backward(*s_, args, stats); }
 

@@ -62,4 +62,7 @@ struct PlanState {
     std::uint64_t build_bytes = 0;  // sent while building (the shard tables)
 };
 
+// Plan::memory_estimate on the host (strategies/memory.cpp).
+MemoryEstimate working_memory(const PlanState& s, bool backward, DType storage);
+
 }  // namespace longattn::dist

@@ -356,7 +356,7 @@ TEST(Distributed, MismatchedShapesFailOnEveryRank) {
 
 int main(int argc, char** argv) {
     int provided = 0;
-    MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+    MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);  // the watchdog's thread calls MPI
     int rc = 0;
     {
         ::testing::InitGoogleTest(&argc, argv);
@@ -370,11 +370,14 @@ int main(int argc, char** argv) {
         if (g_device == Device::cuda && kernels::backend(g_device).available())
             comm::select_device(MPI_COMM_WORLD);  // one GPU per rank where there are several
 #endif
+        // Every test runs under the watchdog: a rank stuck for two minutes ends the run, naming it.
+        constexpr double kTimeout = 120;
 #if LONGATTN_HAVE_NCCL
-        if (nccl && kernels::backend(g_device).available()) owned = std::make_unique<comm::NcclCommunicator>(MPI_COMM_WORLD);
+        if (nccl && kernels::backend(g_device).available())
+            owned = std::make_unique<comm::NcclCommunicator>(MPI_COMM_WORLD, nullptr, -1, kTimeout);
 #endif
         (void)nccl;
-        if (!owned) owned = std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD);
+        if (!owned) owned = std::make_unique<comm::MpiCommunicator>(MPI_COMM_WORLD, kTimeout);
         comm::Communicator& comm = *owned;
         g_comm = &comm;
         if (comm.rank() != 0) {

@@ -109,6 +109,7 @@ struct RankRun {
     std::vector<double> o, lse, dq, dk, dv;
     DistStats fwd, bwd;
     std::uint64_t shard_bytes = 0;  // what learning every rank's shard costs this rank, measured
+    MemoryEstimate est_fwd, est_bwd;  // a plan's estimate of the calls' working memory
 };
 struct DistRun {
     std::vector<RankRun> ranks;
@@ -147,6 +148,9 @@ DistRun run_distributed(const Shape& s, const Pattern& pat, const DistOptions& o
         ba.q = q.view(), ba.k = k.view(), ba.v = v.view(), ba.o = o.view(), ba.dout = dout.view(), ba.lse = lse.data();
         ba.dq = dq.view(), ba.dk = dk.view(), ba.dv = dv.view(), ba.pos = me.pos.data(), ba.pattern = &pat;
         attention_backward(comm, opt, ba, &me.bwd);
+        const Plan plan(comm, me.pos.data(), pat, PlanShape{s.B, S, s.Hq, s.Hkv, s.D}, opt);
+        me.est_fwd = plan.memory_estimate(false, s.dtype);
+        me.est_bwd = plan.memory_estimate(true, s.dtype);
         me.o = o.to_f64(), me.lse = to_f64(lse), me.dq = dq.to_f64(), me.dk = dk.to_f64(), me.dv = dv.to_f64();
     });
     out.splits = world.splits();
@@ -325,14 +329,19 @@ TEST_P(InprocStrategies, MatchSingleProcessKernelsAndSkipWhatThePatternAllows) {
                 what.append(std::to_string(s.N)).append(" ").append(dtype_name(s.dtype));
                 SCOPED_TRACE(what);
                 const DistRun run = run_distributed(s, pat, opt, lk, cfg.P);
-                // Hybrid splits the world into Ulysses groups and into rings, in the forward and again in
-                // the backward; the others use the world as it is.
-                EXPECT_EQ(run.splits, cfg.strategy == StrategyKind::hybrid ? 4 : 0);
+                // Hybrid splits the world into Ulysses groups and into rings, in the forward, again in
+                // the backward, and once more for the plan of the memory estimate; the others use the
+                // world as it is.
+                EXPECT_EQ(run.splits, cfg.strategy == StrategyKind::hybrid ? 6 : 0);
                 const Layout layout(lk, s.N, cfg.P);
                 for (int r = 0; r < cfg.P; ++r) {
                     SCOPED_TRACE("rank " + std::to_string(r));
                     const RankRun& me = run.ranks[static_cast<std::size_t>(r)];
                     check_rows(s, w, me);
+                    // The plan's estimate of the working memory is what the strategy held at its peak.
+                    EXPECT_GT(me.fwd.scratch_peak_bytes, 0u);
+                    EXPECT_EQ(me.est_fwd.scratch, me.fwd.scratch_peak_bytes);
+                    EXPECT_EQ(me.est_bwd.scratch, me.bwd.scratch_peak_bytes);
                     if (cfg.strategy == StrategyKind::ring) {
                         const RingExpect e = ring_expect(pat, shards_of(layout), r);
                         EXPECT_EQ(me.fwd.skipped_blocks, e.skipped_blocks);
@@ -385,6 +394,35 @@ INSTANTIATE_TEST_SUITE_P(
                       Config{StrategyKind::allgather, 3, 1}, Config{StrategyKind::allgather, 4, 1}),
     [](const auto& info) { return config_name(info.param); });
 
+// Fewer rows than ranks: some ranks own none, in every strategy and layout, forward and backward,
+// and every row still matches the single-process kernels (and the memory estimate its peak).
+TEST(InprocZeroRows, EveryStrategyAndLayoutForwardAndBackward) {
+    const Shape s{13, 1, 4, 2, 16, DType::f32};  // 13 rows (the fewest the patterns allow) on 16 ranks
+    for (const Config& cfg : {Config{StrategyKind::ring, 16, 1}, Config{StrategyKind::ulysses, 16, 1},
+                              Config{StrategyKind::hybrid, 16, 2}, Config{StrategyKind::allgather, 16, 1}}) {
+        DistOptions opt;
+        opt.strategy = cfg.strategy;
+        opt.ulysses_degree = cfg.ulysses_degree;
+        opt.threads = 1;
+        for (const NamedPattern& np : patterns(s.N)) {
+            const Pattern pat(np.spec);
+            const Whole w = whole_problem(s, pat);
+            for (LayoutKind lk : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped}) {
+                SCOPED_TRACE(config_name(cfg) + " " + layout_name(lk) + " " + np.name);
+                const DistRun run = run_distributed(s, pat, opt, lk, cfg.P);
+                int empty = 0;
+                for (const RankRun& me : run.ranks) {
+                    empty += me.pos.empty();
+                    check_rows(s, w, me);
+                    EXPECT_EQ(me.est_fwd.scratch, me.fwd.scratch_peak_bytes);
+                    EXPECT_EQ(me.est_bwd.scratch, me.bwd.scratch_peak_bytes);
+                }
+                EXPECT_GE(empty, 1);
+            }
+        }
+    }
+}
+
 // Ranks that disagree on a shape fail alike on every rank, and none is left waiting.
 TEST(InprocErrors, MismatchedShapesFailOnEveryRank) {
     std::vector<std::string> errors(2);
@@ -422,8 +460,9 @@ TEST(InprocPlan, ReusedPlanGivesTheOneShotBitsWithoutSplittingOrAllocating) {
         opt.ulysses_degree = cfg.ulysses_degree;
         opt.threads = 1;
         const DistRun once = run_distributed(s, pat, opt, LayoutKind::zigzag, cfg.P);
-        // The one-shot calls build a plan each: the hybrid splits twice per call.
-        EXPECT_EQ(once.splits, cfg.strategy == StrategyKind::hybrid ? 4 : 0);
+        // The one-shot calls build a plan each, and so does the memory estimate: the hybrid splits
+        // twice per plan.
+        EXPECT_EQ(once.splits, cfg.strategy == StrategyKind::hybrid ? 6 : 0);
         for (const RankRun& r : once.ranks) EXPECT_GT(r.fwd.setup_s + r.bwd.setup_s, 0.0);
 
         const Layout layout(LayoutKind::zigzag, s.N, cfg.P);
