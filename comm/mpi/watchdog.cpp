@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <memory>
 
 #include "longattn/error.hpp"
 
@@ -148,7 +149,9 @@ void Watchdog::declare_stuck(double silent_s) {
 
 void Watchdog::run() {
     const int next = (rank_ + 1) % size_, prev = (rank_ - 1 + size_) % size_;
-    std::int64_t in = 0, out = 0;  // out changes only while no send of it is in flight
+    // The messages' buffers; out changes only while no send of it is in flight.
+    auto buf = std::make_unique<std::int64_t[]>(2);
+    std::int64_t &in = buf[0], &out = buf[1];
     MPI_Request rx = MPI_REQUEST_NULL, tx = MPI_REQUEST_NULL;
     MPI_Irecv(&in, 1, MPI_INT64_T, prev, MPI_ANY_TAG, comm_, &rx);
     double heard = now_s(), sent = -1e300;
@@ -166,7 +169,12 @@ void Watchdog::run() {
         if (quiet) {
             MPI_Cancel(&rx);
             MPI_Wait(&rx, MPI_STATUS_IGNORE);
-            if (tx != MPI_REQUEST_NULL) MPI_Request_free(&tx);  // a few bytes, delivered or dropped by MPI
+            if (tx != MPI_REQUEST_NULL) {
+                // A heartbeat still in flight: MPI delivers or drops it, and may read its buffer until
+                // then, so the buffer outlives the thread (16 bytes, on a failing rank's way out).
+                MPI_Request_free(&tx);
+                (void)buf.release();
+            }
             return;
         }
         if (tx != MPI_REQUEST_NULL) MPI_Test(&tx, &flag, MPI_STATUS_IGNORE);
