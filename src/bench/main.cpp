@@ -1,5 +1,6 @@
 // longattn-bench: attention benchmarks with a self-check (-c), configured from the command line and
-// an INI file (the command line wins). Exit codes: 0 ok, 1 failed check or runtime failure, 2 bad input.
+// an INI file (the command line wins). Exit codes: 0 ok, 1 failed check or runtime failure, 2 bad input
+// or a job that cannot fit, 3 a rank that stopped responding (the watchdog, comm/mpi/watchdog.hpp).
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -22,9 +23,10 @@
 
 using namespace longattn;
 
-// Every rank parses the same arguments, so bad input fails everywhere alike (exit 2, message from
-// rank 0) before anything is written. A failure after that may hit one rank only: it prints, removes
-// its temporary files and aborts the whole job, so no rank hangs.
+// Every rank parses the same arguments and the ranks agree on the verdict, so bad input fails
+// everywhere alike (exit 2, one message) before anything is written; so does a job that cannot fit
+// (AgreedError). A failure after that may hit one rank only: it prints, removes its temporary files and
+// aborts the whole job, so no rank hangs.
 int main(int argc, char** argv) {
     int rank = 0, size = 1;
 #if LONGATTN_HAVE_MPI
