@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
 #endif
-    bench::install_cleanup_handlers(size > 1 ? "longattn-bench: rank " + std::to_string(rank) + ": " : "longattn-bench: ");
+    bench::install_cleanup_handlers(size > 1 ? "longattn-bench: rank " + std::to_string(rank) + ": " : "longattn-bench: ",
+                                    rank == 0);
     auto finish = [&](int rc) {
 #if LONGATTN_HAVE_MPI
         MPI_Finalize();

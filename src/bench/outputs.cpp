@@ -32,6 +32,7 @@ struct Temp {
 Temp g_temps[kMaxTemps];
 volatile std::sig_atomic_t g_ntemps = 0;
 char g_prefix[256] = "longattn-bench: ";
+volatile std::sig_atomic_t g_report_term = 1;  // this process says why a SIGTERM ended it
 std::mutex g_temps_mutex;
 
 void remove_registered() {
@@ -49,10 +50,16 @@ void write_stderr(const char* s) {
 }
 
 extern "C" void cleanup_and_die(int sig) {
+    const char* outputs = g_ntemps > 0 ? "; its temporary files are removed, no output is published\n" : "\n";
     if (sig == SIGINT) {
         write_stderr(g_prefix);
-        write_stderr(g_ntemps > 0 ? "interrupted (Ctrl-C); its temporary files are removed, no output is published\n"
-                                  : "interrupted (Ctrl-C)\n");
+        write_stderr("interrupted (Ctrl-C)");
+        write_stderr(outputs);
+    } else if (g_report_term) {
+        // mpirun turns a Ctrl-C into SIGTERM for every rank, as it does when a rank aborts the job.
+        write_stderr(g_prefix);
+        write_stderr("terminated (SIGTERM: the job was interrupted, e.g. Ctrl-C on mpirun, or another rank ended it)");
+        write_stderr(outputs);
     }
     remove_registered();
     std::signal(sig, SIG_DFL);
@@ -305,8 +312,9 @@ void OutputSet::publish_here() {
         if (had) ::unlink(t->backup.c_str());
 }
 
-void install_cleanup_handlers(const std::string& prefix) {
+void install_cleanup_handlers(const std::string& prefix, bool report_term) {
     std::snprintf(g_prefix, sizeof(g_prefix), "%s", prefix.c_str());
+    g_report_term = report_term ? 1 : 0;
     std::signal(SIGTERM, cleanup_and_die);
     std::signal(SIGINT, cleanup_and_die);
 }

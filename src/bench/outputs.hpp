@@ -63,8 +63,10 @@ private:
 void check_save_target(const std::string& dir, const char* key);
 
 // SIGINT and SIGTERM remove every registered temporary and end the process with the signal; SIGINT
-// (Ctrl-C) first says so on stderr. prefix: "longattn-bench: rank 3: " or "longattn-bench: ".
-void install_cleanup_handlers(const std::string& prefix);
+// (Ctrl-C) first says so on stderr, and so does SIGTERM (what mpirun sends every rank on a Ctrl-C, or
+// when a rank aborts the job) where report_term (one rank of a job). prefix: "longattn-bench: rank 3: "
+// or "longattn-bench: ".
+void install_cleanup_handlers(const std::string& prefix, bool report_term);
 // Removes every registered temporary (the failure paths call it before exiting).
 void remove_temp_files();
 

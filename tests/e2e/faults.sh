@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The bench under faults, one case per call: a rank stopped (SIGSTOP) ends the job through the
 # watchdog within its deadline; a slow rank that is alive is waited for; a publish that fails half
-# way, a rank killed during --save, and Ctrl-C leave the earlier output set as it was and nothing
-# else; a --save over an earlier set replaces it whole.
+# way, a rank killed during --save, and Ctrl-C (on one process or on mpirun) leave the earlier output
+# set as it was and nothing else; a --save over an earlier set replaces it whole.
 # usage: faults.sh CASE BENCH MPIRUN... (the launcher command up to, not including, the rank count)
 set -uo pipefail
 case_=$1 bench=$2
@@ -88,6 +88,21 @@ case $case_ in
     grep -q "interrupted (Ctrl-C)" "$dir.log" || fail "no line saying the job was interrupted"
     rm -f "$dir.log"
     [ $rc -eq 130 ] || fail "expected exit 130 (SIGINT), got $rc"
+    same_as_before
+    ;;
+  interrupt-mpi)  # Ctrl-C on mpirun (SIGINT to it; it sends SIGTERM to every rank) during a run
+    first_set
+    "${mpirun[@]}" 3 "$bench" --strategy ring -b 48K --heads 2 --head-dim 32 --threads 1 --mode fwd+bwd -n 50 \
+      --save "$dir/out" --json "$dir/r.json" > "$dir.log" 2>&1 &
+    pid=$!
+    sleep 3
+    kill -INT $pid
+    wait $pid
+    rc=$?
+    cat "$dir.log"
+    grep -q "rank 0: terminated (SIGTERM: the job was interrupted" "$dir.log" || fail "no line saying the job was interrupted"
+    rm -f "$dir.log"
+    [ $rc -ne 0 ] || fail "the job succeeded"
     same_as_before
     ;;
   *) fail "unknown case $case_" ;;
