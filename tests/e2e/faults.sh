@@ -30,6 +30,22 @@ same_as_before() {
   diff "$dir.before" "$dir.after" || fail "the earlier output set changed, or something was left beside it"
   rm -f "$dir.before" "$dir.after"
 }
+# After a first set: runs the command, sends it SIGINT after `after` seconds, and checks the line it
+# must print and that the first set is as it was; rc is the command's exit code.
+interrupted() {  # after line command...
+  local after=$1 line=$2 pid
+  shift 2
+  first_set
+  "$@" > "$dir.log" 2>&1 &
+  pid=$!
+  sleep "$after"
+  kill -INT $pid
+  wait $pid
+  rc=$?
+  cat "$dir.log"
+  grep -q "$line" "$dir.log" || fail "no line saying the job was interrupted"
+  same_as_before
+}
 
 case $case_ in
   stop)  # rank 1 stops itself at its first timed iteration; the watchdog's deadline is 3 s
@@ -75,35 +91,15 @@ case $case_ in
     [ "$(ls "$dir/out" | tr '\n' ' ')" = "lse.npy manifest.json out.npy " ] || fail "mixed set: $(ls "$dir/out")"
     [ "$(ls -A "$dir" | tr '\n' ' ')" = "out r.json " ] || fail "left beside it: $(ls -A "$dir")"
     ;;
-  interrupt)  # Ctrl-C (SIGINT to the process group of a single-process run) during a long run
-    first_set
-    "$bench" -b 64K --heads 4 --head-dim 64 --mode fwd+bwd -n 50 -w 0 --peak false --save "$dir/out" \
-      --json "$dir/r.json" > "$dir.log" 2>&1 &
-    pid=$!
-    sleep 2
-    kill -INT $pid
-    wait $pid
-    rc=$?
-    cat "$dir.log"
-    grep -q "interrupted (Ctrl-C)" "$dir.log" || fail "no line saying the job was interrupted"
-    rm -f "$dir.log"
+  interrupt)  # Ctrl-C (SIGINT to a single-process run) during a long run
+    interrupted 2 "interrupted (Ctrl-C)" "$bench" -b 64K --heads 4 --head-dim 64 --mode fwd+bwd -n 50 -w 0 \
+      --peak false --save "$dir/out" --json "$dir/r.json"
     [ $rc -eq 130 ] || fail "expected exit 130 (SIGINT), got $rc"
-    same_as_before
     ;;
   interrupt-mpi)  # Ctrl-C on mpirun (SIGINT to it; it sends SIGTERM to every rank) during a run
-    first_set
-    "${mpirun[@]}" 3 "$bench" --strategy ring -b 48K --heads 2 --head-dim 32 --threads 1 --mode fwd+bwd -n 50 \
-      --save "$dir/out" --json "$dir/r.json" > "$dir.log" 2>&1 &
-    pid=$!
-    sleep 3
-    kill -INT $pid
-    wait $pid
-    rc=$?
-    cat "$dir.log"
-    grep -q "rank 0: terminated (SIGTERM: the job was interrupted" "$dir.log" || fail "no line saying the job was interrupted"
-    rm -f "$dir.log"
+    interrupted 3 "rank 0: terminated (SIGTERM: the job was interrupted" "${mpirun[@]}" 3 "$bench" --strategy ring \
+      -b 48K --heads 2 --head-dim 32 --threads 1 --mode fwd+bwd -n 50 --save "$dir/out" --json "$dir/r.json"
     [ $rc -ne 0 ] || fail "the job succeeded"
-    same_as_before
     ;;
   *) fail "unknown case $case_" ;;
 esac
