@@ -38,8 +38,6 @@ public:
     Watchdog(const Watchdog&) = delete;
     Watchdog& operator=(const Watchdog&) = delete;
 
-    double timeout_s() const { return timeout_s_; }
-    int world_rank() const { return rank_; }
     // The rank of `comm`'s rank r in the watched communicator.
     std::vector<int> world_ranks(MPI_Comm comm) const;
 

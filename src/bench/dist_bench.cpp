@@ -202,7 +202,8 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         const MemoryEstimate wf = plan->memory_estimate(false, job.shape.dtype, job.exec.device),
                              wb = grads ? plan->memory_estimate(true, job.shape.dtype, job.exec.device) : MemoryEstimate{};
         need.tables = 8.0 * double(pos.size()) + double(plan->table_bytes());
-        need.working = double(std::max(wf.scratch, wb.scratch));
+        // With --device cuda the working memory is the device's: only host memory is checked here.
+        need.working = job.exec.device == Device::cpu ? double(std::max(wf.scratch, wb.scratch)) : 0.0;
         need.kernel = double(std::max(wf.kernel, wb.kernel));
         if (!job.exec.reuse_plan) plan.reset();
         refuse_what_cannot_fit(job, &comm, N, need);

@@ -48,8 +48,11 @@ MemoryEstimate Plan::memory_estimate(bool backward, DType storage, Device device
 std::uint64_t Plan::table_bytes() const {
     auto shards = [](const dist::Shards& sh) { return (sh.count.size() + sh.offset.size() + sh.pos.size()) * sizeof(std::int64_t); };
     std::uint64_t b = s_->pos.size() * sizeof(std::int64_t);
-    if (s_->ring) b += shards(s_->ring->sh) + s_->ring->need.size() * s_->ring->need.size() + s_->ring->last.size() * 20;
-    if (s_->ulysses) b += shards(s_->ulysses->sh) + s_->ulysses->rows.size() * 48;
+    if (const auto& r = s_->ring) {
+        b += shards(r->sh) + r->need.size() * r->need.size();
+        b += r->last.size() * sizeof(int) + (r->sent_lo.size() + r->sent_hi.size()) * sizeof(std::int64_t);
+    }
+    if (const auto& u = s_->ulysses) b += shards(u->sh) + (u->rows.size() + u->q.size() + u->kv.size()) * sizeof(dist::Range);
     if (s_->shards) b += shards(*s_->shards);
     return b;
 }
