@@ -8,7 +8,9 @@
 //     out here pair by pair from Pattern::allowed (and, for causal and a window on contiguous shards,
 //     by hand);
 //   - a kept Plan: the one-shot bits on every call, no split after it is built, no growth of its
-//     working memory after the first call, and one rank's bad input refused on every rank.
+//     working memory after the first call, and one rank's bad input refused on every rank;
+//   - a Context: the plans it finds and builds as document lengths and one rank's positions change,
+//     its bound, and the one-shot bits on every call.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -21,6 +23,7 @@
 #include "fake_comm.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/cpu/reference.hpp"
+#include "longattn/context.hpp"
 #include "longattn/distributed.hpp"
 #include "longattn/error.hpp"
 #include "longattn/layout.hpp"
@@ -561,6 +564,103 @@ TEST(InprocPlan, OneRanksBadInputIsRefusedOnEveryRank) {
     });
     EXPECT_NE(errors[1].find("q: must have the plan's shape"), std::string::npos) << errors[1];
     for (int r : {0, 2}) EXPECT_NE(errors[static_cast<std::size_t>(r)].find("rank 1 refused"), std::string::npos) << errors[static_cast<std::size_t>(r)];
+}
+
+}  // namespace
+}  // namespace longattn::test
+
+namespace longattn::test {
+namespace {
+
+// ---- The Context ---------------------------------------------------------------------------------
+
+// Steps of a training loop on 3 ranks: document lengths alternate between two batches, and at step 4
+// rank 0 alone holds its rows in another order. Every call must give the one-shot call's bits; the
+// cache finds what repeats, builds what changed on any rank (on every rank alike), and keeps its bound.
+TEST(InprocContext, FindsWhatRepeatsAndBuildsWhatChangedOnAnyRank) {
+    const Shape& s = kShapes[0];
+    constexpr int P = 3, kSteps = 6;
+    const Layout layout(LayoutKind::zigzag, s.N, P);
+    PatternSpec a = causal(), b = causal();
+    a.doc_bounds = {0, 50, s.N};
+    b.doc_bounds = {0, 120, 160, s.N};
+    const Pattern pa(a), pb(b);
+    std::vector<CacheStats> one(P), two(P);
+    std::vector<int> mismatched(P, 0);
+    run_ranks(P, [&](comm::Communicator& comm) {
+        omp_set_num_threads(1);
+        const int me = comm.rank();
+        const std::vector<std::int64_t> zig = layout.positions(me);
+        std::vector<std::int64_t> reversed(zig.rbegin(), zig.rend());
+        ContextOptions o1;
+        o1.dist.threads = 1;
+        o1.max_plans = 1;
+        ContextOptions o2 = o1;
+        o2.max_plans = 2;
+        Context small(comm, o1), big(comm, o2);
+        for (int step = 0; step < kSteps; ++step) {
+            const Pattern& pat = step % 2 ? pb : pa;
+            const std::vector<std::int64_t>& pos = step == 4 && me == 0 ? reversed : zig;
+            const auto S = static_cast<std::int64_t>(pos.size());
+            const Tensor q = synth(s.dtype, s.B, pos, s.Hq, s.D, SynthTensor::q),
+                         k = synth(s.dtype, s.B, pos, s.Hkv, s.D, SynthTensor::k),
+                         v = synth(s.dtype, s.B, pos, s.Hkv, s.D, SynthTensor::v);
+            Tensor o_ref(s.dtype, {s.B, S, s.Hq, s.D});
+            std::vector<float> lse_ref(static_cast<std::size_t>(s.B * s.Hq * S));
+            DistForwardArgs fa;
+            fa.q = q.view(), fa.k = k.view(), fa.v = v.view(), fa.o = o_ref.view(), fa.lse = lse_ref.data();
+            fa.pos = pos.data(), fa.pattern = &pat;
+            attention_forward(comm, o1.dist, fa);
+            for (Context* c : {&small, &big}) {
+                Tensor o(s.dtype, {s.B, S, s.Hq, s.D});
+                std::vector<float> lse(lse_ref.size());
+                fa.o = o.view(), fa.lse = lse.data();
+                c->forward(fa);
+                mismatched[static_cast<std::size_t>(me)] += o.to_f64() != o_ref.to_f64() || lse != lse_ref;
+            }
+        }
+        one[static_cast<std::size_t>(me)] = small.cache();
+        two[static_cast<std::size_t>(me)] = big.cache();
+    });
+    for (int r = 0; r < P; ++r) {
+        SCOPED_TRACE("rank " + std::to_string(r));
+        EXPECT_EQ(mismatched[static_cast<std::size_t>(r)], 0);
+        // One plan: every step differs from the one before, so every step builds.
+        const CacheStats& c1 = one[static_cast<std::size_t>(r)];
+        EXPECT_EQ(c1.misses, kSteps);
+        EXPECT_EQ(c1.hits, 0);
+        EXPECT_EQ(c1.evictions, kSteps - 1);
+        EXPECT_EQ(c1.plans, 1u);
+        // Two plans: the two batches are built once each (steps 0, 1); step 4 (rank 0's rows reordered)
+        // is built on every rank although ranks 1 and 2 hold its plan; step 5 finds batch b's plan.
+        const CacheStats& c2 = two[static_cast<std::size_t>(r)];
+        EXPECT_EQ(c2.misses, 3);
+        EXPECT_EQ(c2.hits, 3);
+        EXPECT_EQ(c2.evictions, 1);
+        EXPECT_EQ(c2.plans, 2u);
+    }
+}
+
+// A rank whose arguments cannot be planned is refused on every rank, and none waits.
+TEST(InprocContext, OneRanksBadArgumentsAreRefusedOnEveryRank) {
+    std::vector<std::string> errors(2);
+    run_ranks(2, [&](comm::Communicator& comm) {
+        const std::vector<std::int64_t> pos = comm.rank() == 0 ? positions(4) : positions(4, 4);
+        Tensor q(DType::f32, {1, 4, 2, 8}), o(DType::f32, {1, 4, 2, 8});
+        std::vector<float> lse(8);
+        const Pattern pat;
+        DistForwardArgs fa;
+        fa.q = fa.k = fa.v = q.view(), fa.o = o.view(), fa.lse = lse.data(), fa.pos = pos.data();
+        fa.pattern = comm.rank() == 1 ? nullptr : &pat;
+        Context ctx(comm);
+        try {
+            ctx.forward(fa);
+        } catch (const Error& e) {
+            errors[static_cast<std::size_t>(comm.rank())] = e.what();
+        }
+    });
+    EXPECT_NE(errors[0].find("rank 1 refused"), std::string::npos) << errors[0];
+    EXPECT_NE(errors[1].find("pattern: a Context call names its pattern"), std::string::npos) << errors[1];
 }
 
 }  // namespace
