@@ -2,7 +2,7 @@
 # Installs what longattn needs on Debian (as root, only what is missing) and builds it into build/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(cmake make g++ libopenmpi-dev openmpi-bin libboost-program-options-dev libgtest-dev)
+pkgs=(cmake make g++ libopenmpi-dev openmpi-bin libboost-program-options-dev libgtest-dev libdlpack-dev pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

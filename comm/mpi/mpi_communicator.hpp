@@ -14,7 +14,7 @@
 
 #include <memory>
 
-#include "comm/communicator.hpp"
+#include "../communicator.hpp"  // relative: the same in the source tree and installed
 
 namespace longattn::comm {
 

@@ -36,8 +36,8 @@
 #include <utility>
 #include <vector>
 
-#include "comm/communicator.hpp"
-#include "comm/mpi/mpi_communicator.hpp"
+#include "../communicator.hpp"  // relative: the same in the source tree and installed
+#include "../mpi/mpi_communicator.hpp"
 
 namespace longattn::comm {
 

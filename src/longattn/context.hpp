@@ -48,6 +48,10 @@ public:
     // The plan for these positions, pattern and shapes, found or built (collective).
     Plan& plan(const std::int64_t* pos, const Pattern& pattern, const PlanShape& shape);
 
+    // Collective, in place of a forward or backward call whose arguments this rank cannot even read:
+    // every rank throws (this one with why, the others naming this rank), none waits.
+    [[noreturn]] void refuse(const std::string& why);
+
     const CacheStats& cache() const { return stats_; }
     const ContextOptions& options() const { return opt_; }
     comm::Communicator& communicator() const { return comm_; }

@@ -87,6 +87,11 @@ Plan& Context::find(const std::int64_t* pos, const Pattern* pattern, const PlanS
     return lru_.front()->plan;
 }
 
+void Context::refuse(const std::string& why) {
+    find(nullptr, nullptr, PlanShape{}, why.empty() ? std::string("refused") : why);
+    throw Error(why);  // find() has thrown on every rank already
+}
+
 // The call's shapes, or why its views cannot give them.
 PlanShape Context::shape_or(const TensorView& q, const TensorView& k, std::string& bad) {
     if (q.rank == 4 && k.rank == 4) return PlanShape{q.shape[0], q.shape[1], q.shape[2], k.shape[2], q.shape[3]};

@@ -1,0 +1,288 @@
+// The C interface (longattn.h) over longattn::Context: DLPack descriptors become TensorViews, the
+// pattern descriptor a Pattern, exceptions status codes with the message kept per thread.
+#include "capi/capi_internal.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <new>
+#include <optional>
+#include <stdexcept>
+
+#include "comm/self_communicator.hpp"
+#include "kernels/backend.hpp"
+#include "longattn/layout.hpp"
+
+namespace {
+
+using namespace longattn;
+
+thread_local std::string g_error;
+
+DType dtype_of(const DLDataType& t, const char* name) {
+    require(t.lanes == 1, name, "must have one lane per element, got ", t.lanes);
+    if (t.code == kDLFloat && t.bits == 32) return DType::f32;
+    if (t.code == kDLFloat && t.bits == 16) return DType::f16;
+    if (t.code == kDLBfloat && t.bits == 16) return DType::bf16;
+    require(false, name, "must be float32, bfloat16 or float16, got DLPack type code ", int(t.code), " with ",
+            int(t.bits), " bits");
+    return DType::f32;
+}
+
+Device device_of(const DLDevice& d, const char* name) {
+    if (d.device_type == kDLCPU || d.device_type == kDLCUDAHost) return Device::cpu;
+    if (d.device_type == kDLCUDA) {
+        if (!kernels::backend(Device::cuda).built) throw la::Unsupported(std::string(name) + ": a CUDA tensor, and this build has no CUDA");
+        return Device::cuda;
+    }
+    require(false, name, "must be in host (kDLCPU, kDLCUDAHost) or CUDA (kDLCUDA) memory, got DLPack device type ",
+            int(d.device_type));
+    return Device::cpu;
+}
+
+// A 4-d [B, S, H, D] view of t (NULL strides: compact).
+TensorView view_of(const DLTensor* t, const char* name) {
+    require(t != nullptr, name, "is NULL");
+    require(t->ndim == 4, name, "must be a 4-d tensor [B, S, H, D], got ", t->ndim, " dimensions");
+    require(t->shape != nullptr, name, "has no shape");
+    require(t->data != nullptr || t->shape[0] * t->shape[1] * t->shape[2] * t->shape[3] == 0, name, "has no data");
+    TensorView v;
+    v.dtype = dtype_of(t->dtype, name);
+    v.device = device_of(t->device, name);
+    v.data = static_cast<char*>(t->data) + t->byte_offset;
+    v.rank = 4;
+    std::int64_t compact = 1;
+    for (int i = 3; i >= 0; --i) {
+        require(t->shape[i] >= 0, name, "shape[", i, "] must be >= 0, got ", t->shape[i]);
+        v.shape[static_cast<std::size_t>(i)] = t->shape[i];
+        v.stride[static_cast<std::size_t>(i)] = t->strides ? t->strides[i] : compact;
+        compact *= t->shape[i];
+    }
+    return v;
+}
+
+// LSE: [B, Hq, S] float32, compact.
+float* lse_of(const DLTensor* t, const char* name) {
+    require(t != nullptr, name, "is NULL");
+    require(t->ndim == 3 && t->shape != nullptr, name, "must be a 3-d tensor [B, Hq, S], got ", t->ndim, " dimensions");
+    require(dtype_of(t->dtype, name) == DType::f32, name, "must be float32");
+    (void)device_of(t->device, name);
+    if (t->strides)
+        require(t->strides[2] == 1 && t->strides[1] == t->shape[2] && t->strides[0] == t->shape[1] * t->shape[2], name,
+                "must be compact (strides [Hq * S, S, 1])");
+    return reinterpret_cast<float*>(static_cast<char*>(t->data) + t->byte_offset);
+}
+
+template <class T>
+std::vector<T> list(const T* p, std::size_t n, const char* name) {
+    require(n == 0 || p != nullptr, name, "is NULL with ", n, " entries");
+    return n == 0 ? std::vector<T>{} : std::vector<T>(p, p + n);
+}
+
+Pattern pattern_of(const la_pattern* p) {
+    require(p != nullptr, "pattern", "is NULL (la_pattern_default gives dense attention)");
+    PatternSpec s;
+    s.causal = p->causal != 0;
+    if (p->has_window) s.window = Window{p->window_left, p->window_right};
+    s.doc_bounds = list(p->doc_bounds, p->n_doc_bounds, "pattern.doc_bounds");
+    s.global_first = p->global_first;
+    s.global_list = list(p->global_list, p->n_global_list, "pattern.global_list");
+    s.block = p->block;
+    require(p->block_mask_rows >= 0 && p->block_mask_cols >= 0, "pattern.block_mask_rows", "must be >= 0");
+    s.block_mask = list(p->block_mask, static_cast<std::size_t>(p->block_mask_rows * p->block_mask_cols), "pattern.block_mask");
+    s.block_mask_rows = p->block_mask_rows, s.block_mask_cols = p->block_mask_cols;
+    s.stride = p->stride;
+    s.random_blocks = p->random_blocks, s.random_seed = p->random_seed;
+    s.seq_len = p->seq_len;
+    s.alibi_slopes = list(p->alibi_slopes, p->n_alibi_slopes, "pattern.alibi_slopes");
+    s.softcap = p->softcap, s.scale = p->scale;
+    return Pattern(std::move(s));
+}
+
+// Every rank learns of this rank's refusal (and throws); a build that lacks what was asked stays
+// LA_ERR_UNSUPPORTED.
+[[noreturn]] void agree_on_refusal(la_context& ctx, const Error& e) {
+    const bool unsupported = dynamic_cast<const la::Unsupported*>(&e) != nullptr;
+    try {
+        ctx.ctx->refuse(e.what());
+    } catch (const Error& agreed) {
+        if (unsupported) throw la::Unsupported(agreed.what());
+        throw;
+    }
+    throw Error(e.what());  // refuse() always throws
+}
+
+}  // namespace
+
+namespace la {
+
+la_status guard(const std::function<void()>& f) {
+    try {
+        f();
+        g_error.clear();
+        return LA_OK;
+    } catch (const Unsupported& e) {
+        g_error = e.what();
+        return LA_ERR_UNSUPPORTED;
+    } catch (const Error& e) {
+        g_error = e.what();
+        return LA_ERR_ARGUMENT;
+    } catch (const std::bad_alloc&) {
+        g_error = "out of memory";
+        return LA_ERR_RUNTIME;
+    } catch (const std::exception& e) {
+        g_error = e.what();
+        return LA_ERR_RUNTIME;
+    } catch (...) {
+        g_error = "unknown failure";
+        return LA_ERR_RUNTIME;
+    }
+}
+
+ContextOptions options_of(const la_options* opt) {
+    la_options d;
+    la_options_default(&d);
+    const la_options& o = opt ? *opt : d;
+    require(o.strategy >= LA_RING && o.strategy <= LA_ALLGATHER, "strategy", "must be LA_RING, LA_ULYSSES, LA_HYBRID or LA_ALLGATHER, got ",
+            int(o.strategy));
+    require(o.ulysses_degree >= 1, "ulysses_degree", "must be >= 1, got ", o.ulysses_degree);
+    require(o.kv_head_chunk >= 0, "kv_head_chunk", "must be >= 0 (0: all), got ", o.kv_head_chunk);
+    require(o.threads >= 0, "threads", "must be >= 0 (0: all), got ", o.threads);
+    require(o.progress_chunks >= 1, "progress_chunks", "must be >= 1, got ", o.progress_chunks);
+    require(o.max_plans >= 1, "max_plans", "must be >= 1, got ", o.max_plans);
+    require(std::isfinite(o.timeout_s) && o.timeout_s >= 0, "timeout_s", "must be >= 0 seconds (0: no watchdog), got ", o.timeout_s);
+    ContextOptions c;
+    c.dist.strategy = static_cast<StrategyKind>(o.strategy);
+    c.dist.ulysses_degree = o.ulysses_degree;
+    c.dist.kv_head_chunk = o.kv_head_chunk;
+    c.dist.threads = o.threads;
+    c.dist.progress_chunks = o.progress_chunks;
+    c.max_plans = o.max_plans;
+    return c;
+}
+
+la_status create(std::unique_ptr<comm::Communicator> comm, const ContextOptions& opt, la_context** out) {
+    return guard([&] {
+        require(out != nullptr, "out", "is NULL");
+        auto* c = new la_context{std::move(comm), nullptr};
+        c->ctx = std::make_unique<Context>(*c->comm, opt);
+        *out = c;
+    });
+}
+
+}  // namespace la
+
+extern "C" {
+
+const char* la_version(void) {
+    static char v[16];
+    std::snprintf(v, sizeof(v), "%d.%d.%d", LA_VERSION_MAJOR, LA_VERSION_MINOR, LA_VERSION_PATCH);
+    return v;
+}
+
+int la_version_number(void) { return LA_VERSION_MAJOR * 10000 + LA_VERSION_MINOR * 100 + LA_VERSION_PATCH; }
+
+const char* la_last_error(void) { return g_error.c_str(); }
+
+void la_options_default(la_options* opt) {
+    if (opt == nullptr) return;
+    *opt = la_options{LA_RING, 1, 0, 0, 4, 8, 0.0};
+}
+
+void la_pattern_default(la_pattern* p) {
+    if (p == nullptr) return;
+    *p = la_pattern{};
+    p->window_left = p->window_right = -1;
+    p->block = 64;
+}
+
+la_status la_context_create_local(const la_options* opt, la_context** out) {
+    la_status st = LA_OK;
+    ContextOptions o;
+    if ((st = la::guard([&] { o = la::options_of(opt); })) != LA_OK) return st;
+    // One process: the collectives copy on the tensors' device.
+    auto copy = [](void* dst, const void* src, std::size_t bytes) {
+        const kernels::Backend& cuda = kernels::backend(Device::cuda);
+        if (cuda.built && cuda.available()) cuda.memcpy(dst, src, bytes);
+        else std::memcpy(dst, src, bytes);
+    };
+    return la::create(std::make_unique<comm::SelfCommunicator>(copy), o, out);
+}
+
+void la_context_destroy(la_context* ctx) { delete ctx; }
+
+la_status la_context_rank(const la_context* ctx, int* rank, int* size) {
+    return la::guard([&] {
+        require(ctx != nullptr, "ctx", "is NULL");
+        if (rank) *rank = ctx->comm->rank();
+        if (size) *size = ctx->comm->size();
+    });
+}
+
+la_status la_cache_stats(const la_context* ctx, int64_t* hits, int64_t* misses, int64_t* evictions, int64_t* plans) {
+    return la::guard([&] {
+        require(ctx != nullptr, "ctx", "is NULL");
+        const CacheStats& c = ctx->ctx->cache();
+        if (hits) *hits = c.hits;
+        if (misses) *misses = c.misses;
+        if (evictions) *evictions = c.evictions;
+        if (plans) *plans = static_cast<int64_t>(c.plans);
+    });
+}
+
+la_status la_layout_positions(la_layout layout, int64_t tokens, int ranks, int rank, int64_t* pos, int64_t* count) {
+    return la::guard([&] {
+        require(layout >= LA_CONTIGUOUS && layout <= LA_STRIPED, "layout", "must be LA_CONTIGUOUS, LA_ZIGZAG or LA_STRIPED");
+        require(ranks >= 1, "ranks", "must be >= 1, got ", ranks);
+        require(rank >= 0 && rank < ranks, "rank", "must be in [0, ", ranks, "), got ", rank);
+        require(count != nullptr, "count", "is NULL");
+        const Layout l(static_cast<LayoutKind>(layout), tokens, ranks);
+        *count = l.local_count(rank);
+        if (pos == nullptr) return;
+        const std::vector<std::int64_t> p = l.positions(rank);
+        std::copy(p.begin(), p.end(), pos);
+    });
+}
+
+la_status la_forward(la_context* ctx, const la_pattern* pattern, const int64_t* pos, const DLTensor* q, const DLTensor* k,
+                     const DLTensor* v, DLTensor* o, DLTensor* lse) {
+    if (ctx == nullptr) return la::guard([] { require(false, "ctx", "is NULL"); });
+    return la::guard([&] {
+        // This rank's arguments are read first; a refusal is agreed with the other ranks.
+        DistForwardArgs a;
+        std::optional<Pattern> pat;
+        try {
+            pat.emplace(pattern_of(pattern));
+            a.q = view_of(q, "q"), a.k = view_of(k, "k"), a.v = view_of(v, "v"), a.o = view_of(o, "o");
+            a.lse = lse_of(lse, "lse");
+        } catch (const Error& e) {
+            agree_on_refusal(*ctx, e);
+        }
+        a.pos = pos, a.pattern = &*pat;
+        ctx->ctx->forward(a);
+    });
+}
+
+la_status la_backward(la_context* ctx, const la_pattern* pattern, const int64_t* pos, const DLTensor* q, const DLTensor* k,
+                      const DLTensor* v, const DLTensor* o, const DLTensor* dout, const DLTensor* lse, DLTensor* dq,
+                      DLTensor* dk, DLTensor* dv, int accumulate) {
+    if (ctx == nullptr) return la::guard([] { require(false, "ctx", "is NULL"); });
+    return la::guard([&] {
+        DistBackwardArgs a;
+        std::optional<Pattern> pat;
+        try {
+            pat.emplace(pattern_of(pattern));
+            a.q = view_of(q, "q"), a.k = view_of(k, "k"), a.v = view_of(v, "v"), a.o = view_of(o, "o");
+            a.dout = view_of(dout, "dout");
+            a.lse = lse_of(lse, "lse");
+            a.dq = view_of(dq, "dq"), a.dk = view_of(dk, "dk"), a.dv = view_of(dv, "dv");
+        } catch (const Error& e) {
+            agree_on_refusal(*ctx, e);
+        }
+        a.accumulate = accumulate != 0;
+        a.pos = pos, a.pattern = &*pat;
+        ctx->ctx->backward(a);
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,120 @@
+/* longattn's C interface (C99): exact attention over a sequence sharded across the ranks of a
+ * communicator, forward and backward, through opaque contexts that cache their plans.
+ *
+ * Tensors are DLPack DLTensor descriptors (dlpack/dlpack.h, Debian's libdlpack-dev): Q, K, V, O, dO,
+ * dQ, dK, dV are [B, S_local, H, D] (bshd) with any strides (NULL strides: compact), float32, bfloat16
+ * or float16 (dQ, dK, dV float32), in host memory (kDLCPU, kDLCUDAHost) or, in a build with CUDA, in
+ * device memory (kDLCUDA); LSE is [B, Hq, S_local] float32, compact. pos holds the global position of
+ * each local row (int64, host memory); K and V have Hkv heads, Hq a multiple of Hkv.
+ *
+ * Status and errors: every call returns LA_OK or an error status, and la_last_error() gives the
+ * message of the last failed call of the calling thread, naming the bad argument ("q: must be a
+ * 4-d tensor...") or what failed. A failed call changes none of the outputs' meaning: discard them.
+ *
+ * Collective calls: la_context_create_*, la_forward, la_backward and la_context_destroy are called
+ * by every rank of the context's communicator, in the same order, with tensors of the same shapes
+ * (the local row counts may differ). A rank whose arguments are refused makes the call fail on every
+ * rank (each names that rank); none is left waiting.
+ *
+ * Ownership and threads: a context borrows its communicator (which must outlive it) and owns its
+ * plans; the tensors stay the caller's. Calls on one context must not overlap; distinct contexts may
+ * be used from distinct threads. The pattern, pos and the tensors are read during the call only.
+ */
+#ifndef LONGATTN_H
+#define LONGATTN_H
+
+#include <dlpack/dlpack.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LA_VERSION_MAJOR 0
+#define LA_VERSION_MINOR 1
+#define LA_VERSION_PATCH 0
+
+typedef enum {
+    LA_OK = 0,
+    LA_ERR_ARGUMENT = 1,    /* a bad argument; la_last_error() names it */
+    LA_ERR_RUNTIME = 2,     /* a failure while running (out of memory, a communicator error) */
+    LA_ERR_UNSUPPORTED = 3  /* not in this build (CUDA tensors without CUDA, NCCL without NCCL) */
+} la_status;
+
+/* "0.1.0", and the version as 10000 * major + 100 * minor + patch. */
+const char* la_version(void);
+int la_version_number(void);
+/* The message of the calling thread's last failed call ("" if none). Valid until its next call. */
+const char* la_last_error(void);
+
+typedef enum { LA_RING = 0, LA_ULYSSES = 1, LA_HYBRID = 2, LA_ALLGATHER = 3 } la_strategy;
+
+typedef struct {
+    la_strategy strategy;  /* LA_RING */
+    int ulysses_degree;    /* LA_HYBRID: ranks per Ulysses group (divides the rank count); 1 */
+    int64_t kv_head_chunk; /* LA_ALLGATHER: kv heads gathered at a time (0: all) */
+    int threads;           /* kernel threads per rank (0: all) */
+    int progress_chunks;   /* LA_RING: kernel calls per step, transfers progressing between them; 4 */
+    size_t max_plans;      /* plans the context keeps, least recently used dropped first; 8 */
+    double timeout_s;      /* MPI contexts: a rank silent this long ends the job (0: no watchdog) */
+} la_options;
+void la_options_default(la_options* opt);
+
+/* Which pairs (query q, key k) attend and how scores are modified; la_pattern_default() gives dense
+ * attention without causality. The parts below OR together where sparse (window, global tokens,
+ * block mask, stride, random blocks); causal and documents gate every pair. */
+typedef struct {
+    int causal;                    /* k <= q */
+    int has_window;                /* a sliding window: q - window_left <= k <= q + window_right */
+    int64_t window_left, window_right;  /* -1: unbounded on that side */
+    const int64_t* doc_bounds;     /* packed documents: 0 = b0 < b1 < ... < bn = the sequence length */
+    size_t n_doc_bounds;           /* 0: one document */
+    int64_t global_first;          /* positions [0, global_first) attend and are attended everywhere */
+    const int64_t* global_list;    /* further global positions */
+    size_t n_global_list;
+    int64_t block;                 /* block size of the block mask, stride and random parts; 64 */
+    const uint8_t* block_mask;     /* [block_mask_rows x block_mask_cols], 1 = the block is allowed */
+    int64_t block_mask_rows, block_mask_cols;
+    int64_t stride;                /* > 0: key blocks kb with kb % stride == stride - 1 */
+    int64_t random_blocks;         /* random key blocks per query block row, the same on every rank */
+    uint64_t random_seed;
+    int64_t seq_len;               /* total keys (needed by the random part) */
+    const float* alibi_slopes;     /* one per query head: s -= slope[h] * |q - k| */
+    size_t n_alibi_slopes;
+    float softcap;                 /* > 0: s = softcap * tanh(s / softcap) */
+    float scale;                   /* 0: 1 / sqrt(D) */
+} la_pattern;
+void la_pattern_default(la_pattern* p);
+
+typedef struct la_context la_context;
+
+/* A context of one process (no MPI): the single-process kernels behind the same calls. */
+la_status la_context_create_local(const la_options* opt, la_context** out);
+/* Contexts over MPI and NCCL communicators: longattn_mpi.h. */
+/* Collective where the communicator has several ranks. NULL is ignored. */
+void la_context_destroy(la_context* ctx);
+/* This rank and the rank count of the context's communicator. */
+la_status la_context_rank(const la_context* ctx, int* rank, int* size);
+/* The plan cache: calls that found their plan, calls that built one, plans dropped, plans held. */
+la_status la_cache_stats(const la_context* ctx, int64_t* hits, int64_t* misses, int64_t* evictions, int64_t* plans);
+
+/* Global positions of rank `rank`'s rows when `tokens` tokens are sharded over `ranks` ranks:
+ * layout 0 contiguous, 1 zigzag (2 * ranks chunks, rank r holding chunks r and 2 * ranks - 1 - r:
+ * causal work balanced), 2 striped (token t on rank t % ranks). *count receives the row count; pos
+ * (NULL to ask the count only) receives the positions. */
+typedef enum { LA_CONTIGUOUS = 0, LA_ZIGZAG = 1, LA_STRIPED = 2 } la_layout;
+la_status la_layout_positions(la_layout layout, int64_t tokens, int ranks, int rank, int64_t* pos, int64_t* count);
+
+/* O and LSE of the local rows. */
+la_status la_forward(la_context* ctx, const la_pattern* pattern, const int64_t* pos, const DLTensor* q,
+                     const DLTensor* k, const DLTensor* v, DLTensor* o, DLTensor* lse);
+/* dQ, dK, dV of the local rows from the forward's O and LSE; accumulate != 0 adds to what they hold. */
+la_status la_backward(la_context* ctx, const la_pattern* pattern, const int64_t* pos, const DLTensor* q,
+                      const DLTensor* k, const DLTensor* v, const DLTensor* o, const DLTensor* dout,
+                      const DLTensor* lse, DLTensor* dq, DLTensor* dk, DLTensor* dv, int accumulate);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LONGATTN_H */
