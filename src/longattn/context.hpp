@@ -63,6 +63,8 @@ private:
     // agreed in one all-reduce before anything is built.
     Plan& find(const std::int64_t* pos, const Pattern* pattern, const PlanShape& shape, std::string bad);
     static PlanShape shape_or(const TensorView& q, const TensorView& k, std::string& bad);
+    template <class Args>
+    void call(const Args& args, DistStats* stats, void (Plan::*run)(const Args&, DistStats*));
     comm::Communicator& comm_;
     ContextOptions opt_;
     std::list<std::unique_ptr<Entry>> lru_;  // most recently used first; alike on every rank

@@ -99,22 +99,17 @@ PlanShape Context::shape_or(const TensorView& q, const TensorView& k, std::strin
     return PlanShape{};
 }
 
-void Context::forward(const DistForwardArgs& args, DistStats* stats) {
+template <class Args>
+void Context::call(const Args& args, DistStats* stats, void (Plan::*run)(const Args&, DistStats*)) {
     std::string bad;
     const PlanShape shape = shape_or(args.q, args.k, bad);
     Plan& p = find(args.pos, args.pattern, shape, bad);
-    DistForwardArgs a = args;
-    a.pos = nullptr, a.pattern = nullptr;
-    p.forward(a, stats);
+    Args a = args;
+    a.pos = nullptr, a.pattern = nullptr;  // the plan's own
+    (p.*run)(a, stats);
 }
 
-void Context::backward(const DistBackwardArgs& args, DistStats* stats) {
-    std::string bad;
-    const PlanShape shape = shape_or(args.q, args.k, bad);
-    Plan& p = find(args.pos, args.pattern, shape, bad);
-    DistBackwardArgs a = args;
-    a.pos = nullptr, a.pattern = nullptr;
-    p.backward(a, stats);
-}
+void Context::forward(const DistForwardArgs& args, DistStats* stats) { call(args, stats, &Plan::forward); }
+void Context::backward(const DistBackwardArgs& args, DistStats* stats) { call(args, stats, &Plan::backward); }
 
 }  // namespace longattn
