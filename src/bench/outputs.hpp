@@ -5,7 +5,7 @@
 // by one rename (a new target) or one renameat2(RENAME_EXCHANGE) (an existing target, whose old
 // files are removed afterwards): a reader sees the old set or the new one, never a mix. Its
 // manifest.json (written last, before the publish) names the job and the files; a directory without
-// one that holds anything is not replaced (see check_save_target). --json and --csv files outside it
+// one that holds anything is not replaced (bench/parse.hpp: check_save_target). --json and --csv files outside it
 // are staged as hidden siblings too and renamed into place just before the directory, each old file
 // kept under a hidden name until the directory is published, so a failure at any step of the publish
 // puts every old file back.
@@ -57,10 +57,6 @@ private:
     std::vector<Text> texts_;          // --json, --csv outside the --save directory
     std::vector<std::pair<std::string, std::vector<std::int64_t>>> files_;  // in the staging directory
 };
-
-// Refuses (Error naming `key`) a --save target that is not a directory, is a mount point, or holds
-// files but no manifest.json of an earlier --save; its parent must accept new entries.
-void check_save_target(const std::string& dir, const char* key);
 
 // SIGINT and SIGTERM remove every registered temporary and end the process with the signal; SIGINT
 // (Ctrl-C) first says so on stderr, and so does SIGTERM (what mpirun sends every rank on a Ctrl-C, or
