@@ -86,6 +86,7 @@ struct Io {
 struct Faults {
     int inject_failure = -1;             // this rank throws mid-run (the abort path)
     int inject_stop = -1;                // this rank stops itself (SIGSTOP) at the first timed iteration
+    double stop_after_s = 0;             // ... that many seconds into it
     int inject_sleep = -1;               // this rank sleeps sleep_s at the first timed iteration (slow, alive)
     double sleep_s = 10;
     int save_kill = -1;                  // this rank kills itself (SIGKILL) in --save, one file written

@@ -222,7 +222,15 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         for (int it = 0; it < job.sweep.warmup + job.sweep.iters; ++it) {
             comm.barrier();
             if (job.faults.inject_failure == me) throw std::runtime_error("injected failure");
-            if (it == job.sweep.warmup && job.faults.inject_stop == me) ::raise(SIGSTOP);
+            if (it == job.sweep.warmup && job.faults.inject_stop == me) {
+                // Now, or from a thread that many seconds into the iteration (in the middle of a transfer).
+                const double after = job.faults.stop_after_s;
+                if (after <= 0) ::raise(SIGSTOP);
+                else std::thread([after] {
+                    std::this_thread::sleep_for(std::chrono::duration<double>(after));
+                    ::raise(SIGSTOP);
+                }).detach();
+            }
             if (it == job.sweep.warmup && job.faults.inject_sleep == me)
                 std::this_thread::sleep_for(std::chrono::duration<double>(job.faults.sleep_s));
             DistStats f, b;

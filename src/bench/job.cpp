@@ -163,6 +163,8 @@ void read_counts(const OptionValues& v, Job& j) {
             "must be 0 (no watchdog) or a number of seconds up to 1e6, got ", j.exec.timeout_s);
     require(std::isfinite(j.faults.sleep_s) && j.faults.sleep_s >= 0 && j.faults.sleep_s <= 1e4, "inject-sleep-s",
             "must be 0 to 1e4 seconds, got ", j.faults.sleep_s);
+    require(std::isfinite(j.faults.stop_after_s) && j.faults.stop_after_s >= 0 && j.faults.stop_after_s <= 1e4,
+            "inject-stop-after-s", "must be 0 to 1e4 seconds, got ", j.faults.stop_after_s);
     for (std::int64_t t : parse_list(v.threads, "threads", true)) {
         require(t <= 4096, "threads", "must be <= 4096, got ", t);
         j.sweep.threads.push_back(static_cast<int>(t));

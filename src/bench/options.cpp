@@ -222,6 +222,8 @@ void declare_options(Job& j, OptionValues& v, Declared& d) {
     hidden.add_options()
         ("inject-failure", po::value(&j.faults.inject_failure)->default_value(-1), "this rank throws mid-run")
         ("inject-stop", po::value(&j.faults.inject_stop)->default_value(-1), "this rank stops itself (SIGSTOP) mid-run")
+        ("inject-stop-after-s", po::value(&j.faults.stop_after_s)->default_value(0.0),
+         "--inject-stop that many seconds into the first timed iteration")
         ("inject-sleep", po::value(&j.faults.inject_sleep)->default_value(-1), "this rank sleeps mid-run")
         ("inject-sleep-s", po::value(&j.faults.sleep_s)->default_value(10.0), "how long --inject-sleep sleeps")
         ("inject-save-kill", po::value(&j.faults.save_kill)->default_value(-1), "this rank dies (SIGKILL) mid-save")

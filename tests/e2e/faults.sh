@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The bench under faults, one case per call: a rank stopped (SIGSTOP) ends the job through the
-# watchdog within its deadline; a slow rank that is alive is waited for; a publish that fails half
+# watchdog within its deadline, and mid-transfer the report names the transfer and the ring step; a slow rank that is alive is waited for; a publish that fails half
 # way, a rank killed during --save, and Ctrl-C (on one process or on mpirun) leave the earlier output
 # set as it was and nothing else; a --save over an earlier set replaces it whole.
 # usage: faults.sh CASE BENCH MPIRUN... (the launcher command up to, not including, the rank count)
@@ -58,6 +58,15 @@ case $case_ in
       fail "no watchdog report naming rank 1 and the wait"
     # Start-up and the warmup take a few seconds here; a missed deadline would run into timeout's 60 s.
     [ $took -le 25 ] || fail "the job took $took s to end"
+    ;;
+  stop-mid-transfer)  # rank 1 stops half a second into an iteration: its successor names the receive
+    out=$(timeout 60 "${mpirun[@]}" 3 "$bench" --strategy ring -b 32K --heads 2 --head-dim 64 --causal true \
+          --threads 1 --mode fwd+bwd -n 1 -w 1 --timeout 3 --inject-stop 1 --inject-stop-after-s 0.5 2>&1)
+    rc=$?
+    echo "$out"
+    [ $rc -eq 3 ] || fail "expected exit 3 (the watchdog), got $rc"
+    echo "$out" | grep -Eq "rank 2 \(.*\): watchdog: rank 1 .* waiting for a receive of [0-9.]+ MiB from rank 1 \(tag [0-9]+\) for [0-9.]+ s, in ring (forward|backward) step [0-9]+" ||
+      fail "the report does not name the receive from rank 1 and the ring step"
     ;;
   slow)  # rank 1 sleeps 8 s, far past the 2 s deadline, but its heartbeats go on: the job completes
     out=$("${mpirun[@]}" 3 "$bench" "${job[@]}" --mode fwd+bwd --timeout 2 --inject-sleep 1 --inject-sleep-s 8 2>&1)
