@@ -42,17 +42,6 @@ void pread_all(int fd, void* buf, std::size_t n, std::size_t off, const std::str
     }
 }
 
-void pwrite_all(int fd, const void* buf, std::size_t n, std::size_t off, const std::string& path) {
-    const auto* p = static_cast<const char*>(buf);
-    while (n > 0) {
-        const ssize_t r = ::pwrite(fd, p, n, static_cast<off_t>(off));
-        if (r <= 0) throw std::runtime_error("cannot write '" + path + "': " + std::strerror(errno));
-        p += r;
-        n -= static_cast<std::size_t>(r);
-        off += static_cast<std::size_t>(r);
-    }
-}
-
 std::string header_text(const std::vector<std::int64_t>& shape, DType t) {
     std::ostringstream os;
     os << "{'descr': '" << (t == DType::f32 ? "<f4" : "<f2") << "', 'fortran_order': False, 'shape': (";
@@ -67,6 +56,17 @@ std::string header_text(const std::vector<std::int64_t>& shape, DType t) {
 }
 
 }  // namespace
+
+void pwrite_all(int fd, const void* buf, std::size_t n, std::size_t off, const std::string& path) {
+    const auto* p = static_cast<const char*>(buf);
+    while (n > 0) {
+        const ssize_t r = ::pwrite(fd, p, n, static_cast<off_t>(off));
+        if (r <= 0) throw std::runtime_error("cannot write '" + path + "': " + std::strerror(errno));
+        p += r;
+        n -= static_cast<std::size_t>(r);
+        off += static_cast<std::size_t>(r);
+    }
+}
 
 std::int64_t NpyHeader::numel() const {
     std::int64_t n = 1;

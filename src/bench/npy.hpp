@@ -38,6 +38,9 @@ private:
     int fd_ = -1;
 };
 
+// n bytes of buf at offset off of the open file fd; throws std::runtime_error naming path.
+void pwrite_all(int fd, const void* buf, std::size_t n, std::size_t off, const std::string& path);
+
 // A float32 (or float16) .npy being written at `path`. create() (one process) writes the header and
 // sizes the file; any process may then open() it, write() and finish() (flushed to storage).
 class NpyWriter {

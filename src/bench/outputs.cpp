@@ -15,6 +15,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "bench/npy.hpp"
 #include "bench/parse.hpp"
 #include "bench/report.hpp"
 #include "comm/communicator.hpp"
@@ -133,17 +134,11 @@ void remove_leftovers(const std::string& target) {
 void write_whole(const std::string& path, const std::string& text) {
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) throw sys_error("cannot create '" + path + "'");
-    std::size_t done = 0;
-    while (done < text.size()) {
-        const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            const int e = errno;
-            ::close(fd);
-            errno = e;
-            throw sys_error("cannot write '" + path + "'");
-        }
-        done += static_cast<std::size_t>(n);
+    try {
+        pwrite_all(fd, text.data(), text.size(), 0, path);
+    } catch (...) {
+        ::close(fd);
+        throw;
     }
     if (::fsync(fd) != 0 || ::close(fd) != 0) throw sys_error("cannot write '" + path + "'");
 }
