@@ -112,6 +112,26 @@ Pattern pattern_of(const la_pattern* p) {
     throw Error(e.what());  // refuse() always throws
 }
 
+// A forward or backward call: this rank's arguments are read first (read fills args from the DLPack
+// descriptors), a refusal agreed with the other ranks, then the context runs the call.
+template <class Args>
+la_status run_call(la_context* ctx, const la_pattern* pattern, const int64_t* pos,
+                   void (Context::*call)(const Args&, DistStats*), const std::function<void(Args&)>& read) {
+    if (ctx == nullptr) return la::guard([] { require(false, "ctx", "is NULL"); });
+    return la::guard([&] {
+        Args a;
+        std::optional<Pattern> pat;
+        try {
+            pat.emplace(pattern_of(pattern));
+            read(a);
+        } catch (const Error& e) {
+            agree_on_refusal(*ctx, e);
+        }
+        a.pos = pos, a.pattern = &*pat;
+        (ctx->ctx.get()->*call)(a, nullptr);
+    });
+}
+
 }  // namespace
 
 namespace la {
@@ -246,42 +266,21 @@ la_status la_layout_positions(la_layout layout, int64_t tokens, int ranks, int r
 
 la_status la_forward(la_context* ctx, const la_pattern* pattern, const int64_t* pos, const DLTensor* q, const DLTensor* k,
                      const DLTensor* v, DLTensor* o, DLTensor* lse) {
-    if (ctx == nullptr) return la::guard([] { require(false, "ctx", "is NULL"); });
-    return la::guard([&] {
-        // This rank's arguments are read first; a refusal is agreed with the other ranks.
-        DistForwardArgs a;
-        std::optional<Pattern> pat;
-        try {
-            pat.emplace(pattern_of(pattern));
-            a.q = view_of(q, "q"), a.k = view_of(k, "k"), a.v = view_of(v, "v"), a.o = view_of(o, "o");
-            a.lse = lse_of(lse, "lse");
-        } catch (const Error& e) {
-            agree_on_refusal(*ctx, e);
-        }
-        a.pos = pos, a.pattern = &*pat;
-        ctx->ctx->forward(a);
+    return run_call<DistForwardArgs>(ctx, pattern, pos, &Context::forward, [&](DistForwardArgs& a) {
+        a.q = view_of(q, "q"), a.k = view_of(k, "k"), a.v = view_of(v, "v"), a.o = view_of(o, "o");
+        a.lse = lse_of(lse, "lse");
     });
 }
 
 la_status la_backward(la_context* ctx, const la_pattern* pattern, const int64_t* pos, const DLTensor* q, const DLTensor* k,
                       const DLTensor* v, const DLTensor* o, const DLTensor* dout, const DLTensor* lse, DLTensor* dq,
                       DLTensor* dk, DLTensor* dv, int accumulate) {
-    if (ctx == nullptr) return la::guard([] { require(false, "ctx", "is NULL"); });
-    return la::guard([&] {
-        DistBackwardArgs a;
-        std::optional<Pattern> pat;
-        try {
-            pat.emplace(pattern_of(pattern));
-            a.q = view_of(q, "q"), a.k = view_of(k, "k"), a.v = view_of(v, "v"), a.o = view_of(o, "o");
-            a.dout = view_of(dout, "dout");
-            a.lse = lse_of(lse, "lse");
-            a.dq = view_of(dq, "dq"), a.dk = view_of(dk, "dk"), a.dv = view_of(dv, "dv");
-        } catch (const Error& e) {
-            agree_on_refusal(*ctx, e);
-        }
+    return run_call<DistBackwardArgs>(ctx, pattern, pos, &Context::backward, [&](DistBackwardArgs& a) {
+        a.q = view_of(q, "q"), a.k = view_of(k, "k"), a.v = view_of(v, "v"), a.o = view_of(o, "o");
+        a.dout = view_of(dout, "dout");
+        a.lse = lse_of(lse, "lse");
+        a.dq = view_of(dq, "dq"), a.dk = view_of(dk, "dk"), a.dv = view_of(dv, "dv");
         a.accumulate = accumulate != 0;
-        a.pos = pos, a.pattern = &*pat;
-        ctx->ctx->backward(a);
     });
 }
 
