@@ -94,10 +94,13 @@ struct Faults {
     bool corrupt = false;                // perturb one output element before the check (the check must fail)
 };
 
-// An error every rank throws alike (the job is refused as a whole): one rank reports it.
+// An error every rank throws alike (the job is refused, or failed, as a whole): rank 0 reports it and
+// every rank exits with `code` (2: refused before it ran; 1: failed after), with no abort that could
+// cut rank 0's report short.
 class AgreedError : public Error {
 public:
-    using Error::Error;
+    explicit AgreedError(const std::string& what, int code = 2) : Error(what), code(code) {}
+    int code;
 };
 
 // What parse_job makes of the command line and the config file, for the runners.

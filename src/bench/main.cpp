@@ -104,8 +104,8 @@ int main(int argc, char** argv) {
 #endif
         }
     } catch (const bench::AgreedError& e) {
-        if (rank == 0) std::fprintf(stderr, "longattn-bench: error: %s\n", e.what());
-        return finish(2);
+        if (rank == 0) std::fprintf(stderr, "longattn-bench: %s%s\n", e.code == 2 ? "error: " : "runtime failure: ", e.what());
+        return finish(e.code);
     } catch (const Error& e) {
         return finish(fail("error: ", e.what(), 2));
     } catch (const std::exception& e) {

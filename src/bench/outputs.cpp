@@ -233,8 +233,10 @@ void OutputSet::publish() {
     if (comm_) comm_->broadcast(&ok, sizeof(ok), 0);
     if (!ok) {
         remove_staged();
-        throw std::runtime_error(root_ ? "save: " + why + "; nothing is published, the old files are as they were"
-                                       : "save: rank 0 could not publish the outputs; nothing is published");
+        // Every rank knows: rank 0 reports its reason and all exit 1 together.
+        throw AgreedError("save: " + (root_ ? why : std::string("rank 0 could not publish the outputs")) +
+                              "; nothing is published, the old files are as they were",
+                          1);
     }
     published_ = true;
     unregister_temps();
