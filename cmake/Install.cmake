@@ -73,7 +73,7 @@ endif()
 
 install(TARGETS ${la_targets} EXPORT longattnTargets LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(FILES src/capi/longattn.h src/capi/longattn_mpi.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(FILES src/longattn/distributed.hpp src/longattn/context.hpp src/longattn/pattern.hpp src/longattn/tensor.hpp
+install(FILES src/longattn/distributed.hpp src/longattn/context.hpp src/longattn/cpu_isa.hpp src/longattn/pattern.hpp src/longattn/tensor.hpp
               src/longattn/dtype.hpp src/longattn/layout.hpp src/longattn/error.hpp
               ${PROJECT_BINARY_DIR}/generated/longattn/build_config.hpp
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/longattn)

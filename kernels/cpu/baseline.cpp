@@ -1,5 +1,5 @@
-#include "kernels/cpu/baseline.hpp"
-
+// The benchmark's yardsticks, compiled once per instruction set as the flash kernels are: the FMA peak of
+// the kernels' vectors and an unfused forward on the same vector building blocks.
 #include <omp.h>
 
 #include <algorithm>
@@ -9,20 +9,21 @@
 #include <cstdio>
 #include <vector>
 
+#include "kernels/attention.hpp"
 #include "kernels/cpu/simd.hpp"
 
-namespace longattn::kernels {
-
-using cpu::vf;
+LONGATTN_ISA_BEGIN
+namespace longattn::kernels::cpu {
+inline namespace LONGATTN_ISA {
 
 // Independent FMA chains, enough to cover the latency of two FMA pipes and few enough to stay in
 // registers (32 with AVX-512, 16 below).
-__attribute__((noinline)) double measure_fma_peak() {
+__attribute__((noinline)) double fma_peak() {
     using Clock = std::chrono::steady_clock;
-    constexpr int kChains = cpu::kLanes == 16 ? 16 : 10;
+    constexpr int kChains = kLanes == 16 ? 16 : 10;
     vf acc[kChains];
-    for (int i = 0; i < kChains; ++i) acc[i] = cpu::splat(1.0f + 1e-3f * static_cast<float>(i));
-    const vf m = cpu::splat(0.999999f), a = cpu::splat(1e-7f);
+    for (int i = 0; i < kChains; ++i) acc[i] = splat(1.0f + 1e-3f * static_cast<float>(i));
+    const vf m = splat(0.999999f), a = splat(1e-7f);
     const long iters = 20'000'000;
     double best = 0;
     for (int rep = 0; rep < 3; ++rep) {
@@ -30,7 +31,7 @@ __attribute__((noinline)) double measure_fma_peak() {
         for (long it = 0; it < iters; ++it)
             for (int i = 0; i < kChains; ++i) acc[i] = acc[i] * m + a;  // one FMA (built with -ffp-contract=fast)
         const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-        best = std::max(best, 2.0 * cpu::kLanes * kChains * static_cast<double>(iters) / s * 1e-9);
+        best = std::max(best, 2.0 * kLanes * kChains * static_cast<double>(iters) / s * 1e-9);
     }
     float sink = 0;
     for (int i = 0; i < kChains; ++i) sink += acc[i][0];
@@ -38,7 +39,7 @@ __attribute__((noinline)) double measure_fma_peak() {
     return best;
 }
 
-void unfused_forward_cpu(const FwdParams& p) {
+void unfused_forward(const FwdParams& p) {
     const std::int64_t B = p.q.shape[0], Lq = p.q.shape[1], H = p.q.shape[2], D = p.q.shape[3];
     const std::int64_t L = p.k.shape[1], G = H / p.k.shape[2];
     constexpr std::int64_t kPanel = 256;
@@ -67,7 +68,7 @@ void unfused_forward_cpu(const FwdParams& p) {
                     for (std::int64_t i = 0; i < m; ++i)
                         for (std::int64_t d = 0; d < D; ++d)
                             qp[static_cast<std::size_t>(i * D + d)] = scale * at(p.q, b, i0 + i, h, d);
-                    cpu::gemm(m, L, D, qp.data(), D, 1, kt.data(), L, s.data(), L, false);
+                    gemm(m, L, D, qp.data(), D, 1, kt.data(), L, s.data(), L, false);
                     for (std::int64_t i = 0; i < m; ++i) {
                         // The flash kernels' softmax arithmetic: scores in the log2 scale, the same exp2.
                         float* row = s.data() + i * L;
@@ -80,18 +81,18 @@ void unfused_forward_cpu(const FwdParams& p) {
                         const float base = mx == -INFINITY ? 0.0f : mx;
                         vf acc{};
                         std::int64_t j = 0;
-                        for (; j + cpu::kLanes <= L; j += cpu::kLanes) {
-                            const vf e = cpu::exp2v(cpu::load(row + j) - base);
-                            cpu::store(row + j, e);
+                        for (; j + kLanes <= L; j += kLanes) {
+                            const vf e = exp2v(load(row + j) - base);
+                            store(row + j, e);
                             acc += e;
                         }
-                        float sum = cpu::hsum(acc);
+                        float sum = hsum(acc);
                         for (; j < L; ++j) sum += row[j] = std::exp2(row[j] - base);
                         const float inv = sum > 0 ? 1.0f / sum : 0.0f;
                         for (j = 0; j < L; ++j) row[j] *= inv;
                         p.lse[(b * H + h) * Lq + i0 + i] = sum > 0 ? (mx + std::log2(sum)) * 0.6931471805599453f : -INFINITY;
                     }
-                    cpu::gemm(m, D, L, s.data(), L, 1, vf32.data(), D, op.data(), D, false);
+                    gemm(m, D, L, s.data(), L, 1, vf32.data(), D, op.data(), D, false);
                     for (std::int64_t i = 0; i < m; ++i)
                         for (std::int64_t d = 0; d < D; ++d)
                             store_from_f32(p.o.data, p.o.dtype, p.o.offset(b, i0 + i, h, d), op[static_cast<std::size_t>(i * D + d)]);
@@ -100,4 +101,6 @@ void unfused_forward_cpu(const FwdParams& p) {
     }
 }
 
-}  // namespace longattn::kernels
+}  // namespace LONGATTN_ISA
+}  // namespace longattn::kernels::cpu
+LONGATTN_ISA_END

@@ -7,7 +7,9 @@
 
 #include "kernels/cpu/simd.hpp"
 
+LONGATTN_ISA_BEGIN
 namespace longattn::kernels::bwd {
+inline namespace LONGATTN_ISA {
 
 using cpu::kLanes;
 using cpu::kTileRows;
@@ -90,4 +92,6 @@ inline void gemm(std::int64_t M, std::int64_t nv, std::int64_t K, const float* a
     }
 }
 
+}  // namespace LONGATTN_ISA
 }  // namespace longattn::kernels::bwd
+LONGATTN_ISA_END

@@ -41,17 +41,12 @@
 #include "kernels/cpu/rows.hpp"
 #include "longattn/block_plan.hpp"
 
-namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace longattn::kernels::cpu {
+inline namespace LONGATTN_ISA {
 namespace {
 
 using bwd::ALayout;
-using cpu::Buffer;
-using cpu::load_row;
-using bwd::kLanes;
-using bwd::load;
-using bwd::splat;
-using bwd::store;
-using bwd::vf;
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kInf = std::numeric_limits<float>::infinity();
@@ -362,7 +357,7 @@ void load_chunk_row(const BwdCall& pr, const Chunk& ch, std::int64_t t, float* o
     // machine has them): a row whose O is one V row (a one-hot softmax) then gets dP - delta = 0
     // exactly, as it should.
     for (std::int64_t d = 0; d < pr.D; ++d) {
-#ifdef __FMA__
+#if LONGATTN_ISA_FMA
         delta = std::fma(dod[d], orow[d], delta);
 #else
         delta += dod[d] * orow[d];
@@ -416,7 +411,7 @@ BwdCall make_call(const BwdParams& p) {
 
 }  // namespace
 
-void flash_backward_cpu(const BwdParams& p) {
+void flash_backward(const BwdParams& p) {
     validate(p);
     BwdCall pr = make_call(p);
     const int nt = p.threads > 0 ? p.threads : omp_get_max_threads();
@@ -488,4 +483,6 @@ void flash_backward_cpu(const BwdParams& p) {
     }
 }
 
-}  // namespace longattn::kernels
+}  // namespace LONGATTN_ISA
+}  // namespace longattn::kernels::cpu
+LONGATTN_ISA_END

@@ -35,21 +35,12 @@
 #include "kernels/cpu/simd.hpp"
 #include "longattn/block_plan.hpp"
 
-namespace longattn::kernels {
+LONGATTN_ISA_BEGIN
+namespace longattn::kernels::cpu {
+inline namespace LONGATTN_ISA {
 namespace {
 
-using cpu::Buffer;
-using cpu::hmax;
-using cpu::load_row;
-using cpu::store_row;
-using cpu::kLanes;
-using cpu::load;
-using cpu::splat;
-using cpu::store;
-using cpu::vf;
-using cpu::vmax;
-
-constexpr int kRows = cpu::kTileRows;  // query rows per register tile
+constexpr int kRows = kTileRows;  // query rows per register tile
 constexpr int kPanel = 4 * kLanes;  // keys per K panel and dims per V panel: 4 vectors
 constexpr int kPanelVecs = kPanel / kLanes;
 constexpr float kLog2e = 1.4426950408889634f;
@@ -503,7 +494,7 @@ private:
 
 }  // namespace
 
-void flash_forward_cpu(const FwdParams& p) {
+void flash_forward(const FwdParams& p) {
     validate(p);
     FwdCall pr;
     pr.p = &p;
@@ -565,4 +556,6 @@ void flash_forward_cpu(const FwdParams& p) {
     }
 }
 
-}  // namespace longattn::kernels
+}  // namespace LONGATTN_ISA
+}  // namespace longattn::kernels::cpu
+LONGATTN_ISA_END

@@ -3,9 +3,12 @@
 // softmax scale into Q as it is loaded and 1/l into O as it is stored).
 #include <cstdint>
 
+#include "kernels/cpu/isa_target.hpp"
 #include "longattn/dtype.hpp"
 
+LONGATTN_ISA_BEGIN
 namespace longattn::kernels::cpu {
+inline namespace LONGATTN_ISA {
 
 // out[0, n) = mul * row[0, n) converted to fp32.
 inline void load_row(const void* base, DType t, std::int64_t off, std::int64_t n, float mul, float* out) {
@@ -48,4 +51,6 @@ inline void store_row(void* base, DType t, std::int64_t off, std::int64_t n, flo
     }
 }
 
+}  // namespace LONGATTN_ISA
 }  // namespace longattn::kernels::cpu
+LONGATTN_ISA_END

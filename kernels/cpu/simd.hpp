@@ -1,27 +1,21 @@
 #pragma once
 // Small fp32 building blocks shared by the CPU flash kernels and the benchmark's unfused baseline.
-// Written with GCC vector extensions at the machine's vector width, so that one source compiles to
-// AVX-512 (zmm), AVX2 (ymm) or SSE (xmm), whatever -march says; hot loops are shaped so the compiler
-// emits broadcast-FMAs.
+// Written with GCC vector extensions at the vector width of the instruction set being compiled
+// (kernels/cpu/isa_target.hpp), so that one source compiles to AVX-512 (zmm), AVX2 (ymm) or SSE (xmm);
+// hot loops are shaped so the compiler emits broadcast-FMAs.
 #include <bit>
 #include <cstdint>
 #include <cstring>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "kernels/cpu/isa_target.hpp"
 
+LONGATTN_ISA_BEGIN
 namespace longattn::kernels::cpu {
+inline namespace LONGATTN_ISA {
 
-// The machine's vector width: 16 floats (AVX-512), 8 (AVX, AVX2) or 4 (SSE). A tile of accumulators is
-// kTileRows rows by 4 vectors: 24 of AVX-512's 32 registers, 12 of the 16 the narrower sets have.
-#if defined(__AVX512F__)
-constexpr int kLanes = 16;
-#elif defined(__AVX__)
-constexpr int kLanes = 8;
-#else
-constexpr int kLanes = 4;
-#endif
+// The vector width: 16 floats (AVX-512), 8 (AVX2) or 4 (SSE2). A tile of accumulators is kTileRows
+// rows by 4 vectors: 24 of AVX-512's 32 registers, 12 of the 16 the narrower sets have.
+constexpr int kLanes = LONGATTN_SIMD_LANES;
 constexpr int kTileRows = kLanes == 16 ? 6 : 3;
 typedef float vf __attribute__((vector_size(4 * kLanes)));
 typedef float vf_u __attribute__((vector_size(4 * kLanes), aligned(4), may_alias));
@@ -67,7 +61,7 @@ inline vf exp2_poly(vf f) {
 // without keys rely on that to contribute nothing. NaN gives NaN.
 template <vf (*Poly)(vf)>
 inline vf exp2v_with(vf x) {
-#if defined(__AVX512F__)
+#if LONGATTN_ISA_AVX512
     // Below -200 the scaled result underflows to exactly 0; the clamp also turns -inf into a finite n.
     // The all-lanes mask forms keep GCC 12 from warning about the unmasked forms' undefined pass-through.
     x = x < -200.0f ? splat(-200.0f) : x;
@@ -143,4 +137,6 @@ inline void gemm(std::int64_t M, std::int64_t N, std::int64_t K, const float* a,
     }
 }
 
+}  // namespace LONGATTN_ISA
 }  // namespace longattn::kernels::cpu
+LONGATTN_ISA_END

@@ -63,6 +63,7 @@ struct Execution {
     bool reuse_plan = true;              // one Plan per length for every call (else one-shot calls)
     double timeout_s = 60;               // the watchdog's deadline on a silent rank (0: none)
     std::uint64_t max_memory = 0;        // bytes a rank may hold (0: what its node gives)
+    std::string cpu_isa = "auto";        // the CPU kernels' instruction set (longattn/cpu_isa.hpp)
 };
 
 // What each run is compared with: the fp64 reference on sampled rows and, in kernel mode, the unfused

@@ -23,6 +23,7 @@
 #include "bench/save.hpp"
 #include "comm/communicator.hpp"
 #include "kernels/backend.hpp"
+#include "longattn/cpu_isa.hpp"
 #include "longattn/distributed.hpp"
 #include "longattn/layout.hpp"
 
@@ -148,7 +149,8 @@ std::string describe(const Job& job, int P) {
        << " layout=" << layout_name(x.layout) << " mode=" << mode_name(w.mode) << " dtype=" << dtype_name(s.dtype)
        << " batch=" << s.batch << " heads=" << s.heads << " kv_heads=" << s.kv_heads << " head_dim=" << s.head_dim
        << " threads/rank=" << x.dist.threads << " scaling=" << (w.weak ? "weak" : "strong")
-       << " device=" << (x.device == Device::cuda ? "cuda" : "cpu") << " comm=" << (x.nccl ? "nccl" : "mpi");
+       << " device=" << (x.device == Device::cuda ? "cuda" : "cpu") << " comm=" << (x.nccl ? "nccl" : "mpi")
+       << " cpu_isa=" << cpu_isa();
     return os.str();
 }
 
@@ -157,6 +159,7 @@ std::string describe(const Job& job, int P) {
 int run_dist_bench(const Job& job, comm::Communicator& comm) {
     const int P = comm.size(), me = comm.rank();
     const bool grads = job.sweep.mode != Mode::fwd;
+    if (job.exec.cpu_isa != "auto") set_cpu_isa(job.exec.cpu_isa);
     {
         const std::int64_t N = total_tokens(job, job.sweep.lengths.back(), P);
         refuse_what_cannot_fit(job, &comm, N, tensor_memory(job, N, Layout(job.exec.layout, N, P).local_count(me), P));

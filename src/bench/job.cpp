@@ -13,6 +13,7 @@
 #include "bench/option_values.hpp"
 #include "bench/parse.hpp"
 #include "kernels/backend.hpp"
+#include "longattn/cpu_isa.hpp"
 #include "longattn/error.hpp"
 
 namespace longattn::bench {
@@ -133,6 +134,19 @@ void read_choices(const OptionValues& v, Job& j) {
     else if (v.dtype == "fp16") j.shape.dtype = DType::f16;
     else require(false, "dtype", "must be fp32, bf16 or fp16, got '", v.dtype, "'");
     require(v.device == "cpu" || v.device == "cuda", "device", "must be cpu or cuda, got '", v.device, "'");
+    if (v.cpu_isa == "auto") {
+        cpu_isa();  // refuses a LONGATTN_CPU_ISA that this build or this CPU cannot honour
+    } else {
+        std::string known;
+        bool found = false;
+        for (const std::string& i : cpu_isas()) {
+            known.append(known.empty() ? "" : ", ").append(i);
+            found = found || i == v.cpu_isa;
+        }
+        require(found, "cpu-isa", "must be auto or one of ", known, " (what this build holds and this CPU runs), got '",
+                v.cpu_isa, "'");
+    }
+    j.exec.cpu_isa = v.cpu_isa;
     j.exec.device = v.device == "cuda" ? Device::cuda : Device::cpu;
     if (j.exec.device == Device::cuda) {
         require(kernels::backend(Device::cuda).built, "device", "this build has no CUDA kernels (configure with -DLONGATTN_WITH_CUDA=ON)");

@@ -19,6 +19,7 @@
 #include "kernels/attention.hpp"
 #include "kernels/backend.hpp"
 #include "kernels/cpu/baseline.hpp"
+#include "longattn/cpu_isa.hpp"
 
 namespace longattn::bench {
 namespace {
@@ -125,6 +126,7 @@ double time_median(const Job& job, F&& run) {
 }  // namespace
 
 int run_kernel_bench(const Job& job) {
+    if (job.exec.cpu_isa != "auto") set_cpu_isa(job.exec.cpu_isa);
     refuse_what_cannot_fit(job, nullptr, job.sweep.lengths.back(),
                            tensor_memory(job, job.sweep.lengths.back(), job.sweep.lengths.back(), 1));
     const double peak = job.checks.peak ? kernels::measure_fma_peak() : 0.0;
@@ -136,7 +138,7 @@ int run_kernel_bench(const Job& job) {
         std::ostringstream os;
         os << "longattn-bench kernel mode=" << mode_name(job.sweep.mode) << " dtype=" << dtype_name(job.shape.dtype)
            << " batch=" << job.shape.batch << " heads=" << job.shape.heads << " kv_heads=" << job.shape.kv_heads
-           << " head_dim=" << job.shape.head_dim;
+           << " head_dim=" << job.shape.head_dim << " cpu_isa=" << cpu_isa();
         rep.note(os.str());
     }
     rep.note("pattern " + Pattern(spec_for_length(job, job.sweep.lengths.back())).describe() + ", documents " +

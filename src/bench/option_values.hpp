@@ -14,7 +14,7 @@ namespace longattn::bench {
 // rather than wrapped); and the sweep's factor. Boost stores every other option straight into its field
 // of the job.
 struct OptionValues {
-    std::string mode, device, threads, seed, max_memory;              // [run]
+    std::string mode, device, threads, seed, max_memory, cpu_isa;              // [run]
     std::string minlen, maxlen, scaling;                              // [sweep]
     double factor = 2;
     std::string dtype;                                                // [shape]

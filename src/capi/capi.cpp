@@ -11,6 +11,7 @@
 
 #include "comm/self_communicator.hpp"
 #include "kernels/backend.hpp"
+#include "longattn/cpu_isa.hpp"
 #include "longattn/layout.hpp"
 
 namespace {
@@ -203,6 +204,19 @@ const char* la_version(void) {
 int la_version_number(void) { return LA_VERSION_MAJOR * 10000 + LA_VERSION_MINOR * 100 + LA_VERSION_PATCH; }
 
 const char* la_last_error(void) { return g_error.c_str(); }
+
+const char* la_cpu_isa(void) {
+    static thread_local std::string name;
+    if (la::guard([&] { name = longattn::cpu_isa(); }) != LA_OK) return "";
+    return name.c_str();
+}
+
+la_status la_set_cpu_isa(const char* name) {
+    return la::guard([&] {
+        require(name != nullptr, "name", "is NULL");
+        longattn::set_cpu_isa(name);
+    });
+}
 
 void la_options_default(la_options* opt) {
     if (opt == nullptr) return;

@@ -48,6 +48,15 @@ int la_version_number(void);
 /* The message of the calling thread's last failed call ("" if none). Valid until its next call. */
 const char* la_last_error(void);
 
+/* The instruction set of the CPU kernels in use: "avx512", "avx2" or "sse2" (a portable build picks the
+ * best the CPU runs, or the one the environment variable LONGATTN_CPU_ISA names), "native" (a build
+ * for one machine) or "generic" (another architecture); "" with la_last_error() set when
+ * LONGATTN_CPU_ISA names none of those. Valid until the calling thread's next la_cpu_isa. */
+const char* la_cpu_isa(void);
+/* Switches the CPU kernels of every later call: "auto" or one of those this build holds and this CPU
+ * runs (LA_ERR_ARGUMENT otherwise, la_last_error() naming them). Not while a call runs. */
+la_status la_set_cpu_isa(const char* name);
+
 typedef enum { LA_RING = 0, LA_ULYSSES = 1, LA_HYBRID = 2, LA_ALLGATHER = 3 } la_strategy;
 
 typedef struct {

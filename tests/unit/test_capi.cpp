@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -191,6 +192,22 @@ TEST(CApi, BadArgumentsNameTheArgument) {
     // A good call after the bad ones works and clears the message.
     EXPECT_EQ(la_forward(c.ctx, &pat, p.pos.data(), &q, &k, &v, &o, &l), LA_OK) << la_last_error();
     EXPECT_STREQ(la_last_error(), "");
+}
+
+TEST(CApi, CpuInstructionSet) {
+    const std::string first = la_cpu_isa();
+    ASSERT_FALSE(first.empty()) << la_last_error();
+    EXPECT_EQ(la_set_cpu_isa("avx9"), LA_ERR_ARGUMENT);
+    const std::string msg = la_last_error();
+    EXPECT_NE(msg.find("'avx9'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(first), std::string::npos) << msg;  // it names the choices
+    EXPECT_EQ(la_set_cpu_isa(nullptr), LA_ERR_ARGUMENT);
+    ASSERT_EQ(la_set_cpu_isa(first.c_str()), LA_OK);
+    EXPECT_EQ(std::string(la_cpu_isa()), first);
+    ASSERT_EQ(la_set_cpu_isa("auto"), LA_OK);
+    if (std::getenv("LONGATTN_CPU_ISA") == nullptr) {
+        EXPECT_EQ(std::string(la_cpu_isa()), first);  // the best
+    }
 }
 
 TEST(CApi, VersionAndLayouts) {

@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 
+#include "longattn/cpu_isa.hpp"
+#include "longattn/error.hpp"
 #include "testing.hpp"
 
 namespace longattn::test {
@@ -234,6 +237,58 @@ TEST(BackwardDeterminism, SameBitsForAnyThreadCount) {
             EXPECT_EQ(again.dv.bytes(), base.dv.bytes()) << dtype_name(t) << " dV differs with threads=" << threads;
         }
     }
+}
+
+// ---- The instruction sets of a portable build (longattn/cpu_isa.hpp) ---------------------------------
+
+// Runs first in its process (each test case runs alone under ctest): LONGATTN_CPU_ISA, when set, picks
+// the kernels, which is how ctest runs the whole kernel suite on each instruction set.
+TEST(CpuIsa, TheEnvironmentPicksTheKernelsAndBadNamesAreRefused) {
+    const std::vector<std::string> isas = cpu_isas();
+    ASSERT_FALSE(isas.empty());
+    const char* env = std::getenv("LONGATTN_CPU_ISA");
+    EXPECT_EQ(cpu_isa(), env && *env && std::string(env) != "auto" ? std::string(env) : isas.front());
+#if LONGATTN_TEST_PORTABLE_X86
+    EXPECT_EQ(isas.back(), "sse2");  // x86-64's baseline: every machine runs it
+#endif
+    try {
+        set_cpu_isa("avx9");
+        ADD_FAILURE() << "set_cpu_isa accepted avx9";
+    } catch (const Error& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("'avx9'"), std::string::npos) << msg;
+        for (const std::string& i : isas) EXPECT_NE(msg.find(i), std::string::npos) << msg;
+    }
+    set_cpu_isa("auto");
+    EXPECT_EQ(cpu_isa(), isas.front());
+}
+
+// Every instruction set this CPU runs, one after another in one process: the forward and the backward
+// of the same calls meet the rule, and the backward keeps its bits for any thread count.
+TEST(CpuIsa, EveryInstructionSetMeetsTheRule) {
+    const std::string before = cpu_isa();
+    for (const std::string& isa : cpu_isas()) {
+        SCOPED_TRACE(isa);
+        set_cpu_isa(isa);
+        ASSERT_EQ(cpu_isa(), isa);
+        for (DType t : {DType::f32, DType::bf16}) {
+            Case c = causal_case("GQA 4:2 D=59 window", 150, 203, t);
+            c.name.append(" on ").append(isa);
+            c.q_pos = positions(150, 53);
+            c.Hq = 4;
+            c.Hkv = 2;
+            c.D = 59;  // a vector tail at every width
+            c.spec.window = Window{90, 0};
+            check_forward(c);
+            check_backward(c);
+            const Problem pb(c);
+            const FwdOut fwd = reference_forward_out(pb);
+            const BwdOut one = run_backward(pb, fwd, 1), two = run_backward(pb, fwd, 2);
+            EXPECT_EQ(one.dq.bytes(), two.dq.bytes()) << dtype_name(t) << " dQ differs between 1 and 2 threads";
+            EXPECT_EQ(one.dk.bytes(), two.dk.bytes()) << dtype_name(t) << " dK differs between 1 and 2 threads";
+        }
+    }
+    set_cpu_isa(before);
 }
 
 }  // namespace
