@@ -1,7 +1,7 @@
 # The installed component (`cmake --install build --prefix P`):
 #   liblongattn.so      core, CPU (and CUDA) kernels, strategies, Plan and Context, the C interface
 #   liblongattn_mpi.so  the MPI communicator and its watchdog, la_context_create_mpi
-#   liblongattn_nccl.so the NCCL communicator, where built
+#   liblongattn_nccl.so the NCCL communicator and la_context_create_nccl, where built
 # their headers (longattn.h, longattn_mpi.h; longattn/*.hpp, longattn/comm/...), a CMake package
 # (find_package(longattn CONFIG): longattn::longattn, longattn::mpi, longattn::nccl) and pkg-config
 # files (longattn, longattn-mpi). The shared libraries are made of the static libraries' objects, so
@@ -61,11 +61,14 @@ if(LONGATTN_WITH_MPI)
   list(APPEND la_targets longattn_mpi)
 endif()
 if(TARGET longattn_comm_nccl)
-  add_library(longattn_nccl SHARED $<TARGET_OBJECTS:longattn_comm_nccl>)
-  target_include_directories(longattn_nccl PRIVATE $<TARGET_PROPERTY:longattn_comm_nccl,INTERFACE_INCLUDE_DIRECTORIES>)
+  add_library(longattn_nccl SHARED src/capi/capi_nccl.cpp $<TARGET_OBJECTS:longattn_comm_nccl>)
+  longattn_root(longattn_nccl PRIVATE capi ${PROJECT_SOURCE_DIR}/src/capi)
+  target_include_directories(longattn_nccl PRIVATE ${LONGATTN_DLPACK_INCLUDE_DIR}
+                             $<TARGET_PROPERTY:longattn_comm_nccl,INTERFACE_INCLUDE_DIRECTORIES>
+                             $<TARGET_PROPERTY:longattn_strategies,INTERFACE_INCLUDE_DIRECTORIES>)
   # Its header includes nccl.h and the CUDA runtime's.
   target_include_directories(longattn_nccl INTERFACE ${NCCL_INCLUDE_DIR})
-  target_link_libraries(longattn_nccl PUBLIC longattn_mpi CUDA::cudart PRIVATE ${NCCL_LIBRARY})
+  target_link_libraries(longattn_nccl PUBLIC longattn_mpi CUDA::cudart PRIVATE ${NCCL_LIBRARY} longattn_warnings)
   set_target_properties(longattn_nccl PROPERTIES VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR}
                         EXPORT_NAME nccl INSTALL_RPATH "$ORIGIN")
   list(APPEND la_targets longattn_nccl)
@@ -73,6 +76,9 @@ endif()
 
 install(TARGETS ${la_targets} EXPORT longattnTargets LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(FILES src/capi/longattn.h src/capi/longattn_mpi.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+if(TARGET longattn_nccl)
+  install(FILES src/capi/longattn_nccl.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+endif()
 install(FILES src/longattn/distributed.hpp src/longattn/context.hpp src/longattn/cpu_isa.hpp src/longattn/pattern.hpp src/longattn/tensor.hpp
               src/longattn/dtype.hpp src/longattn/layout.hpp src/longattn/error.hpp
               ${PROJECT_BINARY_DIR}/generated/longattn/build_config.hpp

@@ -61,6 +61,32 @@ NcclCommunicator::NcclCommunicator(MPI_Comm parent, void* compute_stream, int de
     create_streams();
 }
 
+NcclCommunicator::NcclCommunicator(MPI_Comm parent, ncclComm_t nccl, void* compute_stream, double timeout_s)
+    : mpi_(std::make_unique<MpiCommunicator>(parent, timeout_s)), compute_(static_cast<cudaStream_t>(compute_stream)),
+      owned_(false) {
+    // Checked on every rank and agreed on before any NCCL traffic, so a mismatch fails everywhere.
+    std::string why;
+    int count = -1, user_rank = -1;
+    if (nccl == nullptr) {
+        why = "the NCCL communicator is null";
+    } else if (ncclCommCount(nccl, &count) != ncclSuccess || ncclCommUserRank(nccl, &user_rank) != ncclSuccess ||
+               ncclCommCuDevice(nccl, &device_) != ncclSuccess) {
+        why = "the NCCL communicator cannot be queried (ncclCommCount/ncclCommUserRank/ncclCommCuDevice failed)";
+    } else if (count != size() || user_rank != rank()) {
+        why = "the NCCL communicator holds " + std::to_string(count) + " ranks and this is its rank " +
+              std::to_string(user_rank) + ", but it is rank " + std::to_string(rank()) + " of the " +
+              std::to_string(size()) + " of the MPI communicator: they must hold the same ranks in the same order";
+    } else if (cudaSetDevice(device_) != cudaSuccess) {
+        why = "cudaSetDevice(" + std::to_string(device_) + ") failed for the NCCL communicator's device";
+    }
+    int ok = why.empty() ? 1 : 0;
+    mpi_check(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, mpi_->handle()), "Allreduce");
+    if (!why.empty()) throw Error("nccl: " + why);
+    if (ok == 0) throw Error("nccl: another rank's NCCL communicator does not match its MPI communicator");
+    nccl_ = nccl;
+    create_streams();
+}
+
 NcclCommunicator::NcclCommunicator(std::unique_ptr<MpiCommunicator> mpi, ncclComm_t nccl, int device,
                                    cudaStream_t compute)
     : mpi_(std::move(mpi)), nccl_(nccl), device_(device), compute_(compute) {
@@ -79,7 +105,7 @@ void NcclCommunicator::create_streams() {
 NcclCommunicator::~NcclCommunicator() {
     // Nothing can be reported from here. Destroying the NCCL communicator waits for launched work.
     if (abort_hook_ >= 0) mpi_->watchdog()->remove_hook(abort_hook_);
-    if (nccl_ != nullptr) (void)ncclCommDestroy(nccl_);
+    if (nccl_ != nullptr && owned_) (void)ncclCommDestroy(nccl_);
     for (Batch& b : batches_)
         if (b.done != nullptr) (void)cudaEventDestroy(b.done);
     if (compute_ready_ != nullptr) (void)cudaEventDestroy(compute_ready_);

@@ -48,6 +48,12 @@ public:
     // timeout_s > 0: the MPI communicator's watchdog, which also aborts the NCCL communicator (and
     // those split from it) before it ends a stuck job.
     explicit NcclCommunicator(MPI_Comm parent, void* compute_stream = nullptr, int device = -1, double timeout_s = 0);
+    // Over an NCCL communicator the caller already has (borrowed: it must outlive this one, and is
+    // neither destroyed nor used for anything but this communicator's transfers while it lives), with
+    // parent's ranks for the host-memory path. Collective over parent; nccl must hold the same ranks in
+    // the same order (rank r of parent is rank r of nccl), which is checked. Its device becomes the
+    // current one. The watchdog, if any, aborts it when it ends a stuck job.
+    NcclCommunicator(MPI_Comm parent, ncclComm_t nccl, void* compute_stream, double timeout_s);
     ~NcclCommunicator() override;
     NcclCommunicator(const NcclCommunicator&) = delete;
     NcclCommunicator& operator=(const NcclCommunicator&) = delete;
@@ -128,6 +134,7 @@ private:
     std::vector<Batch> batches_;
     std::vector<std::pair<Op, int>> pending_;  // (operation, slot) posted since the last flush
     int abort_hook_ = -1;                      // the watchdog's hook that aborts nccl_
+    bool owned_ = true;                        // nccl_ is destroyed with this communicator
 };
 
 }  // namespace longattn::comm

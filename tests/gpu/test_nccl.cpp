@@ -21,6 +21,7 @@
 #include "comm/mpi/mpi_communicator.hpp"
 #include "comm/mpi/device_select.hpp"
 #include "comm/nccl/nccl_communicator.hpp"
+#include "longattn/error.hpp"
 
 using namespace longattn;
 using comm::cuda_check;
@@ -281,6 +282,57 @@ TEST(Nccl, HostTransfersGoThroughMpi) {
     c.wait(rx);
     c.wait(tx);
     EXPECT_EQ(in, (r - 1 + P) % P);
+}
+
+// An NCCL communicator of the caller's own (bootstrapped as a training job does): the borrowing
+// communicator carries exact traffic, leaves it alive when destroyed, and refuses one whose ranks are
+// not in MPI's order, on every rank.
+ncclComm_t callers_nccl(int nccl_rank) {
+    ncclUniqueId id{};
+    if (g_mpi->rank() == 0) {
+        EXPECT_EQ(ncclGetUniqueId(&id), ncclSuccess);
+    }
+    g_mpi->broadcast(&id, sizeof(id), 0);
+    ncclComm_t c = nullptr;
+    EXPECT_EQ(ncclCommInitRank(&c, g_mpi->size(), id, nccl_rank), ncclSuccess);
+    return c;
+}
+
+TEST(Nccl, BorrowedCommunicatorCarriesTrafficAndStaysTheCallers) {
+    NEED_NCCL();
+    const int P = g_mpi->size(), r = g_mpi->rank();
+    ncclComm_t mine = callers_nccl(r);
+    std::vector<std::int32_t> seen;
+    std::vector<double> sum;
+    {
+        comm::NcclCommunicator c(MPI_COMM_WORLD, mine, nullptr, 0);
+        EXPECT_EQ(c.handle(), mine);
+        seen = ring_pass(c, 100000);
+        DeviceArray<double> s(std::vector<double>{1.0 + r, 2.0});
+        c.all_reduce_sum(s.data(), 2);
+        sum = s.download();
+    }
+    expect_ring(seen, P, r);
+    EXPECT_EQ(sum, (std::vector<double>{P * (P + 1) / 2.0, 2.0 * P}));
+    // Still the caller's: an all-reduce straight through NCCL.
+    DeviceArray<float> x(std::vector<float>{1.0f});
+    EXPECT_EQ(ncclAllReduce(x.data(), x.data(), 1, ncclFloat, ncclSum, mine, nullptr), ncclSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+    EXPECT_EQ(x.download(), std::vector<float>{static_cast<float>(P)});
+    EXPECT_EQ(ncclCommDestroy(mine), ncclSuccess);
+
+    if (P < 2) return;
+    ncclComm_t reversed = callers_nccl(P - 1 - r);
+    std::string what;
+    try {
+        comm::NcclCommunicator c(MPI_COMM_WORLD, reversed, nullptr, 0);
+    } catch (const Error& e) {
+        what = e.what();
+    }
+    // Rank r of the reversed communicator is MPI's rank P-1-r: all but a middle rank see the mismatch,
+    // and that one hears of it.
+    EXPECT_NE(what.find("nccl: "), std::string::npos) << what;
+    EXPECT_EQ(ncclCommDestroy(reversed), ncclSuccess);
 }
 
 // The MPI communicator on device buffers: whatever the MPI (CUDA-aware or not), and with staging
