@@ -13,5 +13,11 @@ if ((${#missing[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+# With the project's venv (scripts/venv.sh) the build also has the Python extension, which the python tests
+# import from build/python.
+py=(-DLONGATTN_PYTHON=OFF)
+if [ -x .venv/bin/python ] && .venv/bin/python -c "import nanobind" 2>/dev/null; then
+  py=(-DLONGATTN_PYTHON=ON "-DPython_EXECUTABLE=$(pwd)/.venv/bin/python")
+fi
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "${py[@]}" >/dev/null
 cmake --build build -j2

@@ -1,0 +1,195 @@
+"""longattn: exact attention over a sequence sharded across the ranks of a communicator.
+
+Tensors are [B, S_local, H, D] (bshd), float32, bfloat16 or float16, any strides; numpy arrays, torch
+tensors or anything else with DLPack cross without a copy, and the results come back in the caller's
+framework. ``pos`` holds the global position of each local row (``positions`` gives them for a layout).
+
+    import longattn
+    from mpi4py import MPI
+    ctx = longattn.Context(MPI.COMM_WORLD, strategy="ring")
+    pos = longattn.positions(tokens, ctx.size, ctx.rank, layout="zigzag")
+    o, lse = ctx.forward(q, k, v, pos, causal=True)
+    dq, dk, dv = ctx.backward(q, k, v, o, dout, lse, pos, causal=True)
+
+``longattn.torch`` has the attention as a PyTorch custom op (autograd, torch.compile).
+"""
+import atexit
+import weakref
+
+import numpy as np
+
+from . import _core
+
+__version__ = _core.version()
+__all__ = ["Context", "positions", "shard", "unshard", "cpu_isa", "set_cpu_isa", "STRATEGIES", "LAYOUTS"]
+
+STRATEGIES = {"ring": 0, "ulysses": 1, "hybrid": 2, "allgather": 3}
+LAYOUTS = {"contiguous": 0, "zigzag": 1, "striped": 2}
+
+
+def cpu_isa():
+    """The instruction set of the CPU kernels in use: avx512, avx2, sse2 (or native, generic)."""
+    return _core.cpu_isa()
+
+
+def set_cpu_isa(name):
+    """Switches the CPU kernels: "auto" or one this build holds and this CPU runs (ValueError otherwise)."""
+    _core.set_cpu_isa(name)
+
+
+def _choice(table, value, name):
+    if value not in table:
+        raise ValueError(f"{name}: must be one of {', '.join(table)}, got {value!r}")
+    return table[value]
+
+
+def positions(tokens, ranks=1, rank=0, layout="zigzag"):
+    """Global positions (int64 numpy array) of rank ``rank``'s rows when ``tokens`` tokens are sharded
+    over ``ranks`` ranks: contiguous, zigzag (2 * ranks chunks, rank r holding chunks r and
+    2 * ranks - 1 - r, which balances causal work) or striped (token t on rank t % ranks)."""
+    return np.asarray(_core.layout_positions(_choice(LAYOUTS, layout, "layout"), int(tokens), int(ranks), int(rank)),
+                      dtype=np.int64)
+
+
+def _take(x, index, dim):
+    if hasattr(x, "index_select"):  # torch
+        import torch
+        return x.index_select(dim, torch.as_tensor(index, device=x.device))
+    return np.take(x, index, axis=dim)
+
+
+def shard(x, ranks, rank, layout="zigzag", dim=1):
+    """Rank ``rank``'s rows of a global tensor (the sequence along ``dim``) under ``layout``."""
+    return _take(x, positions(x.shape[dim], ranks, rank, layout), dim)
+
+
+def unshard(parts, layout="zigzag", dim=1):
+    """The global tensor from every rank's shard (``parts[r]`` is rank r's), in global order."""
+    ranks = len(parts)
+    tokens = sum(p.shape[dim] for p in parts)
+    order = np.concatenate([positions(tokens, ranks, r, layout) for r in range(ranks)])
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(tokens)
+    if hasattr(parts[0], "index_select"):
+        import torch
+        return _take(torch.cat(list(parts), dim), inverse, dim)
+    return _take(np.concatenate(parts, axis=dim), inverse, dim)
+
+
+def _ints(x):
+    if x is None:
+        return []
+    if hasattr(x, "tolist"):
+        x = x.tolist()
+    return [int(i) for i in x]
+
+
+def pattern(causal=False, window=None, softmax_scale=None, softcap=0.0, alibi_slopes=None, global_tokens=0,
+            global_list=None, cu_seqlens=None, block_mask=None, block=64, stride=0, random_blocks=0,
+            random_seed=0, seq_len=0):
+    """The pattern descriptor of a call (the same on every rank). window=(left, right), -1 for unbounded,
+    as FlashAttention's window_size; cu_seqlens: the packed documents' boundaries 0 = b0 < ... < bn =
+    the sequence length, which may cross ranks; block_mask: a 2-d bool array over blocks of ``block``
+    positions; stride, random_blocks (with random_seed and seq_len): the sparse parts; alibi_slopes:
+    one per query head; softcap > 0: s = softcap * tanh(s / softcap)."""
+    p = _core.Pattern()
+    p.causal = bool(causal)
+    if window is not None:
+        left, right = window
+        if (left, right) != (-1, -1):
+            p.set_window(int(left), int(right))
+    p.scale = 0.0 if softmax_scale is None else float(softmax_scale)
+    p.softcap = float(softcap)
+    if alibi_slopes is not None:
+        p.alibi_slopes = [float(s) for s in (alibi_slopes.tolist() if hasattr(alibi_slopes, "tolist") else alibi_slopes)]
+    p.global_first = int(global_tokens)
+    p.global_list = _ints(global_list)
+    p.doc_bounds = _ints(cu_seqlens)
+    p.block = int(block)
+    if block_mask is not None:
+        m = np.asarray(block_mask.cpu() if hasattr(block_mask, "cpu") else block_mask)
+        if m.ndim != 2:
+            raise ValueError(f"block_mask: must be 2-d [query blocks, key blocks], got {m.ndim} dimensions")
+        p.set_block_mask(m.astype(np.uint8).ravel().tolist(), m.shape[0], m.shape[1])
+    p.stride = int(stride)
+    p.random_blocks = int(random_blocks)
+    p.random_seed = int(random_seed)
+    p.seq_len = int(seq_len)
+    return p
+
+
+def _empty(x, shape, float32=False):
+    """An uninitialized array of x's framework and device: x's dtype, or float32."""
+    if hasattr(x, "new_empty"):  # torch
+        import torch
+        return x.new_empty(shape, dtype=torch.float32 if float32 else x.dtype)
+    return np.empty(shape, dtype=np.float32 if float32 else x.dtype)
+
+
+_live = weakref.WeakSet()
+
+
+class Context:
+    """A communicator, the options and a bounded cache of plans keyed on (shapes, pattern, positions).
+
+    comm: None for one process, or an MPI communicator from mpi4py (any split of one; it is duplicated).
+    strategy: ring, ulysses, hybrid (ulysses_degree ranks per Ulysses group) or allgather
+    (kv_head_chunk kv heads gathered at a time, 0: all). threads: kernel threads per rank (0: all).
+    timeout: a rank silent this long ends the job (0: no watchdog; MPI needs MPI_THREAD_MULTIPLE,
+    mpi4py's default). Creation, forward, backward and close are collective over comm."""
+
+    def __init__(self, comm=None, strategy="ring", ulysses_degree=1, kv_head_chunk=0, threads=0, progress_chunks=4,
+                 max_plans=8, timeout=60.0):
+        fcomm = None
+        if comm is not None:
+            if not hasattr(comm, "py2f"):
+                raise TypeError(f"comm: must be None or an mpi4py communicator, got {type(comm).__name__}")
+            fcomm = comm.py2f()
+        self._ctx = _core.Context(fcomm, _choice(STRATEGIES, strategy, "strategy"), int(ulysses_degree),
+                                  int(kv_head_chunk), int(threads), int(progress_chunks), int(max_plans),
+                                  float(timeout) if comm is not None else 0.0)
+        self.rank, self.size = self._ctx.rank_size()
+        self.strategy = strategy
+        _live.add(self)
+
+    def close(self):
+        """Destroys the context (collective); later calls raise ValueError."""
+        self._ctx.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def cache_stats(self):
+        """Calls that found their plan, calls that built one, plans dropped, plans held."""
+        hits, misses, evictions, plans = self._ctx.cache()
+        return {"hits": hits, "misses": misses, "evictions": evictions, "plans": plans}
+
+    def forward(self, q, k, v, pos, *, out=None, lse=None, **pattern_args):
+        """O [B, S, Hq, D] (q's dtype, or ``out``) and LSE [B, Hq, S] float32 of the local rows."""
+        b, s, h = (q.shape[0], q.shape[1], q.shape[2]) if getattr(q, "ndim", 0) == 4 else (0, 0, 0)
+        if out is None and getattr(q, "ndim", 0) == 4:
+            out = _empty(q, tuple(q.shape))
+        if lse is None and getattr(q, "ndim", 0) == 4:
+            lse = _empty(q, (b, h, s), float32=True)
+        self._ctx.forward(pattern(**pattern_args), pos, q, k, v, out, lse)
+        return out, lse
+
+    def backward(self, q, k, v, o, dout, lse, pos, *, dq=None, dk=None, dv=None, accumulate=False, **pattern_args):
+        """dQ, dK, dV (float32, shapes of q, k, v) of the local rows; accumulate adds into dq, dk, dv."""
+        grads = []
+        for g, x in ((dq, q), (dk, k), (dv, v)):
+            if g is None and getattr(x, "ndim", 0) == 4:
+                g = _empty(x, tuple(x.shape), float32=True)
+            grads.append(g)
+        self._ctx.backward(pattern(**pattern_args), pos, q, k, v, o, dout, lse, *grads, bool(accumulate))
+        return tuple(grads)
+
+
+@atexit.register
+def _close_all():
+    # Before mpi4py finalizes MPI (its exit handler was registered first, so it runs after this one).
+    for c in list(_live):
+        c.close()

@@ -1,0 +1,157 @@
+"""longattn from Python in one process: numpy and torch through DLPack, forward and backward under
+FlashAttention's rule against the fp64 SDPA model, the custom op (opcheck, autograd, torch.compile),
+the layout helpers, and bad input raising TypeError / ValueError that names the argument."""
+import numpy as np
+import pytest
+import torch
+
+import longattn
+import longattn.torch as lat
+from reference import allowed, rule, sdpa
+
+
+def inputs(B=2, S=150, Hq=4, Hkv=2, D=40, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, S, h, D, generator=g).to(dtype) for h in (Hq, Hkv, Hkv))
+    return q, k, v
+
+
+CASES = [
+    dict(causal=True),
+    dict(causal=True, window=(40, 0)),
+    dict(causal=False, window=(20, 30)),
+    dict(causal=True, cu_seqlens=[0, 37, 100, 150]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}" for k in c))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_backward_meet_the_rule(case, dtype):
+    q, k, v = inputs(dtype=dtype)
+    S = q.shape[1]
+    pos = torch.arange(S)
+    mask = allowed(S, S, pos, pos, **case)
+    ctx = longattn.Context()
+    o, lse = ctx.forward(q, k, v, pos, **case)
+    assert o.dtype == dtype and lse.dtype == torch.float32 and lse.shape == (2, 4, S)
+    leaves = [x.double().requires_grad_() for x in (q, k, v)]
+    ref = sdpa(*leaves, mask, torch.float64)
+    plain_in = [x.float().requires_grad_() for x in (q, k, v)]
+    plain = sdpa(*plain_in, mask, torch.float32)
+    plain_o = plain.to(dtype).float() if dtype != torch.float32 else plain
+    rule("O", o.float(), plain_o, ref, dtype, 2)
+    dout = torch.randn(o.shape, generator=torch.Generator().manual_seed(9)).to(dtype)
+    dq, dk, dv = ctx.backward(q, k, v, o, dout, lse, pos, **case)
+    ref_g = torch.autograd.grad(ref, leaves, dout.double())
+    plain_g = torch.autograd.grad(plain, plain_in, dout.float())
+    for name, got, p, r in zip(("dQ", "dK", "dV"), (dq, dk, dv), plain_g, ref_g):
+        rule(name, got, p, r, torch.float32 if dtype == torch.float32 else dtype, 3)
+
+
+def test_numpy_in_numpy_out_and_zero_copy_views():
+    q, k, v = (x.numpy() for x in inputs(B=1, S=64, Hq=2, Hkv=2, D=16))
+    pos = longattn.positions(64)
+    ctx = longattn.Context(threads=1)
+    o, lse = ctx.forward(q, k, v, pos, causal=True)
+    assert isinstance(o, np.ndarray) and isinstance(lse, np.ndarray)
+    # A strided view goes in as it is (no copy): the same result as the compact array.
+    strided = np.swapaxes(np.swapaxes(q, 1, 2).copy(), 1, 2)
+    assert not strided.flags.c_contiguous
+    o2, _ = ctx.forward(strided, k, v, pos, causal=True)
+    np.testing.assert_array_equal(o, o2)
+    # The output is the caller's array, written in place.
+    out = np.zeros_like(q)
+    o3, _ = ctx.forward(q, k, v, pos, causal=True, out=out)
+    assert o3 is out
+    np.testing.assert_array_equal(out, o)
+
+
+def test_plan_cache_counts_hits_and_misses():
+    q, k, v = inputs(B=1, S=96, Hq=2, Hkv=1, D=16)
+    pos = torch.arange(96)
+    ctx = longattn.Context(max_plans=2)
+    for docs in ([0, 40, 96], [0, 40, 96], [0, 10, 96], [0, 40, 96], [0, 50, 96], [0, 60, 96]):
+        ctx.forward(q, k, v, pos, causal=True, cu_seqlens=docs)
+    stats = ctx.cache_stats()
+    assert stats == {"hits": 2, "misses": 4, "evictions": 2, "plans": 2}, stats
+
+
+def test_layout_helpers_shard_and_unshard_exactly():
+    x = torch.arange(2 * 24 * 3).reshape(2, 24, 3)
+    for layout in ("zigzag", "striped", "contiguous"):
+        parts = [longattn.shard(x, 4, r, layout) for r in range(4)]
+        assert torch.equal(longattn.unshard(parts, layout), x)
+        assert torch.equal(parts[1][0, :, 0] // 3, torch.from_numpy(longattn.positions(24, 4, 1, layout)))
+    assert longattn.positions(8, 2, 0, "zigzag").tolist() == [0, 1, 6, 7]
+    assert longattn.positions(8, 2, 1, "striped").tolist() == [1, 3, 5, 7]
+
+
+def test_bad_input_names_the_argument():
+    q, k, v = inputs(B=1, S=32, Hq=4, Hkv=2, D=16)
+    pos = torch.arange(32)
+    ctx = longattn.Context()
+    with pytest.raises(TypeError, match="q: must be float32, bfloat16 or float16"):
+        ctx.forward(q.double(), k, v, pos)
+    with pytest.raises(TypeError, match="k: must be an array or tensor with DLPack"):
+        ctx.forward(q, [1, 2], v, pos)
+    with pytest.raises(TypeError, match="pos: must be int64"):
+        ctx.forward(q, k, v, pos.int())
+    with pytest.raises(ValueError, match="pos: must be a contiguous 1-d array of 32 positions"):
+        ctx.forward(q, k, v, pos[:5])
+    with pytest.raises(ValueError, match="heads|Hq|multiple"):
+        ctx.forward(inputs(B=1, S=32, Hq=3, Hkv=2, D=16)[0], k, v, pos)
+    with pytest.raises(ValueError, match="strategy: must be one of ring, ulysses, hybrid, allgather"):
+        longattn.Context(strategy="tree")
+    with pytest.raises(TypeError, match="comm: must be None or an mpi4py communicator"):
+        longattn.Context(comm=3)
+    with pytest.raises(ValueError, match="cpu isa"):
+        longattn.set_cpu_isa("avx9")
+    ctx.close()
+    with pytest.raises(ValueError, match="context: closed"):
+        ctx.forward(q, k, v, pos)
+
+
+def sdpa_model(q, k, v, causal):
+    return torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
+        enable_gqa=True).transpose(1, 2)
+
+
+def test_custom_op_gradients_match_sdpa():
+    q, k, v = (x.requires_grad_() for x in inputs(B=1, S=80, Hq=4, Hkv=2, D=32))
+    o = lat.attention(q, k, v, causal=True)
+    (o * o).sum().backward()
+    got = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    r = sdpa_model(*(x.double() for x in (q, k, v)), True)
+    (r * r).sum().backward()
+    for g, x in zip(got, (q, k, v)):
+        torch.testing.assert_close(g, x.grad.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_opcheck():
+    q, k, v = inputs(B=1, S=48, Hq=2, Hkv=1, D=16)
+    q.requires_grad_()
+    k.requires_grad_()
+    v.requires_grad_()
+    ctx_id = lat._id_of(lat.context())
+    args = (q, k, v, torch.arange(48), ctx_id, True, 10, 0, 0.0, 0.0, None, 0, None, None, 64, 0, 0, 0, 0)
+    torch.library.opcheck(lat._forward, args)
+
+
+def test_torch_compile_fullgraph_with_gradients():
+    q, k, v = (x.requires_grad_() for x in inputs(B=1, S=64, Hq=2, Hkv=2, D=16))
+    pos = torch.arange(64)
+
+    def f(q, k, v):
+        return (lat.attention(q * 2.0, k, v, pos, causal=True, window=(16, 0)) ** 2).sum()
+
+    compiled = torch.compile(f, fullgraph=True)
+    eager_loss = f(q, k, v)
+    eager = torch.autograd.grad(eager_loss, (q, k, v))
+    loss = compiled(q, k, v)
+    grads = torch.autograd.grad(loss, (q, k, v))
+    torch.testing.assert_close(loss, eager_loss)
+    for a, b in zip(grads, eager):
+        torch.testing.assert_close(a, b)
