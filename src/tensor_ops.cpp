@@ -24,7 +24,9 @@ void for_rows(const TensorView& a, const TensorView& b, F&& f) {
         sb[static_cast<std::size_t>(4 - a.rank + i)] = b.stride[i];
     }
     const bool unit = a.rank == 0 || (a.stride[a.rank - 1] == 1 && b.stride[b.rank - 1] == 1);
-#pragma omp parallel for collapse(2) schedule(static)
+    // Waking the thread team costs tens of microseconds: small tensors are copied by the calling thread.
+    const bool threaded = s[0] * s[1] * s[2] * s[3] >= (std::int64_t{1} << 16);
+#pragma omp parallel for collapse(2) schedule(static) if (threaded)
     for (std::int64_t i = 0; i < s[0]; ++i)
         for (std::int64_t j = 0; j < s[1]; ++j)
             for (std::int64_t k = 0; k < s[2]; ++k) {

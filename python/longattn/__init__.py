@@ -118,6 +118,24 @@ def pattern(causal=False, window=None, softmax_scale=None, softcap=0.0, alibi_sl
     return p
 
 
+_patterns = {}
+
+
+def _pattern_of(args):
+    """pattern(**args), kept for arguments seen before (scalars, tuples and lists only; at most 64)."""
+    try:
+        key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in args.items()))
+        hash(key)
+    except TypeError:  # an array among them
+        return pattern(**args)
+    p = _patterns.get(key)
+    if p is None:
+        if len(_patterns) >= 64:
+            _patterns.clear()
+        p = _patterns[key] = pattern(**args)
+    return p
+
+
 def _empty(x, shape, float32=False):
     """An uninitialized array of x's framework and device: x's dtype, or float32."""
     if hasattr(x, "new_empty"):  # torch
@@ -174,7 +192,7 @@ class Context:
             out = _empty(q, tuple(q.shape))
         if lse is None and getattr(q, "ndim", 0) == 4:
             lse = _empty(q, (b, h, s), float32=True)
-        self._ctx.forward(pattern(**pattern_args), pos, q, k, v, out, lse)
+        self._ctx.forward(_pattern_of(pattern_args), pos, q, k, v, out, lse)
         return out, lse
 
     def backward(self, q, k, v, o, dout, lse, pos, *, dq=None, dk=None, dv=None, accumulate=False, **pattern_args):
@@ -184,7 +202,7 @@ class Context:
             if g is None and getattr(x, "ndim", 0) == 4:
                 g = _empty(x, tuple(x.shape), float32=True)
             grads.append(g)
-        self._ctx.backward(pattern(**pattern_args), pos, q, k, v, o, dout, lse, *grads, bool(accumulate))
+        self._ctx.backward(_pattern_of(pattern_args), pos, q, k, v, o, dout, lse, *grads, bool(accumulate))
         return tuple(grads)
 
 
