@@ -123,10 +123,11 @@ _patterns = {}
 
 def _pattern_of(args):
     """pattern(**args), kept for arguments seen before (scalars, tuples and lists only; at most 64)."""
-    try:
-        key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in args.items()))
-        hash(key)
-    except TypeError:  # an array among them
+    plain = (bool, int, float, str, type(None))
+    def frozen(v):
+        return tuple(v) if isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v) else v
+    key = tuple(sorted((k, frozen(v)) for k, v in args.items()))
+    if not all(isinstance(v, plain + (tuple,)) for _, v in key):  # an array among them
         return pattern(**args)
     p = _patterns.get(key)
     if p is None:

@@ -43,8 +43,7 @@ def context(group=0, strategy="ring", ulysses_degree=1, threads=0):
         ctx = _la.Context(_comms[group], strategy=strategy, ulysses_degree=ulysses_degree, threads=threads)
         _contexts[key] = ctx
         _ids[len(_ids)] = ctx
-    ctx = _contexts[key]
-    return ctx
+    return _contexts[key]
 
 
 def _id_of(ctx):
