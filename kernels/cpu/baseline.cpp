@@ -39,6 +39,29 @@ __attribute__((noinline)) double fma_peak() {
     return best;
 }
 
+// One row of log2-scale scores to probabilities, masked entries to 0; returns the row's LSE (natural
+// log). Vector code stays out of the OpenMP region's body, which clang outlines without the target.
+float softmax_row(float* row, std::int64_t L, const std::uint8_t* mask) {
+    float mx = -INFINITY;
+    for (std::int64_t j = 0; j < L; ++j) {
+        if (!mask[j]) row[j] = -INFINITY;
+        mx = std::max(mx, row[j]);
+    }
+    const float base = mx == -INFINITY ? 0.0f : mx;
+    vf acc{};
+    std::int64_t j = 0;
+    for (; j + kLanes <= L; j += kLanes) {
+        const vf e = exp2v(load(row + j) - base);
+        store(row + j, e);
+        acc += e;
+    }
+    float sum = hsum(acc);
+    for (; j < L; ++j) sum += row[j] = std::exp2(row[j] - base);
+    const float inv = sum > 0 ? 1.0f / sum : 0.0f;
+    for (j = 0; j < L; ++j) row[j] *= inv;
+    return sum > 0 ? (mx + std::log2(sum)) * 0.6931471805599453f : -INFINITY;
+}
+
 void unfused_forward(const FwdParams& p) {
     const std::int64_t B = p.q.shape[0], Lq = p.q.shape[1], H = p.q.shape[2], D = p.q.shape[3];
     const std::int64_t L = p.k.shape[1], G = H / p.k.shape[2];
@@ -73,24 +96,7 @@ void unfused_forward(const FwdParams& p) {
                         // The flash kernels' softmax arithmetic: scores in the log2 scale, the same exp2.
                         float* row = s.data() + i * L;
                         p.pattern->mask_row(p.q_pos[i0 + i], p.k_pos, L, mask.data());
-                        float mx = -INFINITY;
-                        for (std::int64_t j = 0; j < L; ++j) {
-                            if (!mask[static_cast<std::size_t>(j)]) row[j] = -INFINITY;
-                            mx = std::max(mx, row[j]);
-                        }
-                        const float base = mx == -INFINITY ? 0.0f : mx;
-                        vf acc{};
-                        std::int64_t j = 0;
-                        for (; j + kLanes <= L; j += kLanes) {
-                            const vf e = exp2v(load(row + j) - base);
-                            store(row + j, e);
-                            acc += e;
-                        }
-                        float sum = hsum(acc);
-                        for (; j < L; ++j) sum += row[j] = std::exp2(row[j] - base);
-                        const float inv = sum > 0 ? 1.0f / sum : 0.0f;
-                        for (j = 0; j < L; ++j) row[j] *= inv;
-                        p.lse[(b * H + h) * Lq + i0 + i] = sum > 0 ? (mx + std::log2(sum)) * 0.6931471805599453f : -INFINITY;
+                        p.lse[(b * H + h) * Lq + i0 + i] = softmax_row(row, L, mask.data());
                     }
                     gemm(m, D, L, s.data(), L, 1, vf32.data(), D, op.data(), D, false);
                     for (std::int64_t i = 0; i < m; ++i)

@@ -3,7 +3,6 @@
 // Written with GCC vector extensions at the vector width of the instruction set being compiled
 // (kernels/cpu/isa_target.hpp), so that one source compiles to AVX-512 (zmm), AVX2 (ymm) or SSE (xmm);
 // hot loops are shaped so the compiler emits broadcast-FMAs.
-#include <bit>
 #include <cstdint>
 #include <cstring>
 
@@ -65,10 +64,10 @@ inline vf exp2v_with(vf x) {
     // Below -200 the scaled result underflows to exactly 0; the clamp also turns -inf into a finite n.
     // The all-lanes mask forms keep GCC 12 from warning about the unmasked forms' undefined pass-through.
     x = x < -200.0f ? splat(-200.0f) : x;
-    const __m512 xm = std::bit_cast<__m512>(x);
+    const __m512 xm = (__m512)x;
     const __m512 n = _mm512_mask_roundscale_ps(xm, 0xffff, xm, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 p = std::bit_cast<__m512>(Poly(x - std::bit_cast<vf>(n)));
-    return std::bit_cast<vf>(_mm512_mask_scalef_ps(p, 0xffff, p, n));
+    const __m512 p = (__m512)Poly(x - (vf)n);
+    return (vf)_mm512_mask_scalef_ps(p, 0xffff, p, n);
 #else
     // Without vscalefps 2^n is built in the exponent field, valid for n >= -126; smaller inputs flush to 0.
     const vf lo = splat(-126.0f);
@@ -77,8 +76,8 @@ inline vf exp2v_with(vf x) {
     const vf t = xc + magic;
     const vf n = t - magic;
     const vf p = Poly(xc - n);
-    const vi e = (std::bit_cast<vi>(t) - std::bit_cast<vi>(magic) + 127) << 23;
-    const vf r = p * std::bit_cast<vf>(e);
+    const vi e = ((vi)t - (vi)magic + 127) << 23;
+    const vf r = p * (vf)e;
     return x < lo ? vf{} : r;
 #endif
 }
