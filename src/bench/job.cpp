@@ -245,7 +245,8 @@ void sweep_lengths(const OptionValues& v, Sweep& s) {
         s.lengths.push_back(L);
         if (lo == hi) break;
         const double next = std::floor(static_cast<double>(L) * factor);
-        if (next > static_cast<double>(hi)) break;
+        // 2^63 and above cannot be converted back; hi near 2^63 rounds up to it as a double.
+        if (!(next < 9223372036854775808.0) || static_cast<std::int64_t>(next) > hi) break;
         require(static_cast<std::int64_t>(next) > L, "factor", show_number(factor), " does not grow the length ", L,
                 "; use a larger factor (the next length must be at least ", L + 1, ")");
         require(s.lengths.size() < 64, "factor", show_number(factor), " makes a sweep of more than 64 lengths from ",

@@ -461,6 +461,11 @@ TEST(Parse, SweepsGrowAndStayBounded) {
     EXPECT_NE(error_of([] { parse({"-b", "4K", "-e", "8K", "-f", "1.0000001"}); }).find("does not grow the length 4096"),
               std::string::npos);
     EXPECT_NE(error_of([] { parse({"-b", "1000", "-e", "1G", "-f", "1.1"}); }).find("more than 64 lengths"), std::string::npos);
+    // A step past 2^63 ends the sweep (the next length is not formed); the sizes are then refused.
+    EXPECT_NE(error_of([] {
+                  parse({"-b", "9223372036854775000", "-e", "9223372036854775807", "-f", "1.0000000000000002"});
+              }).find("overflows 64-bit sizes"),
+              std::string::npos);
 }
 
 TEST(Parse, WhatDoesNotFitIsRefusedNotClamped) {
