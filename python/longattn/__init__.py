@@ -145,7 +145,8 @@ def _empty(x, shape, float32=False):
     return np.empty(shape, dtype=np.float32 if float32 else x.dtype)
 
 
-_live = weakref.WeakSet()
+_live = weakref.WeakValueDictionary()  # creation number -> open Context
+_created = 0
 
 
 class Context:
@@ -155,7 +156,8 @@ class Context:
     strategy: ring, ulysses, hybrid (ulysses_degree ranks per Ulysses group) or allgather
     (kv_head_chunk kv heads gathered at a time, 0: all). threads: kernel threads per rank (0: all).
     timeout: a rank silent this long ends the job (0: no watchdog; MPI needs MPI_THREAD_MULTIPLE,
-    mpi4py's default). Creation, forward, backward and close are collective over comm."""
+    mpi4py's default). Creation, forward, backward and close are collective over comm: every rank makes
+    these calls in the same order (at exit, contexts still open close in the order they were created)."""
 
     def __init__(self, comm=None, strategy="ring", ulysses_degree=1, kv_head_chunk=0, threads=0, progress_chunks=4,
                  max_plans=8, timeout=60.0):
@@ -169,7 +171,9 @@ class Context:
                                   float(timeout) if comm is not None else 0.0)
         self.rank, self.size = self._ctx.rank_size()
         self.strategy = strategy
-        _live.add(self)
+        global _created
+        _created += 1
+        _live[_created] = self
 
     def close(self):
         """Destroys the context (collective); later calls raise ValueError."""
@@ -210,5 +214,7 @@ class Context:
 @atexit.register
 def _close_all():
     # Before mpi4py finalizes MPI (its exit handler was registered first, so it runs after this one).
-    for c in list(_live):
+    # Closing is collective: every rank closes its contexts in the order they were created (the same
+    # order everywhere, since creation is collective too), never in a set's arbitrary order.
+    for _, c in sorted(_live.items()):
         c.close()

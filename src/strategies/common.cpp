@@ -2,8 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <string>
+#include <tuple>
 
 #include "longattn/block_plan.hpp"
+#include "longattn/error.hpp"
 #include "longattn/tensor_ops.hpp"
 
 namespace longattn::dist {
@@ -48,6 +52,31 @@ Scratch::~Scratch() {
     cx_.scratch_now -= bytes_;
 }
 
+namespace {
+
+// Every rank sees the same positions, so every rank reaches the same verdict: a position held twice
+// (ranks that shard under different layouts or lengths) or a negative one is an error everywhere.
+void check_distinct(const Shards& sh) {
+    struct Run {
+        std::int64_t lo, end;
+        int rank;
+    };
+    std::vector<Run> runs;
+    for (std::size_t r = 0; r + 1 < sh.offset.size(); ++r)
+        for (const auto& [lo, end] : position_runs(sh.pos_of(static_cast<int>(r)), sh.count[r], SIZE_MAX))
+            runs.push_back({lo, end, static_cast<int>(r)});
+    std::sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) { return std::tie(a.lo, a.rank) < std::tie(b.lo, b.rank); });
+    if (!runs.empty())
+        require(runs.front().lo >= 0, "pos", "positions must be >= 0; rank ", runs.front().rank, " holds ",
+                runs.front().lo);
+    for (std::size_t i = 1; i < runs.size(); ++i)
+        require(runs[i].lo >= runs[i - 1].end, "pos", "position ", runs[i].lo, " is held by rank ", runs[i - 1].rank,
+                runs[i].rank == runs[i - 1].rank ? " twice" : " and by rank " + std::to_string(runs[i].rank),
+                "; each position must be on one rank once (do all ranks use the same layout and length?)");
+}
+
+}  // namespace
+
 Shards gather_shards(comm::Communicator& comm, const std::int64_t* local_pos, std::int64_t local_count) {
     const auto P = static_cast<std::size_t>(comm.size());
     Shards sh;
@@ -63,6 +92,7 @@ Shards gather_shards(comm::Communicator& comm, const std::int64_t* local_pos, st
         off[r] = static_cast<std::size_t>(sh.offset[r]) * sizeof(std::int64_t);
     }
     comm.all_gather_v(local_pos, sh.pos.data(), bytes.data(), off.data());
+    check_distinct(sh);
     return sh;
 }
 

@@ -352,6 +352,31 @@ TEST(Distributed, MismatchedShapesFailOnEveryRank) {
     }
 }
 
+TEST(Distributed, OverlappingPositionsFailOnEveryRankInEveryStrategy) {
+    CPU_ONLY();
+    comm::Communicator& comm = *g_comm;
+    if (comm.size() == 1) GTEST_SKIP() << "needs two ranks";
+    // Every rank holds rows 4r .. 4r+3, except that the last one also claims rank 0's position 2.
+    const std::int64_t r = comm.rank(), last = comm.size() - 1;
+    Buf q(DType::f32, 1, 4, 2, 8), k(DType::f32, 1, 4, 2, 8), v(DType::f32, 1, 4, 2, 8), o(DType::f32, 1, 4, 2, 8);
+    std::vector<float> lse(8);
+    std::vector<std::int64_t> pos = {4 * r, 4 * r + 1, 4 * r + 2, r == last ? 2 : 4 * r + 3};
+    Pattern pat;
+    DistForwardArgs fa;
+    fa.q = q.v, fa.k = k.v, fa.v = v.v, fa.o = o.v, fa.lse = lse.data(), fa.pos = pos.data(), fa.pattern = &pat;
+    for (StrategyKind s : {StrategyKind::ring, StrategyKind::ulysses, StrategyKind::allgather}) {
+        DistOptions opt;
+        opt.strategy = s;
+        try {
+            attention_forward(comm, opt, fa);
+            ADD_FAILURE() << "no error for strategy " << static_cast<int>(s);
+        } catch (const Error& e) {
+            const std::string want = "pos: position 2 is held by rank 0 and by rank " + std::to_string(last);
+            EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+        }
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {

@@ -1,7 +1,8 @@
 """Under mpirun (1, 2, 4 ranks): longattn from Python over mpi4py. For each strategy the rank count
 allows, the shards' O and gradients (through Context and through the torch custom op) meet the
 distributed rule: max|dist - fp64| <= 2x (3x for gradients) the single-process kernel's error plus the
-floor; also over a split communicator, and a bad tensor on one rank raises on every rank. Exit 0 when
+floor; also over a split communicator, and a bad tensor on one rank or ranks sharding under different
+layouts raise on every rank. Exit 0 when
 every check passes on every rank."""
 import sys
 
@@ -87,6 +88,18 @@ def bad_rank_case():
             assert rank != size - 1 and f"rank {size - 1}" in str(e), f"rank {rank}: {e}"
 
 
+def layout_mismatch_case(strategy, degree):
+    # Rank 0 shards zigzag, the others contiguous: positions overlap, which every rank must refuse.
+    q = torch.randn(1, 64 // size, 4, 16)
+    layout = "zigzag" if rank == 0 else "contiguous"
+    grp = lat.register(world)
+    try:
+        lat.attention(q, q, q, causal=True, group=grp, layout=layout, strategy=strategy, ulysses_degree=degree)
+        raise AssertionError(f"{strategy}: ranks with different layouts were accepted")
+    except ValueError as e:
+        assert "pos: position" in str(e) and "same layout" in str(e), f"rank {rank}: {e}"
+
+
 for dtype in (torch.float32, torch.bfloat16):
     for pattern in (dict(causal=True), dict(causal=True, window=(50, 0), cu_seqlens=[0, 70, 192])):
         cases = [("ring", 1), ("allgather", 1)]
@@ -103,6 +116,8 @@ if size > 1:
 check("custom op", custom_op_case)
 if size > 1:
     check("bad tensor on one rank", bad_rank_case)
+    for strategy, degree in [("ring", 1), ("ulysses", 1), ("allgather", 1)] + ([("hybrid", 2)] if size == 4 else []):
+        check(f"layouts differ ({strategy})", lambda: layout_mismatch_case(strategy, degree))
 
 for f in failures:
     print(f"rank {rank}: FAIL {f}", flush=True)

@@ -155,3 +155,13 @@ def test_torch_compile_fullgraph_with_gradients():
     torch.testing.assert_close(loss, eager_loss)
     for a, b in zip(grads, eager):
         torch.testing.assert_close(a, b)
+
+
+def test_exit_closes_contexts_in_creation_order(monkeypatch):
+    # Closing is collective, so every rank must close in one order: the order of creation, whatever
+    # the objects' addresses.
+    closed = []
+    monkeypatch.setattr(longattn.Context, "close", lambda self: closed.append(self))
+    made = [longattn.Context() for _ in range(12)]
+    longattn._close_all()
+    assert [c for c in closed if c in made] == made
