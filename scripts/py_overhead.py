@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Python path's per-call cost on tiny inputs (1 x 4 tokens x 1 head x 8 dims, one process, one
 thread), medians of 2000 calls after 200: the longattn package (numpy in, outputs allocated), the
-binding alone (outputs and pattern made once), and the torch custom op in eager mode. Run in the venv:
+binding alone (outputs and pattern made once), and longattn.torch.attention in eager mode. Run in the venv:
     .venv/bin/python scripts/py_overhead.py"""
 import statistics
 import time
@@ -37,7 +37,7 @@ def main():
     rows = [
         ("longattn.Context.forward (numpy, outputs allocated)", lambda: ctx.forward(q, q, q, pos, causal=True)),
         ("binding alone (_core, outputs and pattern made once)", lambda: raw.forward(pat, pos, q, q, q, o, lse)),
-        ("longattn.torch.attention (custom op, eager)", lambda: lat.attention(tq, tq, tq, tpos, causal=True)),
+        ("longattn.torch.attention (eager)", lambda: lat.attention(tq, tq, tq, tpos, causal=True)),
     ]
     print(f"# longattn {longattn.__version__} ({longattn.cpu_isa()}), torch {torch.__version__}; "
           "median per call of 2000 after 200, 1 x 4 x 1 x 8 fp32 causal")

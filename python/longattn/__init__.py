@@ -137,6 +137,16 @@ def _pattern_of(args):
     return p
 
 
+def _given(p, args):
+    if p is None:
+        return _pattern_of(args)
+    if args:
+        raise ValueError(f"pattern: given with pattern keywords too ({', '.join(args)}); pass one or the other")
+    if not isinstance(p, _core.Pattern):
+        raise TypeError(f"pattern: must be one longattn.pattern() made, got {type(p).__name__}")
+    return p
+
+
 def _empty(x, shape, float32=False):
     """An uninitialized array of x's framework and device: x's dtype, or float32."""
     if hasattr(x, "new_empty"):  # torch
@@ -190,24 +200,26 @@ class Context:
         hits, misses, evictions, plans = self._ctx.cache()
         return {"hits": hits, "misses": misses, "evictions": evictions, "plans": plans}
 
-    def forward(self, q, k, v, pos, *, out=None, lse=None, **pattern_args):
-        """O [B, S, Hq, D] (q's dtype, or ``out``) and LSE [B, Hq, S] float32 of the local rows."""
+    def forward(self, q, k, v, pos, *, out=None, lse=None, pattern=None, **pattern_args):
+        """O [B, S, Hq, D] (q's dtype, or ``out``) and LSE [B, Hq, S] float32 of the local rows. The
+        pattern: keywords as ``longattn.pattern``'s, or pattern= one it made (reused: no per-call cost)."""
         b, s, h = (q.shape[0], q.shape[1], q.shape[2]) if getattr(q, "ndim", 0) == 4 else (0, 0, 0)
         if out is None and getattr(q, "ndim", 0) == 4:
             out = _empty(q, tuple(q.shape))
         if lse is None and getattr(q, "ndim", 0) == 4:
             lse = _empty(q, (b, h, s), float32=True)
-        self._ctx.forward(_pattern_of(pattern_args), pos, q, k, v, out, lse)
+        self._ctx.forward(_given(pattern, pattern_args), pos, q, k, v, out, lse)
         return out, lse
 
-    def backward(self, q, k, v, o, dout, lse, pos, *, dq=None, dk=None, dv=None, accumulate=False, **pattern_args):
+    def backward(self, q, k, v, o, dout, lse, pos, *, dq=None, dk=None, dv=None, accumulate=False, pattern=None,
+                 **pattern_args):
         """dQ, dK, dV (float32, shapes of q, k, v) of the local rows; accumulate adds into dq, dk, dv."""
         grads = []
         for g, x in ((dq, q), (dk, k), (dv, v)):
             if g is None and getattr(x, "ndim", 0) == 4:
                 g = _empty(x, tuple(x.shape), float32=True)
             grads.append(g)
-        self._ctx.backward(_pattern_of(pattern_args), pos, q, k, v, o, dout, lse, *grads, bool(accumulate))
+        self._ctx.backward(_given(pattern, pattern_args), pos, q, k, v, o, dout, lse, *grads, bool(accumulate))
         return tuple(grads)
 
 

@@ -77,14 +77,36 @@ def _pattern(causal, window_left, window_right, scale, softcap, alibi_slopes, gl
                 random_seed=random_seed, seq_len=seq_len)
 
 
+_made = {}  # the op's pattern arguments (plain values only) -> longattn.pattern
+
+
+def _made_pattern(args):
+    if any(isinstance(a, torch.Tensor) for a in args):
+        return _la.pattern(**_pattern(*args))
+    p = _made.get(args)
+    if p is None:
+        if len(_made) >= 64:
+            _made.clear()
+        p = _made[args] = _la.pattern(**_pattern(*args))
+    return p
+
+
+def _forward_impl(q, k, v, pos, ctx, *pattern):
+    return _ids[ctx].forward(q, k, v, pos, pattern=_made_pattern(pattern))
+
+
+def _backward_impl(dout, q, k, v, o, lse, pos, ctx, *pattern):
+    dq, dk, dv = _ids[ctx].backward(q, k, v, o, dout.contiguous(), lse, pos, pattern=_made_pattern(pattern))
+    return [dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)]
+
+
 @torch.library.custom_op("longattn::forward", mutates_args=())
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, ctx: int, causal: bool,
              window_left: int, window_right: int, scale: float, softcap: float, alibi_slopes: Optional[torch.Tensor],
              global_tokens: int, cu_seqlens: Optional[torch.Tensor], block_mask: Optional[torch.Tensor], block: int,
              stride: int, random_blocks: int, random_seed: int, seq_len: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _ids[ctx].forward(q, k, v, pos, **_pattern(causal, window_left, window_right, scale, softcap, alibi_slopes,
-                                                       global_tokens, cu_seqlens, block_mask, block, stride,
-                                                       random_blocks, random_seed, seq_len))
+    return _forward_impl(q, k, v, pos, ctx, causal, window_left, window_right, scale, softcap, alibi_slopes,
+                         global_tokens, cu_seqlens, block_mask, block, stride, random_blocks, random_seed, seq_len)
 
 
 @_forward.register_fake
@@ -98,11 +120,9 @@ def _backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
               scale: float, softcap: float, alibi_slopes: Optional[torch.Tensor], global_tokens: int,
               cu_seqlens: Optional[torch.Tensor], block_mask: Optional[torch.Tensor], block: int, stride: int,
               random_blocks: int, random_seed: int, seq_len: int) -> List[torch.Tensor]:
-    dq, dk, dv = _ids[ctx].backward(q, k, v, o, dout.contiguous(), lse, pos,
-                                    **_pattern(causal, window_left, window_right, scale, softcap, alibi_slopes,
-                                               global_tokens, cu_seqlens, block_mask, block, stride, random_blocks,
-                                               random_seed, seq_len))
-    return [dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)]
+    return _backward_impl(dout, q, k, v, o, lse, pos, ctx, causal, window_left, window_right, scale, softcap,
+                          alibi_slopes, global_tokens, cu_seqlens, block_mask, block, stride, random_blocks,
+                          random_seed, seq_len)
 
 
 @_backward.register_fake
@@ -126,6 +146,29 @@ def _grads(ctx, grad_o, grad_lse):
 _forward.register_autograd(_grads, setup_context=_setup_context)
 
 
+class _Eager(torch.autograd.Function):
+    """The same forward and backward as the ops, called directly: in eager mode on plain tensors this
+    skips the dispatcher's round trips (the ops remain what torch.compile, fake tensors and opcheck see)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, pos, *rest):
+        o, lse = _forward_impl(q, k, v, pos, *rest)
+        ctx.save_for_backward(q, k, v, pos, o, lse)
+        ctx.rest = rest
+        ctx.mark_non_differentiable(lse)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, grad_o, grad_lse):
+        q, k, v, pos, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward_impl(grad_o, q, k, v, o, lse, pos, *ctx.rest)
+        return (dq, dk, dv) + (None,) * (1 + len(ctx.rest))
+
+
+def _eager(*tensors):
+    return not torch.compiler.is_compiling() and all(type(t) is torch.Tensor for t in tensors)
+
+
 def attention(q, k, v, pos=None, *, causal=False, window=(-1, -1), softmax_scale=None, softcap=0.0, alibi_slopes=None,
               global_tokens=0, block_mask=None, block=64, stride=0, random_blocks=0, random_seed=0, seq_len=None,
               cu_seqlens=None, group=0, strategy="ring", ulysses_degree=1, threads=0, layout="zigzag",
@@ -147,7 +190,8 @@ def attention(q, k, v, pos=None, *, causal=False, window=(-1, -1), softmax_scale
     alibi = None if alibi_slopes is None else torch.as_tensor(alibi_slopes, dtype=torch.float32)
     docs = None if cu_seqlens is None else torch.as_tensor(cu_seqlens, dtype=torch.int64)
     mask = None if block_mask is None else torch.as_tensor(block_mask, dtype=torch.bool)
-    o, lse = _forward(q, k, v, pos, _id_of(ctx), bool(causal), int(left), int(right),
+    op = _Eager.apply if _eager(q, k, v) else _forward
+    o, lse = op(q, k, v, pos, _id_of(ctx), bool(causal), int(left), int(right),
                       float(softmax_scale) if softmax_scale is not None else 0.0, float(softcap), alibi,
                       int(global_tokens), docs, mask, int(block), int(stride), int(random_blocks), int(random_seed),
                       n if random_blocks else 0)

@@ -165,3 +165,33 @@ def test_exit_closes_contexts_in_creation_order(monkeypatch):
     made = [longattn.Context() for _ in range(12)]
     longattn._close_all()
     assert [c for c in closed if c in made] == made
+
+
+def test_a_made_pattern_is_reused_and_not_mixed_with_keywords():
+    q, k, v = inputs()
+    pos = torch.arange(q.shape[1])
+    ctx = longattn.Context()
+    p = longattn.pattern(causal=True, window=(40, 0))
+    o1, _ = ctx.forward(q, k, v, pos, pattern=p)
+    o2, _ = ctx.forward(q, k, v, pos, causal=True, window=(40, 0))
+    assert torch.equal(o1, o2)
+    with pytest.raises(ValueError, match="pattern: given with pattern keywords too"):
+        ctx.forward(q, k, v, pos, pattern=p, causal=True)
+    with pytest.raises(TypeError, match="pattern: must be one longattn.pattern"):
+        ctx.forward(q, k, v, pos, pattern="causal")
+
+
+def test_eager_fast_path_and_the_op_agree():
+    q, k, v = inputs()
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    o = lat.attention(*leaves, causal=True)  # plain tensors in eager mode: the autograd.Function
+    o.sum().backward()
+    pos = torch.arange(q.shape[1])
+    ctx_id = lat._id_of(lat.context(0))
+    direct = [x.clone().requires_grad_() for x in (q, k, v)]
+    o_op, _ = torch.ops.longattn.forward(*direct, pos, ctx_id, True, -1, -1, 0.0, 0.0, None, 0, None, None, 64, 0, 0,
+                                         0, 0)
+    o_op.sum().backward()
+    assert torch.equal(o, o_op)
+    for a, b in zip(leaves, direct):
+        assert torch.equal(a.grad, b.grad)
