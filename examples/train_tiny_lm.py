@@ -18,7 +18,6 @@ every parameter's gradient at step 1 to pass FlashAttention's rule: max|g - g64|
 + eps32 max|g64|, with g64 from the SDPA model in float64 and g32 from it in float32.
 """
 import argparse
-import math
 import os
 import sys
 import time

@@ -65,7 +65,8 @@ void check_distinct(const Shards& sh) {
     for (std::size_t r = 0; r + 1 < sh.offset.size(); ++r)
         for (const auto& [lo, end] : position_runs(sh.pos_of(static_cast<int>(r)), sh.count[r], SIZE_MAX))
             runs.push_back({lo, end, static_cast<int>(r)});
-    std::sort(runs.begin(), runs.end(), [](const Run& a, const Run& b) { return std::tie(a.lo, a.rank) < std::tie(b.lo, b.rank); });
+    std::sort(runs.begin(), runs.end(),
+              [](const Run& a, const Run& b) { return std::tie(a.lo, a.rank) < std::tie(b.lo, b.rank); });
     if (!runs.empty())
         require(runs.front().lo >= 0, "pos", "positions must be >= 0; rank ", runs.front().rank, " holds ",
                 runs.front().lo);

@@ -60,8 +60,10 @@ case $case_ in
     [ $took -le 25 ] || fail "the job took $took s to end"
     ;;
   stop-mid-transfer)  # rank 1 stops half a second into an iteration: its successor names the receive
-    out=$(timeout 60 "${mpirun[@]}" 3 "$bench" --strategy ring -b 32K --heads 2 --head-dim 64 --causal true \
-          --threads 1 --mode fwd+bwd -n 1 -w 1 --timeout 3 --inject-stop 1 --inject-stop-after-s 0.5 2>&1)
+    # A forward of several seconds (3.4 s on a Zen 5), so the stop lands inside its ring on any CPU
+    # (at 32K a fast one had finished the forward and waited in the next call's agreement).
+    out=$(timeout 60 "${mpirun[@]}" 3 "$bench" --strategy ring -b 64K --heads 2 --head-dim 64 --causal true \
+          --threads 1 --mode fwd -n 1 -w 1 --timeout 3 --inject-stop 1 --inject-stop-after-s 0.5 2>&1)
     rc=$?
     echo "$out"
     [ $rc -eq 3 ] || fail "expected exit 3 (the watchdog), got $rc"
