@@ -14,6 +14,7 @@ framework. ``pos`` holds the global position of each local row (``positions`` gi
 ``longattn.torch`` has the attention as a PyTorch custom op (autograd, torch.compile).
 """
 import atexit
+import sys
 import weakref
 
 import numpy as np
@@ -147,6 +148,16 @@ def _given(p, args):
     return p
 
 
+def _dl(*xs):
+    """torch CPU tensors as DLPack capsules (torch's C export costs about a tenth of its __dlpack__);
+    anything else as given (the binding takes any DLPack producer)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return xs
+    export, tensor = torch.utils.dlpack.to_dlpack, torch.Tensor
+    return tuple(export(x) if isinstance(x, tensor) and x.is_cpu else x for x in xs)
+
+
 def _empty(x, shape, float32=False):
     """An uninitialized array of x's framework and device: x's dtype, or float32."""
     if hasattr(x, "new_empty"):  # torch
@@ -208,7 +219,7 @@ class Context:
             out = _empty(q, tuple(q.shape))
         if lse is None and getattr(q, "ndim", 0) == 4:
             lse = _empty(q, (b, h, s), float32=True)
-        self._ctx.forward(_given(pattern, pattern_args), pos, q, k, v, out, lse)
+        self._ctx.forward(_given(pattern, pattern_args), *_dl(pos, q, k, v, out, lse))
         return out, lse
 
     def backward(self, q, k, v, o, dout, lse, pos, *, dq=None, dk=None, dv=None, accumulate=False, pattern=None,
@@ -219,7 +230,7 @@ class Context:
             if g is None and getattr(x, "ndim", 0) == 4:
                 g = _empty(x, tuple(x.shape), float32=True)
             grads.append(g)
-        self._ctx.backward(_given(pattern, pattern_args), pos, q, k, v, o, dout, lse, *grads, bool(accumulate))
+        self._ctx.backward(_given(pattern, pattern_args), *_dl(pos, q, k, v, o, dout, lse, *grads), bool(accumulate))
         return tuple(grads)
 
 
