@@ -130,11 +130,17 @@ def _pattern_of(args):
     key = tuple(sorted((k, frozen(v)) for k, v in args.items()))
     if not all(isinstance(v, plain + (tuple,)) for _, v in key):  # an array among them
         return pattern(**args)
+    return _kept_pattern(key, lambda: pattern(**args))
+
+
+def _kept_pattern(key, make):
+    """The pattern kept under ``key`` (hashable, of plain values), made by make() when new; at most
+    64 are kept."""
     p = _patterns.get(key)
     if p is None:
         if len(_patterns) >= 64:
             _patterns.clear()
-        p = _patterns[key] = pattern(**args)
+        p = _patterns[key] = make()
     return p
 
 

@@ -77,18 +77,12 @@ def _pattern(causal, window_left, window_right, scale, softcap, alibi_slopes, gl
                 random_seed=random_seed, seq_len=seq_len)
 
 
-_made = {}  # the op's pattern arguments (plain values only) -> longattn.pattern
-
-
 def _made_pattern(args):
+    """The pattern of the op's pattern arguments, kept (keyed on them as given) unless a tensor is among
+    them."""
     if any(isinstance(a, torch.Tensor) for a in args):
         return _la.pattern(**_pattern(*args))
-    p = _made.get(args)
-    if p is None:
-        if len(_made) >= 64:
-            _made.clear()
-        p = _made[args] = _la.pattern(**_pattern(*args))
-    return p
+    return _la._kept_pattern(("longattn.torch",) + args, lambda: _la.pattern(**_pattern(*args)))
 
 
 def _forward_impl(q, k, v, pos, ctx, *pattern):

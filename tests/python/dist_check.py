@@ -2,8 +2,7 @@
 allows, the shards' O and gradients (through Context and through the torch custom op) meet the
 distributed rule: max|dist - fp64| <= 2x (3x for gradients) the single-process kernel's error plus the
 floor; also over a split communicator, and a bad tensor on one rank or ranks sharding under different
-layouts raise on every rank. Exit 0 when
-every check passes on every rank."""
+layouts raise on every rank. Exit 0 when every check passes on every rank."""
 import sys
 
 import torch
