@@ -46,9 +46,51 @@ struct BwdParams {
     void* stream = nullptr;  // cudaStream_t for the CUDA kernels (nullptr: the default stream)
 };
 
+// Decoding: a few new query rows per sequence attend to that sequence's keys in a paged cache.
+//
+// A page holds `page_tokens` key/value slots of one sequence (a multiple of 16), in the storage
+// dtype, one block of memory laid out for the decode kernel:
+//   K transposed: [Hkv][D][page_tokens]   (slots are the vector axis of the scores)
+//   V:            [Hkv][page_tokens][Dp]  (Dp = D rounded up to 16; the padding is zero)
+// pos[0, fill) are the global positions of the filled slots; the slots past fill are ignored.
+struct KvPage {
+    const void* data = nullptr;
+    const std::int64_t* pos = nullptr;
+    std::int64_t fill = 0;
+};
+inline std::int64_t kv_padded_dim(std::int64_t D) { return (D + 15) / 16 * 16; }
+// Elements of one page (K and V, every kv head).
+inline std::int64_t kv_page_elems(std::int64_t kv_heads, std::int64_t D, std::int64_t page_tokens) {
+    return kv_heads * page_tokens * (D + kv_padded_dim(D));
+}
+
+struct DecodeParams {
+    TensorView q;                          // [B, T, Hq, D], any storage dtype, any strides
+    const std::int64_t* q_pos = nullptr;   // [B * T]: the position of query row t of sequence b
+    const KvPage* pages = nullptr;         // every sequence's pages, sequence b's in
+    const std::int64_t* page_begin = nullptr;  // [page_begin[b], page_begin[b + 1]); [B + 1]
+    DType kv_dtype = DType::f32;
+    std::int64_t kv_heads = 0;             // Hkv of the pages
+    std::int64_t kv_head_offset = 0;       // query head h reads kv head kv_head_offset + h / (Hq / Hkv_q)
+    std::int64_t q_kv_heads = 0;           // Hkv_q: the kv heads the queries' heads cover (0: kv_heads)
+    std::int64_t page_tokens = 0;
+    const Pattern* pattern = nullptr;
+    std::int64_t head_offset = 0;          // global index of query head 0 (ALiBi)
+    float* o = nullptr;                    // [B, T, Hq, D] fp32, contiguous: O normalized
+    float* lse = nullptr;                  // [B, Hq, T]; -inf (and O = 0) for a row with no allowed key
+    int threads = 0;
+};
+
+// Flash-Decoding on the CPU: each (sequence, kv head) splits its pages into chunks of a fixed number
+// of pages (independent of the thread count), the chunks run in parallel, each reading a page once for
+// every query row of the kv head's group, and their partials are merged in fp32 in page order: the same
+// bits for any thread count. Pages the pattern leaves EMPTY for every query row are not read.
+void decode_cpu(const DecodeParams& p);
+
 // Checks shapes, dtypes, strides and pointers; throws longattn::Error naming the bad field.
 void validate(const FwdParams& p);
 void validate(const BwdParams& p);
+void validate(const DecodeParams& p);
 
 // CPU flash kernels: fp32 online softmax, vectorized, threads over (batch, head, query block).
 void flash_forward_cpu(const FwdParams& p);

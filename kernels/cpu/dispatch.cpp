@@ -13,12 +13,13 @@
 #include "longattn/cpu_isa.hpp"
 #include "longattn/error.hpp"
 
-// What each compilation defines (kernels/cpu/flash_fwd.cpp, flash_bwd.cpp, baseline.cpp).
+// What each compilation defines (kernels/cpu/flash_fwd.cpp, flash_bwd.cpp, decode.cpp, baseline.cpp).
 #define LONGATTN_DECLARE_ISA(isa)                                              \
     namespace longattn::kernels::cpu::isa {                                    \
     void flash_forward(const FwdParams& p);                                    \
     void flash_backward(const BwdParams& p);                                   \
     void unfused_forward(const FwdParams& p);                                  \
+    void decode(const DecodeParams& p);                                        \
     double fma_peak();                                                         \
     }
 #if LONGATTN_CPU_ISA_PORTABLE_X86
@@ -40,13 +41,14 @@ struct Isa {
     void (*forward)(const kernels::FwdParams&);
     void (*backward)(const kernels::BwdParams&);
     void (*unfused)(const kernels::FwdParams&);
+    void (*decode)(const kernels::DecodeParams&);
     double (*peak)();
 };
 
 #define LONGATTN_ISA_ENTRY(isa, test)                                                                      \
     Isa {                                                                                                 \
         #isa, test, kernels::cpu::isa::flash_forward, kernels::cpu::isa::flash_backward,                   \
-            kernels::cpu::isa::unfused_forward, kernels::cpu::isa::fma_peak                                \
+            kernels::cpu::isa::unfused_forward, kernels::cpu::isa::decode, kernels::cpu::isa::fma_peak     \
     }
 
 // Best first. __builtin_cpu_supports also checks that the operating system saves the wider registers.
@@ -125,6 +127,10 @@ namespace kernels {
 void flash_forward_cpu(const FwdParams& p) { active().forward(p); }
 void flash_backward_cpu(const BwdParams& p) { active().backward(p); }
 void unfused_forward_cpu(const FwdParams& p) { active().unfused(p); }
+void decode_cpu(const DecodeParams& p) {
+    validate(p);
+    active().decode(p);
+}
 double measure_fma_peak() { return active().peak(); }
 
 }  // namespace kernels

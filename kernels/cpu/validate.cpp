@@ -101,4 +101,36 @@ void validate(const BwdParams& p) {
     require(p.threads >= 0, "threads", "must be >= 0 (0 = all), got ", p.threads);
 }
 
+void validate(const DecodeParams& p) {
+    checks::view(p.q, "q", Device::cpu);
+    const std::int64_t B = p.q.shape[0], T = p.q.shape[1], Hq = p.q.shape[2], D = p.q.shape[3];
+    require(D >= 1 && D <= checks::kMaxHeadDim, "q.shape[3]", "head dim must be in [1, ", checks::kMaxHeadDim,
+            "], got ", D);
+    require(p.kv_heads >= 1, "kv_heads", "must be >= 1, got ", p.kv_heads);
+    const std::int64_t hkv_q = p.q_kv_heads ? p.q_kv_heads : p.kv_heads;
+    require(hkv_q >= 1 && Hq % hkv_q == 0, "q.shape[2]", "query heads (", Hq, ") must be a multiple of the kv heads (",
+            hkv_q, ")");
+    require(p.kv_head_offset >= 0 && p.kv_head_offset + hkv_q <= p.kv_heads, "kv_head_offset",
+            "the queries' kv heads [", p.kv_head_offset, ", ", p.kv_head_offset + hkv_q, ") must lie in [0, ",
+            p.kv_heads, ")");
+    require(p.page_tokens >= 16 && p.page_tokens % 16 == 0, "page_tokens", "must be a positive multiple of 16, got ",
+            p.page_tokens);
+    require(B * T == 0 || p.q_pos != nullptr, "q_pos", "is null");
+    require(p.page_begin != nullptr, "page_begin", "is null");
+    require(p.page_begin[0] == 0, "page_begin[0]", "must be 0, got ", p.page_begin[0]);
+    for (std::int64_t b = 0; b < B; ++b)
+        require(p.page_begin[b + 1] >= p.page_begin[b], "page_begin", "must not decrease, entry ", b + 1);
+    require(p.page_begin[B] == 0 || p.pages != nullptr, "pages", "is null");
+    for (std::int64_t i = 0; i < p.page_begin[B]; ++i)
+        require(p.pages[i].fill >= 0 && p.pages[i].fill <= p.page_tokens && (p.pages[i].fill == 0 || (p.pages[i].data && p.pages[i].pos)),
+                "pages", "page ", i, " has fill ", p.pages[i].fill, " (at most page_tokens = ", p.page_tokens,
+                ") or no data");
+    require(p.pattern != nullptr, "pattern", "is null");
+    const auto& slopes = p.pattern->spec().alibi_slopes;
+    require(slopes.empty() || static_cast<std::int64_t>(slopes.size()) >= p.head_offset + Hq, "pattern.alibi_slopes",
+            "needs one slope per query head (", p.head_offset + Hq, "), got ", slopes.size());
+    require(B * T * Hq == 0 || (p.o != nullptr && p.lse != nullptr), "o/lse", "is null");
+    require(p.threads >= 0, "threads", "must be >= 0 (0 = all), got ", p.threads);
+}
+
 }  // namespace longattn::kernels

@@ -1,0 +1,319 @@
+// CPU decode kernel (kernels/attention.hpp, DecodeParams): a few query rows per sequence against the
+// sequence's pages of a paged KV cache, bound by the bandwidth of reading the pages.
+//
+// Work is split into tasks of (sequence, kv head, a chunk of kChunkPages consecutive pages), a split
+// that depends on the pages only, so the partials, and their merge in page order, are the same bits for
+// any thread count. A task holds the R = G * T query rows of its kv head's group (G query heads, T
+// tokens) in fp32 and reads each page's K and V of that head once for all of them:
+//   scores  S[R][slots] = Q K^T, from the page's transposed K (slots are the vector axis), a tile of
+//           up to kRowBlock rows by 4 vectors of slots in registers;
+//   softmax online over the pages, the running maximum in the units of the stored score and each
+//           exponent (S - m) * c in fp32 (as the flash forward does, kernels/cpu/flash_fwd.cpp);
+//   values  acc[R][Dp] += P V, one vector of V loaded per (slot, dims) and used by every row.
+// The storage types are converted in registers (bf16 by a shift, fp16 by the F16C/AVX-512 converts),
+// so a bf16 page costs half the bytes of an fp32 one.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "kernels/attention.hpp"
+#include "kernels/cpu/buffer.hpp"
+#include "kernels/cpu/rows.hpp"
+#include "kernels/cpu/simd.hpp"
+
+LONGATTN_ISA_BEGIN
+namespace longattn::kernels::cpu {
+inline namespace LONGATTN_ISA {
+namespace {
+
+constexpr std::int64_t kChunkPages = 16;
+constexpr int kRowBlock = kLanes == 16 ? 8 : 4;  // rows per score tile: kRowBlock x 4 accumulators
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+typedef std::uint16_t vh_u __attribute__((vector_size(2 * kLanes), aligned(2), may_alias));
+typedef std::uint32_t vu __attribute__((vector_size(4 * kLanes)));
+
+// kLanes values of storage type T at element i of base, as fp32.
+template <DType T>
+inline vf load_kv(const void* base, std::int64_t i) {
+    if constexpr (T == DType::f32) {
+        return load(static_cast<const float*>(base) + i);
+    } else if constexpr (T == DType::bf16) {
+        const vh_u h = *reinterpret_cast<const vh_u*>(static_cast<const std::uint16_t*>(base) + i);
+        return (vf)(__builtin_convertvector(h, vu) << 16);
+    } else {
+        const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + i;
+#if LONGATTN_SIMD_LANES == 16
+        // The all-lanes mask form keeps GCC 12 from warning about the unmasked form's pass-through.
+        return (vf)_mm512_mask_cvtph_ps(_mm512_setzero_ps(), 0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+#elif LONGATTN_SIMD_LANES == 8 && (defined(LONGATTN_ISA_avx2) || defined(__F16C__))
+        return (vf)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#else
+        vf r;
+        for (int j = 0; j < kLanes; ++j) r[j] = f16_to_f32(p[j]);
+        return r;
+#endif
+    }
+}
+
+std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
+
+struct Call {
+    const DecodeParams* p = nullptr;
+    std::int64_t B = 0, T = 0, Hq = 0, D = 0, Dp = 0, G = 0, Hkvq = 0, pt = 0;
+    std::int64_t R = 0, Rp = 0;       // query rows per (sequence, kv head), padded to kRowBlock
+    std::int64_t v_off = 0;           // elements from a page's start to its V
+    float scale = 1.0f, smul = 1.0f, c2 = kLog2e, softcap = 0.0f;
+    bool general = false;             // softcap or ALiBi: scores turned natural before the softmax
+    std::int64_t part = 0;            // floats of one task's partial: m, l, acc per row
+};
+
+struct Task {
+    std::int64_t b, hk, page0, page1;
+};
+
+// S[r][0, C vectors) for kRowBlock rows of Q (rows of D floats) against the transposed K rows
+// (row d at kt + d * pt); s has rows of pt floats.
+template <DType T, int C>
+inline void score_tile(std::int64_t D, std::int64_t pt, const float* q, const void* kt, std::int64_t j0, float* s) {
+    vf acc[kRowBlock][C] = {};
+    for (std::int64_t d = 0; d < D; ++d) {
+        vf k[C];
+        for (int c = 0; c < C; ++c) k[c] = load_kv<T>(kt, d * pt + j0 + c * kLanes);
+        for (int r = 0; r < kRowBlock; ++r) {
+            const float x = q[r * D + d];
+            for (int c = 0; c < C; ++c) acc[r][c] += x * k[c];
+        }
+    }
+    for (int r = 0; r < kRowBlock; ++r)
+        for (int c = 0; c < C; ++c) store(s + r * pt + j0 + c * kLanes, acc[r][c]);
+}
+
+template <DType T>
+void scores(const Call& c, const float* q, const void* kt, std::int64_t nvec, float* s) {
+    for (std::int64_t r0 = 0; r0 < c.Rp; r0 += kRowBlock) {
+        const float* qr = q + r0 * c.D;
+        float* sr = s + r0 * c.pt;
+        std::int64_t j = 0;
+        for (; j + 4 <= nvec; j += 4) score_tile<T, 4>(c.D, c.pt, qr, kt, j * kLanes, sr);
+        switch (nvec - j) {
+            case 3: score_tile<T, 3>(c.D, c.pt, qr, kt, j * kLanes, sr); break;
+            case 2: score_tile<T, 2>(c.D, c.pt, qr, kt, j * kLanes, sr); break;
+            case 1: score_tile<T, 1>(c.D, c.pt, qr, kt, j * kLanes, sr); break;
+            default: break;
+        }
+    }
+}
+
+// acc[r][0, Dp) += sum over slots k < n of P[r][k] * V[k][0, Dp), for the Rp rows.
+template <DType T>
+void accumulate_values(const Call& c, const float* P, const void* v, std::int64_t n, float* acc) {
+    for (std::int64_t r0 = 0; r0 < c.Rp; r0 += kRowBlock) {
+        for (std::int64_t dv = 0; dv < c.Dp; dv += kLanes) {
+            vf a[kRowBlock];
+            for (int r = 0; r < kRowBlock; ++r) a[r] = load(acc + (r0 + r) * c.Dp + dv);
+            for (std::int64_t k = 0; k < n; ++k) {
+                const vf x = load_kv<T>(v, k * c.Dp + dv);
+                for (int r = 0; r < kRowBlock; ++r) a[r] += P[(r0 + r) * c.pt + k] * x;
+            }
+            for (int r = 0; r < kRowBlock; ++r) store(acc + (r0 + r) * c.Dp + dv, a[r]);
+        }
+    }
+}
+
+struct Scratch {
+    Buffer q, s;
+    std::vector<std::uint8_t> mask;
+    std::vector<float> kposf;
+    explicit Scratch(const Call& c)
+        : q(static_cast<std::size_t>(c.Rp * c.D)), s(static_cast<std::size_t>(c.Rp * c.pt)),
+          mask(static_cast<std::size_t>(c.pt)), kposf(static_cast<std::size_t>(c.pt)) {}
+};
+
+// One task: its partial (m, l, acc = O * l per row) into part.
+template <DType T>
+void run_task(const Call& c, const Task& t, Scratch& sc, float* part) {
+    const DecodeParams& p = *c.p;
+    const Pattern& pat = *p.pattern;
+    const std::int64_t R = c.R, Rp = c.Rp, D = c.D, Dp = c.Dp, pt = c.pt;
+    constexpr std::int64_t kSize = T == DType::f32 ? 4 : 2;
+    float* m = part;
+    float* l = part + Rp;
+    float* acc = part + 2 * Rp;
+    std::fill(m, m + Rp, kNegInf);
+    std::fill(l, l + Rp, 0.0f);
+    std::fill(acc, acc + Rp * Dp, 0.0f);
+    // Rows r = g * T + i: query head hk * G + g, token i. Padding rows are zero.
+    float* Q = sc.q.get();
+    std::fill(Q, Q + Rp * D, 0.0f);
+    for (std::int64_t g = 0; g < c.G; ++g)
+        for (std::int64_t i = 0; i < c.T; ++i)
+            load_row(p.q.data, p.q.dtype, p.q.offset(t.b, i, t.hk * c.G + g, 0), D, 1.0f, Q + (g * c.T + i) * D);
+    const std::int64_t* qpos = p.q_pos + t.b * c.T;
+    const std::int64_t kvh = p.kv_head_offset + t.hk;
+    float* S = sc.s.get();
+    for (std::int64_t pi = t.page0; pi < t.page1; ++pi) {
+        const KvPage& pg = p.pages[pi];
+        const std::int64_t n = pg.fill;
+        if (n == 0) continue;
+        const BlockClass cls = pat.classify_positions(qpos, c.T, pg.pos, n);
+        if (cls == BlockClass::empty) continue;
+        const char* base = static_cast<const char*>(pg.data);
+        const void* kt = base + kvh * D * pt * kSize;
+        const void* vv = base + (c.v_off + kvh * pt * Dp) * kSize;
+        const std::int64_t nvec = (n + kLanes - 1) / kLanes;
+        scores<T>(c, Q, kt, nvec, S);
+        if (c.general)
+            for (std::int64_t k = 0; k < n; ++k) sc.kposf[k] = static_cast<float>(pg.pos[k]);
+        for (std::int64_t i = 0; i < c.T; ++i) {
+            const bool masked = cls == BlockClass::partial;
+            if (masked) pat.mask_row(qpos[i], pg.pos, n, sc.mask.data());
+            for (std::int64_t g = 0; g < c.G; ++g) {
+                const std::int64_t r = g * c.T + i;
+                float* s = S + r * pt;
+                if (c.general) {
+                    const float slope = pat.has_alibi() ? pat.alibi_slope(p.head_offset + t.hk * c.G + g) : 0.0f;
+                    const float qp = static_cast<float>(qpos[i]);
+                    for (std::int64_t k = 0; k < n; ++k) {
+                        float x = s[k] * c.scale;
+                        if (c.softcap > 0.0f) x = c.softcap * std::tanh(x / c.softcap);
+                        if (slope != 0.0f) x -= slope * std::fabs(qp - sc.kposf[k]);
+                        s[k] = x;
+                    }
+                }
+                if (masked)
+                    for (std::int64_t k = 0; k < n; ++k) s[k] = sc.mask[k] ? s[k] : kNegInf;
+                for (std::int64_t k = n; k < nvec * kLanes; ++k) s[k] = kNegInf;
+                vf mx = splat(kNegInf);
+                for (std::int64_t j = 0; j < nvec; ++j) mx = vmax(mx, load(s + j * kLanes));
+                const float mnew = std::max(m[r], hmax(mx));
+                if (mnew == kNegInf) {  // nothing allowed yet: the row's P is 0
+                    std::fill(s, s + nvec * kLanes, 0.0f);
+                    continue;
+                }
+                const float alpha = m[r] == kNegInf ? 0.0f : std::exp2((m[r] - mnew) * c.c2);
+                vf sum{};
+                for (std::int64_t j = 0; j < nvec; ++j) {
+                    const vf e = exp2v((load(s + j * kLanes) - mnew) * c.c2);
+                    store(s + j * kLanes, e);
+                    sum += e;
+                }
+                l[r] = l[r] * alpha + hsum(sum);
+                m[r] = mnew;
+                if (alpha != 1.0f)
+                    for (std::int64_t d = 0; d < Dp; d += kLanes) store(acc + r * Dp + d, load(acc + r * Dp + d) * alpha);
+            }
+        }
+        for (std::int64_t r = R; r < Rp; ++r) std::fill(S + r * pt, S + r * pt + nvec * kLanes, 0.0f);
+        accumulate_values<T>(c, S, vv, n, acc);
+    }
+}
+
+// Merges the partials of (b, hk)'s tasks [t0, t1) in order into o and lse.
+void merge_tasks(const Call& c, const Task* tasks, const float* parts, std::int64_t t0, std::int64_t t1) {
+    const DecodeParams& p = *c.p;
+    const std::int64_t b = tasks[t0].b, hk = tasks[t0].hk;
+    std::vector<float> sum(static_cast<std::size_t>(c.Dp));
+    for (std::int64_t g = 0; g < c.G; ++g)
+        for (std::int64_t i = 0; i < c.T; ++i) {
+            const std::int64_t r = g * c.T + i, h = hk * c.G + g;
+            float M = kNegInf;
+            for (std::int64_t t = t0; t < t1; ++t) M = std::max(M, parts[t * c.part + r]);
+            float* o = p.o + ((b * c.T + i) * c.Hq + h) * c.D;
+            float& lse = p.lse[(b * c.Hq + h) * c.T + i];
+            float l = 0.0f;
+            std::fill(sum.begin(), sum.end(), 0.0f);
+            if (M != kNegInf)
+                for (std::int64_t t = t0; t < t1; ++t) {
+                    const float* part = parts + t * c.part;
+                    if (part[r] == kNegInf) continue;
+                    const float w = std::exp2((part[r] - M) * c.c2);
+                    l += part[c.Rp + r] * w;
+                    const float* a = part + 2 * c.Rp + r * c.Dp;
+                    for (std::int64_t d = 0; d < c.D; ++d) sum[static_cast<std::size_t>(d)] += a[d] * w;
+                }
+            if (!(l > 0.0f)) {
+                std::fill(o, o + c.D, 0.0f);
+                lse = l == 0.0f ? kNegInf : l;  // NaN stays NaN
+                continue;
+            }
+            const float inv = 1.0f / l;
+            for (std::int64_t d = 0; d < c.D; ++d) o[d] = sum[static_cast<std::size_t>(d)] * inv;
+            lse = static_cast<float>(static_cast<double>(M) * c.smul + std::log(static_cast<double>(l)));
+        }
+}
+
+template <DType T>
+void decode_as(const Call& c, const std::vector<Task>& tasks, const std::vector<std::int64_t>& first, float* parts) {
+    const int nt = c.p->threads > 0 ? c.p->threads : omp_get_max_threads();
+    const std::int64_t ntasks = static_cast<std::int64_t>(tasks.size());
+    const std::int64_t ngroups = static_cast<std::int64_t>(first.size()) - 1;
+#pragma omp parallel num_threads(nt)
+    {
+        Scratch sc(c);
+#pragma omp for schedule(dynamic, 1)
+        for (std::int64_t t = 0; t < ntasks; ++t) run_task<T>(c, tasks[static_cast<std::size_t>(t)], sc, parts + t * c.part);
+#pragma omp for schedule(static)
+        for (std::int64_t g = 0; g < ngroups; ++g)
+            merge_tasks(c, tasks.data(), parts, first[static_cast<std::size_t>(g)], first[static_cast<std::size_t>(g) + 1]);
+    }
+}
+
+}  // namespace
+
+void decode(const DecodeParams& p) {
+    Call c;
+    c.p = &p;
+    c.B = p.q.shape[0];
+    c.T = p.q.shape[1];
+    c.Hq = p.q.shape[2];
+    c.D = p.q.shape[3];
+    if (c.B * c.T * c.Hq == 0) return;
+    c.Dp = kv_padded_dim(c.D);
+    c.Hkvq = p.q_kv_heads ? p.q_kv_heads : p.kv_heads;
+    c.G = c.Hq / c.Hkvq;
+    c.pt = p.page_tokens;
+    c.R = c.G * c.T;
+    c.Rp = round_up(c.R, kRowBlock);
+    c.v_off = p.kv_heads * c.D * c.pt;
+    const Pattern& pat = *p.pattern;
+    c.general = pat.has_softcap() || pat.has_alibi();
+    c.softcap = pat.has_softcap() ? pat.spec().softcap : 0.0f;
+    c.scale = pat.softmax_scale(c.D);
+    c.smul = c.general ? 1.0f : c.scale;
+    c.c2 = c.smul * kLog2e;
+    c.part = c.Rp * (2 + c.Dp);
+
+    // Tasks grouped by (b, hk): first[g] is the first task of group g. A sequence without pages still
+    // gets one (empty) task so that its rows are written.
+    std::vector<Task> tasks;
+    std::vector<std::int64_t> first;
+    for (std::int64_t b = 0; b < c.B; ++b)
+        for (std::int64_t hk = 0; hk < c.Hkvq; ++hk) {
+            first.push_back(static_cast<std::int64_t>(tasks.size()));
+            const std::int64_t a = p.page_begin[b], z = p.page_begin[b + 1];
+            std::int64_t i = a;
+            do {
+                const std::int64_t e = std::min(z, i + kChunkPages);
+                tasks.push_back({b, hk, i, e});
+                i = e;
+            } while (i < z);
+        }
+    first.push_back(static_cast<std::int64_t>(tasks.size()));
+    thread_local Buffer parts;
+    float* buf = parts.reserve(static_cast<std::size_t>(static_cast<std::int64_t>(tasks.size()) * c.part));
+    switch (p.kv_dtype) {
+        case DType::f32: decode_as<DType::f32>(c, tasks, first, buf); break;
+        case DType::bf16: decode_as<DType::bf16>(c, tasks, first, buf); break;
+        default: decode_as<DType::f16>(c, tasks, first, buf); break;
+    }
+}
+
+}  // namespace LONGATTN_ISA
+}  // namespace longattn::kernels::cpu
+LONGATTN_ISA_END
