@@ -31,7 +31,10 @@ inline namespace LONGATTN_ISA {
 namespace {
 
 constexpr std::int64_t kChunkPages = 16;
-constexpr int kRowBlock = kLanes == 16 ? 8 : 4;  // rows per score tile: kRowBlock x 4 accumulators
+// A score tile is kRowBlock rows by up to kMaxVecs vectors of slots: 16 accumulators of AVX-512's 32
+// registers, 8 of the 16 the narrower sets have.
+constexpr int kRowBlock = 4;
+constexpr int kMaxVecs = kLanes == 16 ? 4 : 2;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -44,8 +47,16 @@ inline vf load_kv(const void* base, std::int64_t i) {
     if constexpr (T == DType::f32) {
         return load(static_cast<const float*>(base) + i);
     } else if constexpr (T == DType::bf16) {
-        const vh_u h = *reinterpret_cast<const vh_u*>(static_cast<const std::uint16_t*>(base) + i);
+        const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + i;
+#if LONGATTN_SIMD_LANES == 16
+        const __m512i w = _mm512_maskz_cvtepu16_epi32(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+        return (vf)_mm512_maskz_slli_epi32(0xffff, w, 16);
+#elif LONGATTN_SIMD_LANES == 8 && (defined(LONGATTN_ISA_avx2) || defined(__AVX2__))
+        return (vf)_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16);
+#else
+        const vh_u h = *reinterpret_cast<const vh_u*>(p);
         return (vf)(__builtin_convertvector(h, vu) << 16);
+#endif
     } else {
         const std::uint16_t* p = static_cast<const std::uint16_t*>(base) + i;
 #if LONGATTN_SIMD_LANES == 16
@@ -100,29 +111,37 @@ void scores(const Call& c, const float* q, const void* kt, std::int64_t nvec, fl
         const float* qr = q + r0 * c.D;
         float* sr = s + r0 * c.pt;
         std::int64_t j = 0;
-        for (; j + 4 <= nvec; j += 4) score_tile<T, 4>(c.D, c.pt, qr, kt, j * kLanes, sr);
-        switch (nvec - j) {
-            case 3: score_tile<T, 3>(c.D, c.pt, qr, kt, j * kLanes, sr); break;
-            case 2: score_tile<T, 2>(c.D, c.pt, qr, kt, j * kLanes, sr); break;
-            case 1: score_tile<T, 1>(c.D, c.pt, qr, kt, j * kLanes, sr); break;
-            default: break;
-        }
+        for (; j + kMaxVecs <= nvec; j += kMaxVecs) score_tile<T, kMaxVecs>(c.D, c.pt, qr, kt, j * kLanes, sr);
+        for (; j < nvec; ++j) score_tile<T, 1>(c.D, c.pt, qr, kt, j * kLanes, sr);
     }
 }
 
-// acc[r][0, Dp) += sum over slots k < n of P[r][k] * V[k][0, Dp), for the Rp rows.
+// acc[r][0, Dp) += sum over slots k < n of P[r][k] * V[k][0, Dp), for the Rp rows: kRowBlock rows by
+// kMaxVecs vectors of dims in registers, the slots streamed in order (a V row's part is contiguous).
+template <DType T, int C>
+inline void value_tile(const Call& c, const float* P, const void* v, std::int64_t n, std::int64_t dv, float* acc) {
+    vf a[kRowBlock][C];
+    for (int r = 0; r < kRowBlock; ++r)
+        for (int j = 0; j < C; ++j) a[r][j] = load(acc + r * c.Dp + dv + j * kLanes);
+    for (std::int64_t k = 0; k < n; ++k) {
+        vf x[C];
+        for (int j = 0; j < C; ++j) x[j] = load_kv<T>(v, k * c.Dp + dv + j * kLanes);
+        for (int r = 0; r < kRowBlock; ++r) {
+            const float pr = P[r * c.pt + k];
+            for (int j = 0; j < C; ++j) a[r][j] += pr * x[j];
+        }
+    }
+    for (int r = 0; r < kRowBlock; ++r)
+        for (int j = 0; j < C; ++j) store(acc + r * c.Dp + dv + j * kLanes, a[r][j]);
+}
+
 template <DType T>
 void accumulate_values(const Call& c, const float* P, const void* v, std::int64_t n, float* acc) {
     for (std::int64_t r0 = 0; r0 < c.Rp; r0 += kRowBlock) {
-        for (std::int64_t dv = 0; dv < c.Dp; dv += kLanes) {
-            vf a[kRowBlock];
-            for (int r = 0; r < kRowBlock; ++r) a[r] = load(acc + (r0 + r) * c.Dp + dv);
-            for (std::int64_t k = 0; k < n; ++k) {
-                const vf x = load_kv<T>(v, k * c.Dp + dv);
-                for (int r = 0; r < kRowBlock; ++r) a[r] += P[(r0 + r) * c.pt + k] * x;
-            }
-            for (int r = 0; r < kRowBlock; ++r) store(acc + (r0 + r) * c.Dp + dv, a[r]);
-        }
+        std::int64_t dv = 0;
+        for (; dv + kMaxVecs * kLanes <= c.Dp; dv += kMaxVecs * kLanes)
+            value_tile<T, kMaxVecs>(c, P + r0 * c.pt, v, n, dv, acc + r0 * c.Dp);
+        for (; dv < c.Dp; dv += kLanes) value_tile<T, 1>(c, P + r0 * c.pt, v, n, dv, acc + r0 * c.Dp);
     }
 }
 
@@ -166,6 +185,15 @@ void run_task(const Call& c, const Task& t, Scratch& sc, float* part) {
         const char* base = static_cast<const char*>(pg.data);
         const void* kt = base + kvh * D * pt * kSize;
         const void* vv = base + (c.v_off + kvh * pt * Dp) * kSize;
+        // The next page's K and V of this head, on their way to the cache while this one is computed:
+        // a page's slots are strided rows the hardware prefetchers would otherwise fetch on demand.
+        if (pi + 1 < t.page1) {
+            const char* nb = static_cast<const char*>(p.pages[pi + 1].data);
+            const char* nk = nb + kvh * D * pt * kSize;
+            const char* nv = nb + (c.v_off + kvh * pt * Dp) * kSize;
+            for (std::int64_t off = 0; off < D * pt * kSize; off += 64) __builtin_prefetch(nk + off, 0, 2);
+            for (std::int64_t off = 0; off < pt * Dp * kSize; off += 64) __builtin_prefetch(nv + off, 0, 2);
+        }
         const std::int64_t nvec = (n + kLanes - 1) / kLanes;
         scores<T>(c, Q, kt, nvec, S);
         if (c.general)

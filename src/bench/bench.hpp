@@ -7,12 +7,13 @@
 #include "longattn/distributed.hpp"
 #include "longattn/dtype.hpp"
 #include "longattn/error.hpp"
+#include "longattn/kv_cache.hpp"
 #include "longattn/layout.hpp"
 #include "longattn/pattern.hpp"
 
 namespace longattn::bench {
 
-enum class Mode { fwd, bwd, fwd_bwd };
+enum class Mode { fwd, bwd, fwd_bwd, decode };
 const char* mode_name(Mode m);
 
 // How packed documents are laid out over a sequence of any length.
@@ -95,6 +96,17 @@ struct Faults {
     bool corrupt = false;                // perturb one output element before the check (the check must fail)
 };
 
+// --mode decode: a cache of each sweep length (per sequence), then decode steps of a few new tokens.
+struct Decode {
+    int steps = 16;                      // decode steps (the first --warmup of them are not timed)
+    int new_tokens = 1;                  // new tokens per sequence per step
+    std::int64_t page_tokens = 64;       // slots per page of the KV cache
+    KvPlacement placement = KvPlacement::round_robin;
+    std::vector<DecodeCombine> combines{DecodeCombine::allgather};  // two: alternated step by step
+    bool prefill = false;                // fill the cache by a prefill through --strategy (else synthetic)
+    bool baselines = true;               // also time pass-Q and the cache gathered onto rank 0
+};
+
 // An error every rank throws alike (the job is refused, or failed, as a whole): rank 0 reports it and
 // every rank exits with `code` (2: refused before it ran; 1: failed after), with no abort that could
 // cut rank 0's report short.
@@ -113,6 +125,7 @@ struct Job {
     Checks checks;
     Io io;
     Faults faults;
+    Decode decode;
     std::string command_line;            // as given, for the reports
 };
 
@@ -139,5 +152,7 @@ class Communicator;
 namespace longattn::bench {
 // Distributed benchmark under mpirun; the same return convention.
 int run_dist_bench(const Job& job, comm::Communicator& comm);
+// --mode decode, on one process (comm null: the kernel against a triad bandwidth) or over mpirun.
+int run_decode_bench(const Job& job, comm::Communicator* comm);
 
 }  // namespace longattn::bench

@@ -18,7 +18,9 @@
 
 namespace longattn::bench {
 
-const char* mode_name(Mode m) { return m == Mode::fwd ? "fwd" : m == Mode::bwd ? "bwd" : "fwd+bwd"; }
+const char* mode_name(Mode m) {
+    return m == Mode::fwd ? "fwd" : m == Mode::bwd ? "bwd" : m == Mode::fwd_bwd ? "fwd+bwd" : "decode";
+}
 
 namespace {
 
@@ -128,7 +130,8 @@ void read_choices(const OptionValues& v, Job& j) {
     if (v.mode == "fwd") j.sweep.mode = Mode::fwd;
     else if (v.mode == "bwd") j.sweep.mode = Mode::bwd;
     else if (v.mode == "fwd+bwd") j.sweep.mode = Mode::fwd_bwd;
-    else require(false, "mode", "must be fwd, bwd or fwd+bwd, got '", v.mode, "'");
+    else if (v.mode == "decode") j.sweep.mode = Mode::decode;
+    else require(false, "mode", "must be fwd, bwd, fwd+bwd or decode, got '", v.mode, "'");
     if (v.dtype == "fp32") j.shape.dtype = DType::f32;
     else if (v.dtype == "bf16") j.shape.dtype = DType::bf16;
     else if (v.dtype == "fp16") j.shape.dtype = DType::f16;
@@ -190,6 +193,33 @@ void read_counts(const OptionValues& v, Job& j) {
     require(j.sweep.warmup >= 0, "warmup", "must be >= 0, got ", j.sweep.warmup);
     require(j.checks.rows >= 1, "check-rows", "must be >= 1, got ", j.checks.rows);
     require(j.shape.batch >= 1, "batch", "must be >= 1, got ", j.shape.batch);
+}
+
+// --mode decode: its options, and what it does not take.
+void read_decode(const OptionValues& v, Job& j) {
+    Decode& d = j.decode;
+    d.placement = parse_kv_placement(v.kv_placement);
+    if (v.combine == "both") d.combines = {DecodeCombine::allgather, DecodeCombine::allreduce};
+    else d.combines = {parse_decode_combine(v.combine)};
+    require(v.fill == "synth" || v.fill == "prefill", "fill", "must be synth or prefill, got ", quoted(v.fill));
+    d.prefill = v.fill == "prefill";
+    if (j.sweep.mode != Mode::decode) {
+        for (const char* o : {"steps", "new-tokens", "page-tokens", "kv-placement", "combine", "fill", "baselines"})
+            require(!v.is_given(o), o, "belongs to --mode decode");
+        return;
+    }
+    require(d.steps >= 1 && d.steps <= 1000000, "steps", "must be in [1, 1000000], got ", d.steps);
+    require(d.new_tokens >= 1 && d.new_tokens <= 4096, "new-tokens", "must be in [1, 4096], got ", d.new_tokens);
+    require(d.page_tokens >= 16 && d.page_tokens <= 65536 && d.page_tokens % 16 == 0, "page-tokens",
+            "must be a multiple of 16 in [16, 65536], got ", d.page_tokens);
+    require(j.sweep.warmup < d.steps, "warmup", "must be below --steps (", d.steps, ") in decode mode, got ",
+            j.sweep.warmup);
+    require(!d.prefill || j.exec.distributed, "fill", "prefill runs through a distributed --strategy; in kernel mode use synth");
+    require(j.exec.device == Device::cpu, "device", "decode runs on the CPU (the CUDA decode kernel is not built yet)");
+    require(!j.sweep.weak, "scaling", "decode lengths are whole sequences: drop --scaling weak");
+    require(j.io.load_dir.empty() && j.io.save_dir.empty() && j.io.json_path.empty() && j.io.csv_path.empty(), "mode",
+            "decode takes synthetic inputs and prints its table: drop --load, --save, --json and --csv");
+    require(!j.exec.distributed || j.sweep.threads.size() == 1, "threads", "takes one value per rank in distributed runs");
 }
 
 // --load: the files fix the shape and the one sequence length; a shape given as well must agree.
@@ -323,10 +353,13 @@ void complete_job(const OptionValues& v, Job& j) {
     read_seeds(v, j);
     read_choices(v, j);
     read_counts(v, j);
+    read_decode(v, j);
     if (!j.io.load_dir.empty()) read_loaded_shape(v, j);
     else sweep_lengths(v, j.sweep);
     check_shape(j);
     read_pattern(v, j.pattern);
+    require(j.sweep.mode != Mode::decode || j.pattern.docs.kind == DocSpec::Kind::none, "docs",
+            "packed documents are not part of --mode decode (each sequence of the batch is one document)");
     check_outputs(j);
     PatternSpec probe = spec_for_length(j, j.sweep.lengths.back());  // validate the pattern before any work starts
     Pattern{probe};

@@ -86,7 +86,9 @@ int main(int argc, char** argv) {
 #if LONGATTN_HAVE_CUDA && LONGATTN_HAVE_MPI
         if (job.exec.device == Device::cuda) comm::select_device(MPI_COMM_WORLD);  // one GPU per rank
 #endif
-        if (!job.exec.distributed) {
+        if (!job.exec.distributed && job.sweep.mode == bench::Mode::decode) {
+            rc = bench::run_decode_bench(job, nullptr);
+        } else if (!job.exec.distributed) {
             rc = bench::run_kernel_bench(job);
         } else {
 #if LONGATTN_HAVE_MPI
@@ -98,7 +100,7 @@ int main(int argc, char** argv) {
             }
 #endif
             comm::MpiCommunicator comm(MPI_COMM_WORLD, job.exec.timeout_s);
-            rc = bench::run_dist_bench(job, comm);
+            rc = job.sweep.mode == bench::Mode::decode ? bench::run_decode_bench(job, &comm) : bench::run_dist_bench(job, comm);
 #else
             throw Error("strategy: this build has no MPI (configure with -DLONGATTN_WITH_MPI=ON)");
 #endif

@@ -21,6 +21,7 @@ struct OptionValues {
     std::string strategy, layout, comm, plan;                         // [dist]
     std::string window, doc_lens, doc_lens_file, doc_dist, doc_seed;  // [pattern]
     std::string global_list, block_mask, random_seed;
+    std::string kv_placement, combine, fill;                          // [decode]
     std::string config;
     std::set<std::string> given;  // set on the command line or in the config file, not left at the default
     bool is_given(const char* name) const { return given.count(name) != 0; }

@@ -73,7 +73,7 @@ void store_config(const std::string& file, const po::options_description& all,
                     it->second, "] (", it->second, ".", name, ")");
         require(false, key.c_str(), "unknown key in config '", visible(file), "'; ",
                 sec.empty()      ? "not an option of longattn-bench (see --help)"
-                : !known_section ? "sections are [run], [sweep], [shape], [dist], [pattern], [io]"
+                : !known_section ? "sections are [run], [sweep], [shape], [dist], [pattern], [io], [decode]"
                                : "allowed in [" + sec + "]:" + allowed.str());
     }
     po::store(parsed, vm);
@@ -103,7 +103,7 @@ private:
 // The groups of --help, in its order; each binds its options to their fields of the job or of `v`.
 po::options_description run_options(OptionValues& v, SectionOf& section_of) {
     OptionGroup g("Run [run]", "run", section_of);
-    g("mode", po::value(&v.mode)->default_value("fwd"), "fwd | bwd | fwd+bwd")
+    g("mode", po::value(&v.mode)->default_value("fwd"), "fwd | bwd | fwd+bwd | decode (see [decode])")
      ("device", po::value(&v.device)->default_value("cpu"),
       "cpu | cuda (the CUDA kernels; one GPU per rank by local rank)")
      ("cpu-isa", po::value(&v.cpu_isa)->default_value("auto"),
@@ -202,6 +202,23 @@ po::options_description io_options(Io& io, SectionOf& section_of) {
     return g.desc();
 }
 
+po::options_description decode_options(Decode& d, OptionValues& v, SectionOf& section_of) {
+    OptionGroup g("Decoding, --mode decode: a KV cache of -b tokens per sequence, then decode steps [decode]", "decode",
+                  section_of);
+    g("steps", po::value(&d.steps)->default_value(16), "decode steps (the first --warmup are not timed)")
+     ("new-tokens", po::value(&d.new_tokens)->default_value(1), "new tokens per sequence per step")
+     ("page-tokens", po::value(&d.page_tokens)->default_value(64), "slots per page of the KV cache (a multiple of 16)")
+     ("kv-placement", po::value(&v.kv_placement)->default_value("round-robin"),
+      "round-robin: pages dealt to the ranks in turn | layout: positions placed by --layout")
+     ("combine", po::value(&v.combine)->default_value("allgather"),
+      "allgather | allreduce | both (alternated step by step): how the ranks' partials are combined")
+     ("fill", po::value(&v.fill)->default_value("synth"),
+      "synth: the cache straight from the generator | prefill: a forward through --strategy writes it")
+     ("baselines", po::value(&d.baselines)->default_value(true),
+      "also time pass-Q (a ring passing the queries) and the cache gathered onto rank 0");
+    return g.desc();
+}
+
 // Every option, bound to its field of `j` or `v` (which must outlive the parse): `shown` is what --help
 // prints, `all` adds the hidden ones.
 struct Declared {
@@ -220,6 +237,7 @@ void declare_options(Job& j, OptionValues& v, Declared& d) {
     d.shown.add(dist_options(j.exec, v, d.section_of));
     d.shown.add(pattern_options(j.pattern, v, d.section_of));
     d.shown.add(io_options(j.io, d.section_of));
+    d.shown.add(decode_options(j.decode, v, d.section_of));
     po::options_description hidden("Hidden");
     hidden.add_options()
         ("inject-failure", po::value(&j.faults.inject_failure)->default_value(-1), "this rank throws mid-run")

@@ -1,0 +1,395 @@
+// --mode decode: a KV cache of -b tokens per sequence (filled from the generator, or by a prefill
+// through --strategy), then --steps decode steps of --new-tokens per sequence; per-step latency,
+// tokens per second, bytes per rank, the cache's memory, and two baselines in the same run (pass-Q,
+// and the cache gathered onto rank 0). On one process it times the kernel against a triad bandwidth
+// measured at the same thread count. Sampled steps are checked against an fp64 reference computed
+// from the regenerated sequence.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench/bench.hpp"
+#include "bench/check.hpp"
+#include "bench/memory.hpp"
+#include "comm/communicator.hpp"
+#include "kernels/attention.hpp"
+#include "longattn/cpu_isa.hpp"
+#include "longattn/kv_cache.hpp"
+#include "longattn/synth.hpp"
+
+namespace longattn::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+double p99(std::vector<double> v) {
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    return v[std::min(v.size() - 1, static_cast<std::size_t>(std::ceil(0.99 * static_cast<double>(v.size()))) - 1)];
+}
+
+// STREAM's triad a = b + s c over arrays of `bytes` in all, best of 5, at `threads` threads: 24 bytes
+// per element counted, as STREAM does.
+double triad_bytes_per_s(int threads, double bytes) {
+    const std::size_t n = static_cast<std::size_t>(std::max(bytes, 3.0 * (64 << 20)) / 24.0);
+    std::vector<double> av(n), bv(n), cv(n);
+    double* a = av.data();
+    const double* b = bv.data();
+    const double* c = cv.data();
+    const std::int64_t N = static_cast<std::int64_t>(n);
+    std::fill(bv.begin(), bv.end(), 1.0);
+    std::fill(cv.begin(), cv.end(), 2.0);
+    double best = std::numeric_limits<double>::infinity();
+    for (int rep = 0; rep < 5; ++rep) {
+        const auto t0 = Clock::now();
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (std::int64_t i = 0; i < N; ++i) a[i] = b[i] + 3.0 * c[i];
+        best = std::min(best, since(t0));
+    }
+    if (a[N / 2] != 7.0) throw Error("triad: wrong result");
+    return 24.0 * static_cast<double>(n) / best;
+}
+
+struct Setup {
+    std::int64_t B = 1, T = 1, Hq = 1, Hkv = 1, D = 64, L = 0, cap = 0;
+    DType dtype = DType::f32;
+    int P = 1, rank = 0;
+};
+
+// The step's new tokens: q [B, T, Hq, D], k and v [B, T, Hkv, D] at positions len .. len + T - 1 of the
+// synthetic sequence (the same for every sequence: they all have the same length).
+struct StepInputs {
+    std::vector<std::uint16_t> q, k, v;  // as bytes of the storage type (fp32 takes two slots)
+    TensorView qv, kv, vv;
+    void make(const Job& job, const Setup& s, std::int64_t len) {
+        const std::size_t es = dtype_size(s.dtype) / 2;
+        q.assign(static_cast<std::size_t>(s.B * s.T * s.Hq * s.D) * es, 0);
+        k.assign(static_cast<std::size_t>(s.B * s.T * s.Hkv * s.D) * es, 0);
+        v.assign(k.size(), 0);
+        qv = contiguous_view(q.data(), s.dtype, s.B, s.T, s.Hq, s.D);
+        kv = contiguous_view(k.data(), s.dtype, s.B, s.T, s.Hkv, s.D);
+        vv = contiguous_view(v.data(), s.dtype, s.B, s.T, s.Hkv, s.D);
+        std::vector<std::int64_t> pos(static_cast<std::size_t>(s.T));
+        for (std::int64_t i = 0; i < s.T; ++i) pos[static_cast<std::size_t>(i)] = len + i;
+        fill_synth(qv, job.shape.seed, SynthTensor::q, pos.data());
+        fill_synth(kv, job.shape.seed, SynthTensor::k, pos.data());
+        fill_synth(vv, job.shape.seed, SynthTensor::v, pos.data());
+    }
+};
+
+// fp64 attention of sequence b's queries (head h, at positions len - T .. len - 1) over its whole
+// synthetic sequence [0, len), as stored (inputs rounded to the storage type); against o and lse.
+CheckResult check_step(const Job& job, const Setup& s, const Pattern& pat, std::int64_t len, const float* o,
+                       const float* lse, std::int64_t b, std::int64_t h) {
+    CheckResult res;
+    const std::int64_t hk = h / (s.Hq / s.Hkv), D = s.D;
+    const double scale = pat.softmax_scale(D), tol = check_tolerance(s.dtype);
+    const std::uint64_t seed = job.shape.seed;
+    std::vector<double> kd(static_cast<std::size_t>(len * D)), vd(kd.size());
+    const int nt = omp_get_max_threads();
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (std::int64_t j = 0; j < len; ++j)
+        for (std::int64_t d = 0; d < D; ++d) {
+            kd[static_cast<std::size_t>(j * D + d)] = round_to(s.dtype, synth_value(seed, SynthTensor::k, b, j, hk, d));
+            vd[static_cast<std::size_t>(j * D + d)] = round_to(s.dtype, synth_value(seed, SynthTensor::v, b, j, hk, d));
+        }
+    std::vector<double> sc(static_cast<std::size_t>(len)), acc(static_cast<std::size_t>(D));
+    for (std::int64_t i = 0; i < s.T; ++i) {
+        const std::int64_t qp = len - s.T + i;
+        std::vector<double> q(static_cast<std::size_t>(D));
+        for (std::int64_t d = 0; d < D; ++d)
+            q[static_cast<std::size_t>(d)] = round_to(s.dtype, synth_value(seed, SynthTensor::q, b, qp, h, d));
+        double mx = -std::numeric_limits<double>::infinity();
+        for (std::int64_t j = 0; j < len; ++j) {
+            double x = -std::numeric_limits<double>::infinity();
+            if (pat.allowed(qp, j)) {
+                double dot = 0;
+                for (std::int64_t d = 0; d < D; ++d) dot += q[static_cast<std::size_t>(d)] * kd[static_cast<std::size_t>(j * D + d)];
+                x = dot * scale;
+                if (pat.has_softcap()) x = pat.spec().softcap * std::tanh(x / pat.spec().softcap);
+                if (pat.has_alibi()) x -= pat.alibi_slope(h) * std::fabs(static_cast<double>(qp - j));
+            }
+            sc[static_cast<std::size_t>(j)] = x;
+            mx = std::max(mx, x);
+        }
+        std::fill(acc.begin(), acc.end(), 0.0);
+        double l = 0;
+        if (mx > -std::numeric_limits<double>::infinity())
+            for (std::int64_t j = 0; j < len; ++j) {
+                const double e = std::exp(sc[static_cast<std::size_t>(j)] - mx);
+                if (e == 0) continue;
+                l += e;
+                for (std::int64_t d = 0; d < D; ++d) acc[static_cast<std::size_t>(d)] += e * vd[static_cast<std::size_t>(j * D + d)];
+            }
+        const double ref_lse = l > 0 ? mx + std::log(l) : -std::numeric_limits<double>::infinity();
+        auto judge = [&](double got, double ref) {
+            ++res.values;
+            const double err = std::isinf(ref) && got == ref ? 0.0 : std::fabs(got - ref);
+            res.max_err = std::max(res.max_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err);
+            if (!(err <= tol * std::max(1.0, std::fabs(ref)))) ++res.wrong;
+        };
+        for (std::int64_t d = 0; d < D; ++d)
+            judge(o[((b * s.T + i) * s.Hq + h) * D + d], l > 0 ? acc[static_cast<std::size_t>(d)] / l : 0.0);
+        judge(lse[(b * s.Hq + h) * s.T + i], ref_lse);
+    }
+    return res;
+}
+
+// The rows of o every rank holds against another run's (the baselines against the decode step).
+double max_diff(const std::vector<float>& a, const std::vector<float>& b, std::int64_t h0, std::int64_t h1, const Setup& s) {
+    double e = 0;
+    for (std::int64_t x = 0; x < s.B * s.T; ++x)
+        for (std::int64_t h = h0; h < h1; ++h)
+            for (std::int64_t d = 0; d < s.D; ++d) {
+                const std::size_t i = static_cast<std::size_t>((x * s.Hq + h) * s.D + d);
+                const double diff = std::fabs(static_cast<double>(a[i]) - b[i]);
+                e = std::max(e, std::isnan(diff) ? std::numeric_limits<double>::infinity() : diff);
+            }
+    return e;
+}
+
+struct Row {
+    std::string method;
+    std::vector<double> total, kernel, combine;
+    std::uint64_t sent = 0, recv = 0;
+    double read_bytes = 0;  // cache bytes this rank read per step
+    std::string extra;
+};
+
+void print_row(const Row& r, const Setup& s) {
+    const double med = median(r.total);
+    std::printf("  %-18s %10.3f %9.3f %10.3f %10.3f %11.0f %12llu %12llu %10.2f%s\n", r.method.c_str(), 1e3 * med,
+                1e3 * p99(r.total), 1e3 * median(r.kernel), 1e3 * median(r.combine),
+                med > 0 ? static_cast<double>(s.B * s.T) / med : 0.0, static_cast<unsigned long long>(r.sent),
+                static_cast<unsigned long long>(r.recv), median(r.kernel) > 0 ? r.read_bytes / median(r.kernel) / 1e9 : 0.0,
+                r.extra.c_str());
+}
+
+// Bytes of the cache one step reads on this rank: the filled slots of the pages it did not skip.
+double read_bytes(const KvCache& cache, const DecodeStats& st) {
+    const KvCacheOptions& o = cache.options();
+    const double per_page = static_cast<double>(kernels::kv_page_elems(o.kv_heads, o.head_dim, o.page_tokens)) *
+                            static_cast<double>(dtype_size(o.dtype));
+    return per_page * static_cast<double>(st.pages_read);
+}
+
+}  // namespace
+
+int run_decode_bench(const Job& job, comm::Communicator* comm) {
+    const Decode& dj = job.decode;
+    Setup s;
+    s.P = comm ? comm->size() : 1;
+    s.rank = comm ? comm->rank() : 0;
+    s.B = job.shape.batch;
+    s.T = dj.new_tokens;
+    s.Hq = job.shape.heads;
+    s.Hkv = job.shape.kv_heads ? job.shape.kv_heads : job.shape.heads;
+    s.D = job.shape.head_dim;
+    s.dtype = job.shape.dtype;
+    if (!job.exec.cpu_isa.empty() && job.exec.cpu_isa != "auto") set_cpu_isa(job.exec.cpu_isa);
+    const bool root = s.rank == 0;
+    int rc = 0;
+    for (std::int64_t L : job.sweep.lengths) {
+        s.L = L;
+        s.cap = L + static_cast<std::int64_t>(dj.steps) * s.T;
+        const PatternSpec spec = spec_for_length(job, s.cap);
+        const Pattern pat(spec);
+        KvCacheOptions co;
+        co.batch = s.B;
+        co.capacity = s.cap;
+        co.kv_heads = s.Hkv;
+        co.head_dim = s.D;
+        co.dtype = s.dtype;
+        co.page_tokens = dj.page_tokens;
+        co.placement = dj.placement;
+        co.layout = job.exec.layout;
+        // What the cache, the prefill's shards and the gathered baseline hold.
+        {
+            const std::int64_t share = (s.cap + std::int64_t{s.P} * co.page_tokens - 1) / (std::int64_t{s.P} * co.page_tokens);
+            const double page = static_cast<double>(kernels::kv_page_elems(s.Hkv, s.D, co.page_tokens)) *
+                                    static_cast<double>(dtype_size(s.dtype)) +
+                                8.0 * static_cast<double>(co.page_tokens);
+            MemoryNeed need;
+            need.shards = page * static_cast<double>(s.B * (share + 2));
+            if (dj.prefill)
+                need.shards += static_cast<double>(s.B * (L / s.P + 1) * (2 * s.Hq + 2 * s.Hkv) * s.D * 4);
+            if (dj.baselines && root && s.P > 1) need.working = page * static_cast<double>(s.B * (share + 2) * s.P);
+            refuse_what_cannot_fit(job, comm, s.cap, need);
+        }
+        for (int threads : job.sweep.threads) {
+            const int nt = threads > 0 ? threads : omp_get_max_threads();
+            KvCache cache(comm, co);
+            double fill_s = 0;
+            const auto tf = Clock::now();
+            if (!dj.prefill) {
+                for (std::int64_t b = 0; b < s.B; ++b) cache.fill_synth(job.shape.seed, b, L, nt);
+            } else {
+                const Layout lay(job.exec.layout, L, s.P);
+                const std::vector<std::int64_t> pos = lay.positions(s.rank);
+                const std::int64_t n = static_cast<std::int64_t>(pos.size());
+                const std::size_t es = dtype_size(s.dtype) / 2;
+                std::vector<std::uint16_t> q(static_cast<std::size_t>(s.B * n * s.Hq * s.D) * es),
+                    k(static_cast<std::size_t>(s.B * n * s.Hkv * s.D) * es), v(k.size()), o(q.size());
+                std::vector<float> lse(static_cast<std::size_t>(s.B * s.Hq * n));
+                DistForwardArgs fa;
+                fa.q = contiguous_view(q.data(), s.dtype, s.B, n, s.Hq, s.D);
+                fa.k = contiguous_view(k.data(), s.dtype, s.B, n, s.Hkv, s.D);
+                fa.v = contiguous_view(v.data(), s.dtype, s.B, n, s.Hkv, s.D);
+                fa.o = contiguous_view(o.data(), s.dtype, s.B, n, s.Hq, s.D);
+                fa.lse = lse.data();
+                fill_synth(fa.q, job.shape.seed, SynthTensor::q, pos.data());
+                fill_synth(fa.k, job.shape.seed, SynthTensor::k, pos.data());
+                fill_synth(fa.v, job.shape.seed, SynthTensor::v, pos.data());
+                DistOptions dopt = job.exec.dist;
+                dopt.threads = nt;
+                Plan plan(*comm, pos.data(), pat, PlanShape{s.B, n, s.Hq, s.Hkv, s.D}, dopt);
+                plan.forward(fa);
+                for (std::int64_t b = 0; b < s.B; ++b) cache.write(b, pos.data(), n, fa.k, fa.v, b);
+                cache.sync_lengths();
+            }
+            if (comm) comm->barrier();
+            fill_s = since(tf);
+
+            std::vector<Row> rows;
+            for (DecodeCombine c : dj.combines)
+                rows.push_back({std::string(s.P > 1 ? "decode/" : "decode") + (s.P > 1 ? decode_combine_name(c) : ""), {}, {}, {}, 0, 0, 0, ""});
+            StepInputs in;
+            std::vector<float> o(static_cast<std::size_t>(s.B * s.T * s.Hq * s.D)), lse(static_cast<std::size_t>(s.B * s.Hq * s.T));
+            CheckResult chk;
+            for (int step = 0; step < dj.steps; ++step) {
+                const std::int64_t len = cache.length(0);
+                in.make(job, s, len);
+                DecodeArgs a;
+                a.q = in.qv;
+                a.k = in.kv;
+                a.v = in.vv;
+                a.pattern = &pat;
+                a.o = o.data();
+                a.lse = lse.data();
+                const std::size_t which = static_cast<std::size_t>(step) % dj.combines.size();
+                DecodeOptions dopt;
+                dopt.combine = dj.combines[which];
+                dopt.threads = nt;
+                if (comm) comm->barrier();
+                const DecodeStats st = decode_step(cache, a, dopt);
+                if (step >= job.sweep.warmup) {
+                    Row& r = rows[which];
+                    r.total.push_back(st.total_s);
+                    r.kernel.push_back(st.kernel_s);
+                    r.combine.push_back(st.combine_s);
+                    r.sent = st.bytes_sent;
+                    r.recv = st.bytes_received;
+                    r.read_bytes = read_bytes(cache, st);
+                }
+                const bool sampled = step == job.sweep.warmup || step == dj.steps - 1;
+                if (job.checks.enabled && sampled && root)
+                    for (const auto& [b, h] : {std::pair<std::int64_t, std::int64_t>{0, 0}, {s.B - 1, s.Hq - 1}}) {
+                        const CheckResult c = check_step(job, s, pat, len + s.T, o.data(), lse.data(), b, h);
+                        chk.max_err = std::max(chk.max_err, c.max_err);
+                        chk.wrong += c.wrong;
+                        chk.values += c.values;
+                    }
+            }
+            // The baselines replay the last step's queries over the cache as it now stands.
+            double baseline_err = 0;
+            if (dj.baselines && s.P > 1) {
+                DecodeArgs a;
+                a.q = in.qv;
+                a.pattern = &pat;
+                std::vector<float> ob(o.size()), lb(lse.size());
+                a.o = ob.data();
+                a.lse = lb.data();
+                DecodeOptions dopt;
+                dopt.threads = nt;
+                Row ring{"pass-q", {}, {}, {}, 0, 0, 0, ""};
+                std::int64_t h0 = 0, h1 = 0;
+                for (int it = 0; it < job.sweep.iters; ++it) {
+                    comm->barrier();
+                    const DecodeStats st = decode_pass_q(cache, a, dopt, &h0, &h1);
+                    ring.total.push_back(st.total_s);
+                    ring.kernel.push_back(st.kernel_s);
+                    ring.combine.push_back(st.total_s - st.kernel_s);
+                    ring.sent = st.bytes_sent;
+                    ring.recv = st.bytes_received;
+                    ring.read_bytes = read_bytes(cache, st);
+                }
+                double e = max_diff(ob, o, h0, h1, s);
+                rows.push_back(ring);
+                comm->barrier();
+                const auto tg = Clock::now();
+                std::unique_ptr<KvCache> one = cache.gathered(0);
+                const double gather_s = since(tg);
+                Row gath{"gathered", {}, {}, {}, 0, 0, 0, ""};
+                if (one)
+                    for (int it = 0; it < job.sweep.iters; ++it) {
+                        const DecodeStats st = decode_step(*one, a, dopt);
+                        gath.total.push_back(st.total_s);
+                        gath.kernel.push_back(st.kernel_s);
+                        gath.combine.push_back(0);
+                        gath.read_bytes = read_bytes(*one, st);
+                    }
+                comm->barrier();
+                if (one) e = std::max(e, max_diff(ob, o, 0, s.Hq, s));
+                std::ostringstream ex;
+                ex << "  (gather " << 1e3 * gather_s << " ms, once)";
+                gath.extra = ex.str();
+                rows.push_back(gath);
+                comm->all_reduce_max(&e, 1);
+                baseline_err = e;
+            }
+            // Only rank 0 checks; every rank returns its verdict.
+            std::int64_t bad = chk.wrong + (baseline_err > check_tolerance(DType::f32) ? 1 : 0);
+            if (comm) comm->all_reduce_sum(&bad, 1);
+            if (bad) rc = 1;
+            const double triad = comm ? 0.0 : triad_bytes_per_s(nt, static_cast<double>(cache.bytes()));
+            if (!root) continue;
+            std::printf("# longattn-bench decode ranks=%d fill=%s%s placement=%s dtype=%s batch=%lld heads=%lld kv_heads=%lld "
+                        "head_dim=%lld page_tokens=%lld threads=%d cpu_isa=%s\n",
+                        s.P, dj.prefill ? "prefill/" : "synth", dj.prefill ? strategy_name(job.exec.dist.strategy) : "",
+                        kv_placement_name(dj.placement), std::string(dtype_name(s.dtype)).c_str(),
+                        static_cast<long long>(s.B), static_cast<long long>(s.Hq), static_cast<long long>(s.Hkv),
+                        static_cast<long long>(s.D), static_cast<long long>(co.page_tokens), nt, cpu_isa().c_str());
+            std::printf("# pattern %s; context %lld tokens per sequence, then %d steps of %lld new tokens (%d untimed); "
+                        "cache filled in %.1f ms\n",
+                        pat.describe().c_str(), static_cast<long long>(L), dj.steps, static_cast<long long>(s.T),
+                        job.sweep.warmup, 1e3 * fill_s);
+            std::printf("# cache on rank 0: %.1f MiB (%lld of %lld pages used, %lld tokens)\n",
+                        static_cast<double>(cache.bytes()) / (1 << 20), static_cast<long long>(cache.pages_used()),
+                        static_cast<long long>(cache.pages_total()), static_cast<long long>(cache.tokens_held()));
+            std::printf("#   %-18s %10s %9s %10s %10s %11s %12s %12s %10s\n", "method", "step_ms", "p99_ms", "kernel_ms",
+                        "comm_ms", "tokens/s", "sent_B", "recv_B", "read_GB/s");
+            for (const Row& r : rows) print_row(r, s);
+            if (!comm)
+                std::printf("# triad (STREAM, %d threads, same run): %.2f GB/s; the decode kernel read the cache at %.0f%% of it\n",
+                            nt, triad / 1e9,
+                            median(rows[0].kernel) > 0 ? 100.0 * rows[0].read_bytes / median(rows[0].kernel) / triad : 0.0);
+            if (dj.baselines && s.P > 1)
+                std::printf("# baselines against the decode step: max |diff| %.3g (%s)\n", baseline_err,
+                            baseline_err > check_tolerance(DType::f32) ? "FAILED" : "OK");
+            if (job.checks.enabled) {
+                std::printf("# Check (fp64 over the whole sequence; steps %d and %d, 2 (sequence, head) pairs, %lld values): "
+                            "max_err %.3g, wrong %lld: %s\n",
+                            job.sweep.warmup, dj.steps - 1, static_cast<long long>(chk.values), chk.max_err,
+                            static_cast<long long>(chk.wrong), chk.wrong == 0 ? "PASSED" : "FAILED");
+            }
+            std::fflush(stdout);
+        }
+    }
+    return rc;
+}
+
+}  // namespace longattn::bench
