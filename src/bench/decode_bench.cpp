@@ -325,8 +325,8 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
                     ring.combine.push_back(st.total_s - st.kernel_s);
                     ring.sent = st.bytes_sent;
                     ring.recv = st.bytes_received;
-                    ring.read_bytes = read_bytes(cache, st);
                 }
+                ring.read_bytes = rows[0].read_bytes;  // every page once per call, a chunk of heads per step
                 double e = max_diff(ob, o, h0, h1, s);
                 rows.push_back(ring);
                 comm->barrier();
@@ -363,7 +363,7 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
                         kv_placement_name(dj.placement), std::string(dtype_name(s.dtype)).c_str(),
                         static_cast<long long>(s.B), static_cast<long long>(s.Hq), static_cast<long long>(s.Hkv),
                         static_cast<long long>(s.D), static_cast<long long>(co.page_tokens), nt, cpu_isa().c_str());
-            std::printf("# pattern %s; context %lld tokens per sequence, then %d steps of %lld new tokens (%d untimed); "
+            std::printf("# pattern %s; context %lld tokens per sequence, then %d steps, %lld new tokens each (%d untimed); "
                         "cache filled in %.1f ms\n",
                         pat.describe().c_str(), static_cast<long long>(L), dj.steps, static_cast<long long>(s.T),
                         job.sweep.warmup, 1e3 * fill_s);
