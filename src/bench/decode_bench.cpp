@@ -18,12 +18,12 @@
 
 #include "bench/bench.hpp"
 #include "bench/check.hpp"
+#include "bench/inputs.hpp"
 #include "bench/memory.hpp"
 #include "comm/communicator.hpp"
 #include "kernels/attention.hpp"
 #include "longattn/cpu_isa.hpp"
 #include "longattn/kv_cache.hpp"
-#include "longattn/synth.hpp"
 
 namespace longattn::bench {
 namespace {
@@ -74,8 +74,9 @@ struct Setup {
 // synthetic sequence (the same for every sequence: they all have the same length).
 struct StepInputs {
     std::vector<std::uint16_t> q, k, v;  // as bytes of the storage type (fp32 takes two slots)
+    std::vector<std::int64_t> pos;
     TensorView qv, kv, vv;
-    void make(const Job& job, const Setup& s, std::int64_t len) {
+    void make(const Inputs& in, const Setup& s, std::int64_t len) {
         const std::size_t es = dtype_size(s.dtype) / 2;
         q.assign(static_cast<std::size_t>(s.B * s.T * s.Hq * s.D) * es, 0);
         k.assign(static_cast<std::size_t>(s.B * s.T * s.Hkv * s.D) * es, 0);
@@ -83,71 +84,13 @@ struct StepInputs {
         qv = contiguous_view(q.data(), s.dtype, s.B, s.T, s.Hq, s.D);
         kv = contiguous_view(k.data(), s.dtype, s.B, s.T, s.Hkv, s.D);
         vv = contiguous_view(v.data(), s.dtype, s.B, s.T, s.Hkv, s.D);
-        std::vector<std::int64_t> pos(static_cast<std::size_t>(s.T));
+        pos.resize(static_cast<std::size_t>(s.T));
         for (std::int64_t i = 0; i < s.T; ++i) pos[static_cast<std::size_t>(i)] = len + i;
-        fill_synth(qv, job.shape.seed, SynthTensor::q, pos.data());
-        fill_synth(kv, job.shape.seed, SynthTensor::k, pos.data());
-        fill_synth(vv, job.shape.seed, SynthTensor::v, pos.data());
+        in.fill(SynthTensor::q, qv, pos.data());
+        in.fill(SynthTensor::k, kv, pos.data());
+        in.fill(SynthTensor::v, vv, pos.data());
     }
 };
-
-// fp64 attention of sequence b's queries (head h, at positions len - T .. len - 1) over its whole
-// synthetic sequence [0, len), as stored (inputs rounded to the storage type); against o and lse.
-CheckResult check_step(const Job& job, const Setup& s, const Pattern& pat, std::int64_t len, const float* o,
-                       const float* lse, std::int64_t b, std::int64_t h) {
-    CheckResult res;
-    const std::int64_t hk = h / (s.Hq / s.Hkv), D = s.D;
-    const double scale = pat.softmax_scale(D), tol = check_tolerance(s.dtype);
-    const std::uint64_t seed = job.shape.seed;
-    std::vector<double> kd(static_cast<std::size_t>(len * D)), vd(kd.size());
-    const int nt = omp_get_max_threads();
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (std::int64_t j = 0; j < len; ++j)
-        for (std::int64_t d = 0; d < D; ++d) {
-            kd[static_cast<std::size_t>(j * D + d)] = round_to(s.dtype, synth_value(seed, SynthTensor::k, b, j, hk, d));
-            vd[static_cast<std::size_t>(j * D + d)] = round_to(s.dtype, synth_value(seed, SynthTensor::v, b, j, hk, d));
-        }
-    std::vector<double> sc(static_cast<std::size_t>(len)), acc(static_cast<std::size_t>(D));
-    for (std::int64_t i = 0; i < s.T; ++i) {
-        const std::int64_t qp = len - s.T + i;
-        std::vector<double> q(static_cast<std::size_t>(D));
-        for (std::int64_t d = 0; d < D; ++d)
-            q[static_cast<std::size_t>(d)] = round_to(s.dtype, synth_value(seed, SynthTensor::q, b, qp, h, d));
-        double mx = -std::numeric_limits<double>::infinity();
-        for (std::int64_t j = 0; j < len; ++j) {
-            double x = -std::numeric_limits<double>::infinity();
-            if (pat.allowed(qp, j)) {
-                double dot = 0;
-                for (std::int64_t d = 0; d < D; ++d) dot += q[static_cast<std::size_t>(d)] * kd[static_cast<std::size_t>(j * D + d)];
-                x = dot * scale;
-                if (pat.has_softcap()) x = pat.spec().softcap * std::tanh(x / pat.spec().softcap);
-                if (pat.has_alibi()) x -= pat.alibi_slope(h) * std::fabs(static_cast<double>(qp - j));
-            }
-            sc[static_cast<std::size_t>(j)] = x;
-            mx = std::max(mx, x);
-        }
-        std::fill(acc.begin(), acc.end(), 0.0);
-        double l = 0;
-        if (mx > -std::numeric_limits<double>::infinity())
-            for (std::int64_t j = 0; j < len; ++j) {
-                const double e = std::exp(sc[static_cast<std::size_t>(j)] - mx);
-                if (e == 0) continue;
-                l += e;
-                for (std::int64_t d = 0; d < D; ++d) acc[static_cast<std::size_t>(d)] += e * vd[static_cast<std::size_t>(j * D + d)];
-            }
-        const double ref_lse = l > 0 ? mx + std::log(l) : -std::numeric_limits<double>::infinity();
-        auto judge = [&](double got, double ref) {
-            ++res.values;
-            const double err = std::isinf(ref) && got == ref ? 0.0 : std::fabs(got - ref);
-            res.max_err = std::max(res.max_err, std::isnan(err) ? std::numeric_limits<double>::infinity() : err);
-            if (!(err <= tol * std::max(1.0, std::fabs(ref)))) ++res.wrong;
-        };
-        for (std::int64_t d = 0; d < D; ++d)
-            judge(o[((b * s.T + i) * s.Hq + h) * D + d], l > 0 ? acc[static_cast<std::size_t>(d)] / l : 0.0);
-        judge(lse[(b * s.Hq + h) * s.T + i], ref_lse);
-    }
-    return res;
-}
 
 // The rows of o every rank holds against another run's (the baselines against the decode step).
 double max_diff(const std::vector<float>& a, const std::vector<float>& b, std::int64_t h0, std::int64_t h1, const Setup& s) {
@@ -202,6 +145,7 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
     s.dtype = job.shape.dtype;
     if (!job.exec.cpu_isa.empty() && job.exec.cpu_isa != "auto") set_cpu_isa(job.exec.cpu_isa);
     const bool root = s.rank == 0;
+    const Inputs inputs(job);
     int rc = 0;
     for (std::int64_t L : job.sweep.lengths) {
         s.L = L;
@@ -251,9 +195,9 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
                 fa.v = contiguous_view(v.data(), s.dtype, s.B, n, s.Hkv, s.D);
                 fa.o = contiguous_view(o.data(), s.dtype, s.B, n, s.Hq, s.D);
                 fa.lse = lse.data();
-                fill_synth(fa.q, job.shape.seed, SynthTensor::q, pos.data());
-                fill_synth(fa.k, job.shape.seed, SynthTensor::k, pos.data());
-                fill_synth(fa.v, job.shape.seed, SynthTensor::v, pos.data());
+                inputs.fill(SynthTensor::q, fa.q, pos.data());
+                inputs.fill(SynthTensor::k, fa.k, pos.data());
+                inputs.fill(SynthTensor::v, fa.v, pos.data());
                 DistOptions dopt = job.exec.dist;
                 dopt.threads = nt;
                 Plan plan(*comm, pos.data(), pat, PlanShape{s.B, n, s.Hq, s.Hkv, s.D}, dopt);
@@ -272,7 +216,7 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
             CheckResult chk;
             for (int step = 0; step < dj.steps; ++step) {
                 const std::int64_t len = cache.length(0);
-                in.make(job, s, len);
+                in.make(inputs, s, len);
                 DecodeArgs a;
                 a.q = in.qv;
                 a.k = in.kv;
@@ -295,14 +239,20 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
                     r.recv = st.bytes_received;
                     r.read_bytes = read_bytes(cache, st);
                 }
+                // The step's queries are rows at the sequence's last positions: the bench's fp64 check of
+                // sampled query rows over the whole sequence, every sequence and head.
                 const bool sampled = step == job.sweep.warmup || step == dj.steps - 1;
-                if (job.checks.enabled && sampled && root)
-                    for (const auto& [b, h] : {std::pair<std::int64_t, std::int64_t>{0, 0}, {s.B - 1, s.Hq - 1}}) {
-                        const CheckResult c = check_step(job, s, pat, len + s.T, o.data(), lse.data(), b, h);
-                        chk.max_err = std::max(chk.max_err, c.max_err);
-                        chk.wrong += c.wrong;
-                        chk.values += c.values;
-                    }
+                if (job.checks.enabled && sampled && root) {
+                    RankRows rr;
+                    rr.pos = in.pos.data();
+                    rr.S = s.T;
+                    rr.o = contiguous_view(o.data(), DType::f32, s.B, s.T, s.Hq, s.D);
+                    rr.lse = lse.data();
+                    const CheckResult c = check_rows(job, inputs, pat, len + s.T, rr, nt);
+                    chk.max_err = std::max(chk.max_err, c.max_err);
+                    chk.wrong += c.wrong;
+                    chk.values += c.values;
+                }
             }
             // The baselines replay the last step's queries over the cache as it now stands.
             double baseline_err = 0;
@@ -381,7 +331,7 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
                 std::printf("# baselines against the decode step: max |diff| %.3g (%s)\n", baseline_err,
                             baseline_err > check_tolerance(DType::f32) ? "FAILED" : "OK");
             if (job.checks.enabled) {
-                std::printf("# Check (fp64 over the whole sequence; steps %d and %d, 2 (sequence, head) pairs, %lld values): "
+                std::printf("# Check (fp64 over the whole sequence; steps %d and %d, every sequence and head, %lld values): "
                             "max_err %.3g, wrong %lld: %s\n",
                             job.sweep.warmup, dj.steps - 1, static_cast<long long>(chk.values), chk.max_err,
                             static_cast<long long>(chk.wrong), chk.wrong == 0 ? "PASSED" : "FAILED");
