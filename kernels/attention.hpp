@@ -79,6 +79,9 @@ struct DecodeParams {
     float* o = nullptr;                    // [B, T, Hq, D] fp32, contiguous: O normalized
     float* lse = nullptr;                  // [B, Hq, T]; -inf (and O = 0) for a row with no allowed key
     int threads = 0;
+    // Optional out: the (page, kv head) blocks read, and those the pattern left out unread.
+    std::int64_t* blocks_read = nullptr;
+    std::int64_t* blocks_skipped = nullptr;
 };
 
 // Flash-Decoding on the CPU: each (sequence, kv head) splits its pages into chunks of a fixed number

@@ -154,9 +154,9 @@ struct Scratch {
           mask(static_cast<std::size_t>(c.pt)), kposf(static_cast<std::size_t>(c.pt)) {}
 };
 
-// One task: its partial (m, l, acc = O * l per row) into part.
+// One task: its partial (m, l, acc = O * l per row) into part; returns the pages it read.
 template <DType T>
-void run_task(const Call& c, const Task& t, Scratch& sc, float* part) {
+std::int64_t run_task(const Call& c, const Task& t, Scratch& sc, float* part) {
     const DecodeParams& p = *c.p;
     const Pattern& pat = *p.pattern;
     const std::int64_t R = c.R, Rp = c.Rp, D = c.D, Dp = c.Dp, pt = c.pt;
@@ -176,12 +176,14 @@ void run_task(const Call& c, const Task& t, Scratch& sc, float* part) {
     const std::int64_t* qpos = p.q_pos + t.b * c.T;
     const std::int64_t kvh = p.kv_head_offset + t.hk;
     float* S = sc.s.get();
+    std::int64_t read = 0;
     for (std::int64_t pi = t.page0; pi < t.page1; ++pi) {
         const KvPage& pg = p.pages[pi];
         const std::int64_t n = pg.fill;
         if (n == 0) continue;
         const BlockClass cls = pat.classify_positions(qpos, c.T, pg.pos, n);
         if (cls == BlockClass::empty) continue;
+        ++read;
         const char* base = static_cast<const char*>(pg.data);
         const void* kt = base + kvh * D * pt * kSize;
         const void* vv = base + (c.v_off + kvh * pt * Dp) * kSize;
@@ -240,6 +242,7 @@ void run_task(const Call& c, const Task& t, Scratch& sc, float* part) {
         for (std::int64_t r = R; r < Rp; ++r) std::fill(S + r * pt, S + r * pt + nvec * kLanes, 0.0f);
         accumulate_values<T>(c, S, vv, n, acc);
     }
+    return read;
 }
 
 // Merges the partials of (b, hk)'s tasks [t0, t1) in order into o and lse.
@@ -281,14 +284,22 @@ void decode_as(const Call& c, const std::vector<Task>& tasks, const std::vector<
     const int nt = c.p->threads > 0 ? c.p->threads : omp_get_max_threads();
     const std::int64_t ntasks = static_cast<std::int64_t>(tasks.size());
     const std::int64_t ngroups = static_cast<std::int64_t>(first.size()) - 1;
-#pragma omp parallel num_threads(nt)
+    std::int64_t read = 0;
+#pragma omp parallel num_threads(nt) reduction(+ : read)
     {
         Scratch sc(c);
 #pragma omp for schedule(dynamic, 1)
-        for (std::int64_t t = 0; t < ntasks; ++t) run_task<T>(c, tasks[static_cast<std::size_t>(t)], sc, parts + t * c.part);
+        for (std::int64_t t = 0; t < ntasks; ++t)
+            read += run_task<T>(c, tasks[static_cast<std::size_t>(t)], sc, parts + t * c.part);
 #pragma omp for schedule(static)
         for (std::int64_t g = 0; g < ngroups; ++g)
             merge_tasks(c, tasks.data(), parts, first[static_cast<std::size_t>(g)], first[static_cast<std::size_t>(g) + 1]);
+    }
+    if (c.p->blocks_read) *c.p->blocks_read += read;
+    if (c.p->blocks_skipped) {
+        std::int64_t blocks = 0;
+        for (const Task& t : tasks) blocks += t.page1 - t.page0;
+        *c.p->blocks_skipped += blocks - read;
     }
 }
 

@@ -122,12 +122,12 @@ void print_row(const Row& r, const Setup& s) {
                 r.extra.c_str());
 }
 
-// Bytes of the cache one step reads on this rank: the filled slots of the pages it did not skip.
+// Bytes of the cache one call read on this rank: its (page, kv head) blocks, K and V.
 double read_bytes(const KvCache& cache, const DecodeStats& st) {
     const KvCacheOptions& o = cache.options();
-    const double per_page = static_cast<double>(kernels::kv_page_elems(o.kv_heads, o.head_dim, o.page_tokens)) *
-                            static_cast<double>(dtype_size(o.dtype));
-    return per_page * static_cast<double>(st.pages_read);
+    const double per_block = static_cast<double>(kernels::kv_page_elems(1, o.head_dim, o.page_tokens)) *
+                             static_cast<double>(dtype_size(o.dtype));
+    return per_block * static_cast<double>(st.blocks_read);
 }
 
 }  // namespace
@@ -275,8 +275,8 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
                     ring.combine.push_back(st.total_s - st.kernel_s);
                     ring.sent = st.bytes_sent;
                     ring.recv = st.bytes_received;
+                    ring.read_bytes = read_bytes(cache, st);
                 }
-                ring.read_bytes = rows[0].read_bytes;  // every page once per call, a chunk of heads per step
                 double e = max_diff(ob, o, h0, h1, s);
                 rows.push_back(ring);
                 comm->barrier();

@@ -67,7 +67,8 @@ struct DecodeStats {
     double total_s = 0, append_s = 0, kernel_s = 0, combine_s = 0;
     std::uint64_t bytes_sent = 0;      // this rank's payload into the combine's collectives
     std::uint64_t bytes_received = 0;  // what the combine hands this rank
-    std::int64_t pages_read = 0, pages_skipped = 0;  // this rank's pages the pattern needed or left out
+    // This rank's (page, kv head) blocks the kernel read, and those the pattern left out unread.
+    std::int64_t blocks_read = 0, blocks_skipped = 0;
 };
 
 // One decode step of every sequence of the cache: T new tokens each.

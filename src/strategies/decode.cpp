@@ -461,14 +461,9 @@ void local_partial(KvCache::Impl& m, const TensorView& q, std::int64_t g0, std::
     p.o = o;
     p.lse = lse;
     p.threads = threads;
+    p.blocks_read = &st.blocks_read;
+    p.blocks_skipped = &st.blocks_skipped;
     if (g1 > g0) kernels::decode_cpu(p);
-    for (std::size_t s = 0; s + 1 < m.kbegin.size(); ++s)
-        for (std::int64_t i = m.kbegin[s]; i < m.kbegin[s + 1]; ++i) {
-            const kernels::KvPage& pg = m.kpages[static_cast<std::size_t>(i)];
-            const bool empty = a.pattern->classify_positions(m.qpos.data() + s * static_cast<std::size_t>(T), T, pg.pos,
-                                                              pg.fill) == BlockClass::empty;
-            (empty ? st.pages_skipped : st.pages_read) += 1;
-        }
 }
 
 }  // namespace

@@ -234,6 +234,34 @@ TEST(DecodeKernel, SameBitsOnRerunAndForAnyThreadCount) {
     check_case(one, pbs);
 }
 
+// A window with sinks reads only the pages in reach: position 160 with a window of 20 and 4 sinks
+// reaches pages [0, 16), [128, 144), [144, 160) and [160, 176) of the 11, for each of the 2 kv heads.
+TEST(DecodeKernel, AWindowReadsOnlyThePagesInReach) {
+    KvCacheOptions opt;
+    opt.capacity = 200;
+    opt.kv_heads = 2;
+    opt.head_dim = 16;
+    opt.page_tokens = 16;
+    KvCache cache(nullptr, opt);
+    cache.fill_synth(5, 0, 160);
+    std::vector<float> q(4 * 16, 0.5f), k(2 * 16, 0.25f), o(q.size()), lse(4);
+    PatternSpec spec;
+    spec.causal = true;
+    spec.window = Window{20, 0};
+    spec.global_first = 4;
+    const Pattern pat(spec);
+    DecodeArgs a;
+    a.q = contiguous_view(q.data(), DType::f32, 1, 1, 4, 16);
+    a.k = contiguous_view(k.data(), DType::f32, 1, 1, 2, 16);
+    a.v = a.k;
+    a.pattern = &pat;
+    a.o = o.data();
+    a.lse = lse.data();
+    const DecodeStats st = decode_step(cache, a, {});
+    EXPECT_EQ(st.blocks_read, 8);
+    EXPECT_EQ(st.blocks_skipped, 14);
+}
+
 TEST(Decode, DistributedEqualsTheWholeSequenceAtEveryRankCount) {
     DecodeCase dc;
     dc.name = "uneven batch, zigzag prefill, round-robin appends crossing pages";
