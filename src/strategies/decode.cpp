@@ -113,12 +113,28 @@ struct KvCache::Impl {
             }
         pos[static_cast<std::size_t>(id * pt + slot)] = p;
     }
-    void check_position(std::int64_t seq, std::int64_t p) const {
+    // Row i of batch entry e of k and v ([B, S, Hkv, D] views, any storage type) into the next slot of
+    // seq, at position p.
+    std::vector<float> krow, vrow;
+    void add_row(std::int64_t seq, std::int64_t p, const TensorView& k, const TensorView& v, std::int64_t e,
+                 std::int64_t i) {
+        const std::int64_t H = opt.kv_heads;
+        krow.resize(static_cast<std::size_t>(H * D));
+        vrow.resize(krow.size());
+        for (std::int64_t h = 0; h < H; ++h)
+            for (std::int64_t d = 0; d < D; ++d) {
+                krow[static_cast<std::size_t>(h * D + d)] = load_as_f32(k.data, k.dtype, k.offset(e, i, h, d));
+                vrow[static_cast<std::size_t>(h * D + d)] = load_as_f32(v.data, v.dtype, v.offset(e, i, h, d));
+            }
+        const auto [id, slot] = next_slot(seq);
+        put(id, slot, p, krow.data(), vrow.data());
+    }
+    // A position to write after position `after` (-1: none) of seq on this rank.
+    void check_position(std::int64_t seq, std::int64_t p, std::int64_t after) const {
         require(p >= 0 && p < opt.capacity, "pos", "position ", p, " of sequence ", seq, " is beyond the capacity [0, ",
                 opt.capacity, ")");
-        const std::int64_t l = last[static_cast<std::size_t>(seq)];
-        require(p > l, "pos", "positions written to a sequence must increase on each rank: position ", p,
-                " of sequence ", seq, " after ", l);
+        require(p > after, "pos", "positions written to a sequence must increase on each rank: position ", p,
+                " of sequence ", seq, " after ", after);
     }
 
     // Undo of an append: the rows appended per sequence, and the pages in use before it.
@@ -141,7 +157,7 @@ struct KvCache::Impl {
 
     // Appends k, v [B, T, Hkv, D] at each sequence's next T positions; every rank keeps its own rows.
     Undo append(const TensorView& k, const TensorView& v) {
-        const std::int64_t T = k.shape[1], H = opt.kv_heads;
+        const std::int64_t T = k.shape[1];
         Undo u;
         u.rows.assign(static_cast<std::size_t>(opt.batch), 0);
         u.last = last;
@@ -161,19 +177,12 @@ struct KvCache::Impl {
         require(used + need <= opt.pages, "kv cache", "rank ", rank, " is out of pages: this step's new tokens need ",
                 need, " pages, ", opt.pages - used, " of ", opt.pages, " are free (pages of ", pt,
                 " tokens; set more pages)");
-        std::vector<float> kr(static_cast<std::size_t>(H * D)), vr(kr.size());
         for (std::int64_t s = 0; s < opt.batch; ++s) {
             const std::int64_t l = length[static_cast<std::size_t>(s)];
             for (std::int64_t i = 0; i < T; ++i) {
                 const std::int64_t p = l + i;
                 if (owner(s, p) != rank) continue;
-                for (std::int64_t h = 0; h < H; ++h)
-                    for (std::int64_t d = 0; d < D; ++d) {
-                        kr[static_cast<std::size_t>(h * D + d)] = load_as_f32(k.data, k.dtype, k.offset(s, i, h, d));
-                        vr[static_cast<std::size_t>(h * D + d)] = load_as_f32(v.data, v.dtype, v.offset(s, i, h, d));
-                    }
-                const auto [id, slot] = next_slot(s);
-                put(id, slot, p, kr.data(), vr.data());
+                add_row(s, p, k, v, s, i);
                 last[static_cast<std::size_t>(s)] = p;
             }
             length[static_cast<std::size_t>(s)] = l + T;
@@ -274,24 +283,11 @@ void KvCache::write(std::int64_t seq, const std::int64_t* pos, std::int64_t n, c
     }
     std::int64_t prev = m.last[static_cast<std::size_t>(seq)];
     for (std::int64_t i = 0; i < n; ++i) {
-        require(pos[i] >= 0 && pos[i] < m.opt.capacity, "pos", "position ", pos[i], " of sequence ", seq,
-                " is beyond the capacity [0, ", m.opt.capacity, ")");
-        require(pos[i] > prev, "pos", "positions written to a sequence must increase on each rank: position ", pos[i],
-                " of sequence ", seq, " after ", prev);
+        m.check_position(seq, pos[i], prev);
         prev = pos[i];
     }
     m.require_room(seq, n);
-    const std::int64_t H = m.opt.kv_heads, D = m.D;
-    std::vector<float> kr(static_cast<std::size_t>(H * D)), vr(kr.size());
-    for (std::int64_t i = 0; i < n; ++i) {
-        for (std::int64_t h = 0; h < H; ++h)
-            for (std::int64_t d = 0; d < D; ++d) {
-                kr[static_cast<std::size_t>(h * D + d)] = load_as_f32(k.data, k.dtype, k.offset(entry, i, h, d));
-                vr[static_cast<std::size_t>(h * D + d)] = load_as_f32(v.data, v.dtype, v.offset(entry, i, h, d));
-            }
-        const auto [id, slot] = m.next_slot(seq);
-        m.put(id, slot, pos[i], kr.data(), vr.data());
-    }
+    for (std::int64_t i = 0; i < n; ++i) m.add_row(seq, pos[i], k, v, entry, i);
     m.last[static_cast<std::size_t>(seq)] = prev;
 }
 
@@ -312,7 +308,7 @@ void KvCache::fill_synth(std::uint64_t seed, std::int64_t seq, std::int64_t n, i
     for (std::int64_t p = from; p < n; ++p)
         if (m.owner(seq, p) == m.rank) mine.push_back(p);
     const std::int64_t cnt = static_cast<std::int64_t>(mine.size());
-    if (cnt) m.check_position(seq, mine.front());
+    if (cnt) m.check_position(seq, mine.front(), m.last[static_cast<std::size_t>(seq)]);
     m.require_room(seq, cnt);
     std::vector<std::pair<std::int64_t, std::int64_t>> slots(static_cast<std::size_t>(cnt));
     for (std::int64_t i = 0; i < cnt; ++i) slots[static_cast<std::size_t>(i)] = m.next_slot(seq);
