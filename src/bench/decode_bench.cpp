@@ -163,15 +163,12 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
         co.layout = job.exec.layout;
         // What the cache, the prefill's shards and the gathered baseline hold.
         {
-            const std::int64_t share = (s.cap + std::int64_t{s.P} * co.page_tokens - 1) / (std::int64_t{s.P} * co.page_tokens);
-            const double page = static_cast<double>(kernels::kv_page_elems(s.Hkv, s.D, co.page_tokens)) *
-                                    static_cast<double>(dtype_size(s.dtype)) +
-                                8.0 * static_cast<double>(co.page_tokens);
+            const double cache_bytes = static_cast<double>(KvCache::bytes_for(co, s.P));
             MemoryNeed need;
-            need.shards = page * static_cast<double>(s.B * (share + 2));
+            need.shards = cache_bytes;
             if (dj.prefill)
                 need.shards += static_cast<double>(s.B * (L / s.P + 1) * (2 * s.Hq + 2 * s.Hkv) * s.D * 4);
-            if (dj.baselines && root && s.P > 1) need.working = page * static_cast<double>(s.B * (share + 2) * s.P);
+            if (dj.baselines && root && s.P > 1) need.working = cache_bytes * s.P;  // the gathered copy, at most
             refuse_what_cannot_fit(job, comm, s.cap, need);
         }
         for (int threads : job.sweep.threads) {

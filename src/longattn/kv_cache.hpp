@@ -115,6 +115,8 @@ public:
     std::int64_t pages_total() const;  // on this rank
     std::int64_t tokens_held() const;  // slots filled on this rank
     std::uint64_t bytes() const;       // the pages' memory on this rank (K, V and positions)
+    // What bytes() will be for a cache of these options on `ranks` ranks, before it is made.
+    static std::uint64_t bytes_for(const KvCacheOptions& opt, int ranks);
 
     // Collective: every rank's pages copied to `root`, which gets a one-process cache of the whole
     // batch (the other ranks get null). The baseline that decodes on one rank.

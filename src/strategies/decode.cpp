@@ -51,6 +51,17 @@ struct AlignedBytes {
     AlignedBytes& operator=(const AlignedBytes&) = delete;
 };
 
+// Bytes of one page, and the pages of each rank (the default: an even share of every sequence at
+// full capacity, plus two).
+std::int64_t page_bytes_of(const KvCacheOptions& o) {
+    return kernels::kv_page_elems(o.kv_heads, o.head_dim, o.page_tokens) * static_cast<std::int64_t>(dtype_size(o.dtype));
+}
+std::int64_t pages_of(const KvCacheOptions& o, int P) {
+    if (o.pages) return o.pages;
+    const std::int64_t share = (o.capacity + std::int64_t{P} * o.page_tokens - 1) / (std::int64_t{P} * o.page_tokens);
+    return o.batch * (share + 2);
+}
+
 }  // namespace
 
 struct KvCache::Impl {
@@ -226,11 +237,8 @@ KvCache::KvCache(comm::Communicator* comm, const KvCacheOptions& opt) : impl_(st
     m.Dp = kernels::kv_padded_dim(m.D);
     m.pt = opt.page_tokens;
     m.esize = static_cast<std::int64_t>(dtype_size(opt.dtype));
-    m.page_bytes = kernels::kv_page_elems(opt.kv_heads, m.D, m.pt) * m.esize;
-    if (!m.opt.pages) {
-        const std::int64_t share = (opt.capacity + std::int64_t{m.P} * m.pt - 1) / (std::int64_t{m.P} * m.pt);
-        m.opt.pages = opt.batch * (share + 2);
-    }
+    m.page_bytes = page_bytes_of(opt);
+    m.opt.pages = pages_of(opt, m.P);
     if (opt.placement == KvPlacement::layout) m.layout = std::make_unique<Layout>(opt.layout, opt.capacity, m.P);
     m.pool = std::make_unique<AlignedBytes>(static_cast<std::size_t>(m.opt.pages * m.page_bytes));
     m.pos.assign(static_cast<std::size_t>(m.opt.pages * m.pt), 0);
@@ -261,10 +269,11 @@ std::int64_t KvCache::tokens_held() const {
     for (std::int64_t i = 0; i < impl_->used; ++i) n += impl_->fill[static_cast<std::size_t>(i)];
     return n;
 }
-std::uint64_t KvCache::bytes() const {
-    return static_cast<std::uint64_t>(impl_->opt.pages) *
-           static_cast<std::uint64_t>(impl_->page_bytes + impl_->pt * static_cast<std::int64_t>(sizeof(std::int64_t)));
+std::uint64_t KvCache::bytes_for(const KvCacheOptions& opt, int ranks) {
+    return static_cast<std::uint64_t>(pages_of(opt, ranks)) *
+           static_cast<std::uint64_t>(page_bytes_of(opt) + opt.page_tokens * static_cast<std::int64_t>(sizeof(std::int64_t)));
 }
+std::uint64_t KvCache::bytes() const { return bytes_for(impl_->opt, impl_->P); }
 
 void KvCache::write(std::int64_t seq, const std::int64_t* pos, std::int64_t n, const TensorView& k, const TensorView& v,
                     std::int64_t entry) {
