@@ -14,6 +14,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/bench.hpp"
@@ -106,11 +107,22 @@ double max_diff(const std::vector<float>& a, const std::vector<float>& b, std::i
 }
 
 struct Row {
+    explicit Row(std::string m) : method(std::move(m)) {}
     std::string method;
     std::vector<double> total, kernel, combine;
     std::uint64_t sent = 0, recv = 0;
     double read_bytes = 0;  // cache bytes this rank read per step
     std::string extra;
+    // One timed call; communication is what the call spent outside the kernel but in the combine
+    // (pass-Q: everything outside the kernel).
+    void add(const DecodeStats& st, double read) {
+        total.push_back(st.total_s);
+        kernel.push_back(st.kernel_s);
+        combine.push_back(st.combine_s > 0 ? st.combine_s : st.total_s - st.kernel_s - st.append_s);
+        sent = st.bytes_sent;
+        recv = st.bytes_received;
+        read_bytes = read;
+    }
 };
 
 void print_row(const Row& r, const Setup& s) {
@@ -207,9 +219,22 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
 
             std::vector<Row> rows;
             for (DecodeCombine c : dj.combines)
-                rows.push_back({std::string(s.P > 1 ? "decode/" : "decode") + (s.P > 1 ? decode_combine_name(c) : ""), {}, {}, {}, 0, 0, 0, ""});
+                rows.emplace_back(std::string(s.P > 1 ? "decode/" : "decode") + (s.P > 1 ? decode_combine_name(c) : ""));
+            // The baselines, alternated with the decode step: pass-Q replays each step's queries (already
+            // in the cache) right after it; the gathered cache, after the steps, alternates with replays
+            // of the last step through the decode step.
+            const bool baselines = dj.baselines && s.P > 1;
+            Row ring("pass-q"), replay("decode (replay)"), gath("gathered");
+            double baseline_err = 0;
             StepInputs in;
             std::vector<float> o(static_cast<std::size_t>(s.B * s.T * s.Hq * s.D)), lse(static_cast<std::size_t>(s.B * s.Hq * s.T));
+            std::vector<float> ob(o.size()), lb(lse.size());
+            DecodeArgs again;  // the step's queries, nothing appended
+            again.pattern = &pat;
+            again.o = ob.data();
+            again.lse = lb.data();
+            DecodeOptions dopt;
+            dopt.threads = nt;
             CheckResult chk;
             for (int step = 0; step < dj.steps; ++step) {
                 const std::int64_t len = cache.length(0);
@@ -222,19 +247,18 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
                 a.o = o.data();
                 a.lse = lse.data();
                 const std::size_t which = static_cast<std::size_t>(step) % dj.combines.size();
-                DecodeOptions dopt;
                 dopt.combine = dj.combines[which];
-                dopt.threads = nt;
                 if (comm) comm->barrier();
                 const DecodeStats st = decode_step(cache, a, dopt);
-                if (step >= job.sweep.warmup) {
-                    Row& r = rows[which];
-                    r.total.push_back(st.total_s);
-                    r.kernel.push_back(st.kernel_s);
-                    r.combine.push_back(st.combine_s);
-                    r.sent = st.bytes_sent;
-                    r.recv = st.bytes_received;
-                    r.read_bytes = read_bytes(cache, st);
+                const bool timed = step >= job.sweep.warmup;
+                if (timed) rows[which].add(st, read_bytes(cache, st));
+                if (baselines) {
+                    again.q = in.qv;
+                    std::int64_t h0 = 0, h1 = 0;
+                    comm->barrier();
+                    const DecodeStats sr = decode_pass_q(cache, again, dopt, &h0, &h1);
+                    if (timed) ring.add(sr, read_bytes(cache, sr));
+                    baseline_err = std::max(baseline_err, max_diff(ob, o, h0, h1, s));
                 }
                 // The step's queries are rows at the sequence's last positions: the bench's fp64 check of
                 // sampled query rows over the whole sequence, every sequence and head.
@@ -251,52 +275,30 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
                     chk.values += c.values;
                 }
             }
-            // The baselines replay the last step's queries over the cache as it now stands.
-            double baseline_err = 0;
-            if (dj.baselines && s.P > 1) {
-                DecodeArgs a;
-                a.q = in.qv;
-                a.pattern = &pat;
-                std::vector<float> ob(o.size()), lb(lse.size());
-                a.o = ob.data();
-                a.lse = lb.data();
-                DecodeOptions dopt;
-                dopt.threads = nt;
-                Row ring{"pass-q", {}, {}, {}, 0, 0, 0, ""};
-                std::int64_t h0 = 0, h1 = 0;
-                for (int it = 0; it < job.sweep.iters; ++it) {
-                    comm->barrier();
-                    const DecodeStats st = decode_pass_q(cache, a, dopt, &h0, &h1);
-                    ring.total.push_back(st.total_s);
-                    ring.kernel.push_back(st.kernel_s);
-                    ring.combine.push_back(st.total_s - st.kernel_s);
-                    ring.sent = st.bytes_sent;
-                    ring.recv = st.bytes_received;
-                    ring.read_bytes = read_bytes(cache, st);
-                }
-                double e = max_diff(ob, o, h0, h1, s);
+            if (baselines) {
                 rows.push_back(ring);
                 comm->barrier();
                 const auto tg = Clock::now();
-                std::unique_ptr<KvCache> one = cache.gathered(0);
+                const std::unique_ptr<KvCache> one = cache.gathered(0);
                 const double gather_s = since(tg);
-                Row gath{"gathered", {}, {}, {}, 0, 0, 0, ""};
-                if (one)
-                    for (int it = 0; it < job.sweep.iters; ++it) {
-                        const DecodeStats st = decode_step(*one, a, dopt);
-                        gath.total.push_back(st.total_s);
-                        gath.kernel.push_back(st.kernel_s);
-                        gath.combine.push_back(0);
-                        gath.read_bytes = read_bytes(*one, st);
+                dopt.combine = dj.combines[0];
+                for (int it = 0; it < job.sweep.iters; ++it) {
+                    comm->barrier();
+                    const DecodeStats sr = decode_step(cache, again, dopt);
+                    replay.add(sr, read_bytes(cache, sr));
+                    if (one) {
+                        const DecodeStats sg = decode_step(*one, again, dopt);
+                        gath.add(sg, read_bytes(*one, sg));
+                        baseline_err = std::max(baseline_err, max_diff(ob, o, 0, s.Hq, s));
                     }
+                }
                 comm->barrier();
-                if (one) e = std::max(e, max_diff(ob, o, 0, s.Hq, s));
                 std::ostringstream ex;
                 ex << "  (gather " << 1e3 * gather_s << " ms, once)";
                 gath.extra = ex.str();
+                rows.push_back(replay);
                 rows.push_back(gath);
-                comm->all_reduce_max(&e, 1);
-                baseline_err = e;
+                comm->all_reduce_max(&baseline_err, 1);
             }
             // Only rank 0 checks; every rank returns its verdict.
             std::int64_t bad = chk.wrong + (baseline_err > check_tolerance(DType::f32) ? 1 : 0);
@@ -324,9 +326,12 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
                 std::printf("# triad (STREAM, %d threads, same run): %.2f GB/s; the decode kernel read the cache at %.0f%% of it\n",
                             nt, triad / 1e9,
                             median(rows[0].kernel) > 0 ? 100.0 * rows[0].read_bytes / median(rows[0].kernel) / triad : 0.0);
-            if (dj.baselines && s.P > 1)
-                std::printf("# baselines against the decode step: max |diff| %.3g (%s)\n", baseline_err,
-                            baseline_err > check_tolerance(DType::f32) ? "FAILED" : "OK");
+            if (baselines)
+                std::printf("# baselines, alternated with the decode step: pass-q takes %.2fx the time of the steps it "
+                            "follows, the gathered cache %.2fx the replays it alternates with; max |diff| against the "
+                            "decode step %.3g (%s)\n",
+                            median(ring.total) / median(rows[0].total), median(gath.total) / median(replay.total),
+                            baseline_err, baseline_err > check_tolerance(DType::f32) ? "FAILED" : "OK");
             if (job.checks.enabled) {
                 std::printf("# Check (fp64 over the whole sequence; steps %d and %d, every sequence and head, %lld values): "
                             "max_err %.3g, wrong %lld: %s\n",
