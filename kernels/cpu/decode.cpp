@@ -74,6 +74,10 @@ inline vf load_kv(const void* base, std::int64_t i) {
 
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 
+inline void prefetch_span(const char* p, std::int64_t bytes) {
+    for (std::int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+}
+
 struct Call {
     const DecodeParams* p = nullptr;
     std::int64_t B = 0, T = 0, Hq = 0, D = 0, Dp = 0, G = 0, Hkvq = 0, pt = 0;
@@ -84,16 +88,20 @@ struct Call {
     std::int64_t part = 0;            // floats of one task's partial: m, l, acc per row
 };
 
+// A task: kv heads [hk0, hk1) of sequence b over the pages [page0, page1), chunk `chunk` of all the
+// sequences' chunks (the partials are indexed by chunk and kv head).
 struct Task {
-    std::int64_t b, hk, page0, page1;
+    std::int64_t b, chunk, page0, page1, hk0, hk1;
 };
 
 // S[r][0, C vectors) for kRowBlock rows of Q (rows of D floats) against the transposed K rows
 // (row d at kt + d * pt); s has rows of pt floats.
 template <DType T, int C>
-inline void score_tile(std::int64_t D, std::int64_t pt, const float* q, const void* kt, std::int64_t j0, float* s) {
+inline void score_tile(std::int64_t D, std::int64_t pt, const float* q, const void* kt, std::int64_t j0, float* s,
+                       const char* pf, std::int64_t pf_step) {
     vf acc[kRowBlock][C] = {};
     for (std::int64_t d = 0; d < D; ++d) {
+        if (pf) prefetch_span(pf + d * pf_step, pf_step);
         vf k[C];
         for (int c = 0; c < C; ++c) k[c] = load_kv<T>(kt, d * pt + j0 + c * kLanes);
         for (int r = 0; r < kRowBlock; ++r) {
@@ -105,25 +113,29 @@ inline void score_tile(std::int64_t D, std::int64_t pt, const float* q, const vo
         for (int c = 0; c < C; ++c) store(s + r * pt + j0 + c * kLanes, acc[r][c]);
 }
 
+// pf: the block read next (this page's V), prefetched during the first tile in steps over its D rows.
 template <DType T>
-void scores(const Call& c, const float* q, const void* kt, std::int64_t nvec, float* s) {
+void scores(const Call& c, const float* q, const void* kt, std::int64_t nvec, float* s, const char* pf, std::int64_t pf_bytes) {
+    const std::int64_t step = round_up((pf_bytes + c.D - 1) / c.D, 64);
     for (std::int64_t r0 = 0; r0 < c.Rp; r0 += kRowBlock) {
         const float* qr = q + r0 * c.D;
         float* sr = s + r0 * c.pt;
         std::int64_t j = 0;
-        for (; j + kMaxVecs <= nvec; j += kMaxVecs) score_tile<T, kMaxVecs>(c.D, c.pt, qr, kt, j * kLanes, sr);
-        for (; j < nvec; ++j) score_tile<T, 1>(c.D, c.pt, qr, kt, j * kLanes, sr);
+        for (; j + kMaxVecs <= nvec; j += kMaxVecs, pf = nullptr) score_tile<T, kMaxVecs>(c.D, c.pt, qr, kt, j * kLanes, sr, pf, step);
+        for (; j < nvec; ++j, pf = nullptr) score_tile<T, 1>(c.D, c.pt, qr, kt, j * kLanes, sr, pf, step);
     }
 }
 
 // acc[r][0, Dp) += sum over slots k < n of P[r][k] * V[k][0, Dp), for the Rp rows: kRowBlock rows by
 // kMaxVecs vectors of dims in registers, the slots streamed in order (a V row's part is contiguous).
 template <DType T, int C>
-inline void value_tile(const Call& c, const float* P, const void* v, std::int64_t n, std::int64_t dv, float* acc) {
+inline void value_tile(const Call& c, const float* P, const void* v, std::int64_t n, std::int64_t dv, float* acc,
+                       const char* pf, std::int64_t pf_step) {
     vf a[kRowBlock][C];
     for (int r = 0; r < kRowBlock; ++r)
         for (int j = 0; j < C; ++j) a[r][j] = load(acc + r * c.Dp + dv + j * kLanes);
     for (std::int64_t k = 0; k < n; ++k) {
+        if (pf) prefetch_span(pf + k * pf_step, pf_step);
         vf x[C];
         for (int j = 0; j < C; ++j) x[j] = load_kv<T>(v, k * c.Dp + dv + j * kLanes);
         for (int r = 0; r < kRowBlock; ++r) {
@@ -135,13 +147,16 @@ inline void value_tile(const Call& c, const float* P, const void* v, std::int64_
         for (int j = 0; j < C; ++j) store(acc + r * c.Dp + dv + j * kLanes, a[r][j]);
 }
 
+// pf: the block read next (the next page's K), prefetched during the first tile in steps over the slots.
 template <DType T>
-void accumulate_values(const Call& c, const float* P, const void* v, std::int64_t n, float* acc) {
+void accumulate_values(const Call& c, const float* P, const void* v, std::int64_t n, float* acc, const char* pf,
+                       std::int64_t pf_bytes) {
+    const std::int64_t step = round_up((pf_bytes + c.pt - 1) / c.pt, 64);
     for (std::int64_t r0 = 0; r0 < c.Rp; r0 += kRowBlock) {
         std::int64_t dv = 0;
-        for (; dv + kMaxVecs * kLanes <= c.Dp; dv += kMaxVecs * kLanes)
-            value_tile<T, kMaxVecs>(c, P + r0 * c.pt, v, n, dv, acc + r0 * c.Dp);
-        for (; dv < c.Dp; dv += kLanes) value_tile<T, 1>(c, P + r0 * c.pt, v, n, dv, acc + r0 * c.Dp);
+        for (; dv + kMaxVecs * kLanes <= c.Dp; dv += kMaxVecs * kLanes, pf = nullptr)
+            value_tile<T, kMaxVecs>(c, P + r0 * c.pt, v, n, dv, acc + r0 * c.Dp, pf, step);
+        for (; dv < c.Dp; dv += kLanes, pf = nullptr) value_tile<T, 1>(c, P + r0 * c.pt, v, n, dv, acc + r0 * c.Dp, pf, step);
     }
 }
 
@@ -149,32 +164,41 @@ struct Scratch {
     Buffer q, s;
     std::vector<std::uint8_t> mask;
     std::vector<float> kposf;
-    explicit Scratch(const Call& c)
-        : q(static_cast<std::size_t>(c.Rp * c.D)), s(static_cast<std::size_t>(c.Rp * c.pt)),
-          mask(static_cast<std::size_t>(c.pt)), kposf(static_cast<std::size_t>(c.pt)) {}
+    Scratch(const Call& c, std::int64_t heads)
+        : q(static_cast<std::size_t>(heads * c.Rp * c.D)), s(static_cast<std::size_t>(c.Rp * c.pt)),
+          mask(static_cast<std::size_t>(c.T * c.pt)), kposf(static_cast<std::size_t>(c.pt)) {}
 };
 
-// One task: its partial (m, l, acc = O * l per row) into part; returns the pages it read.
+// The partial of (sequence b's chunk j, kv head hk): m, l, acc = O * l per row.
+inline float* part_of(const Call& c, float* parts, std::int64_t chunk, std::int64_t hk) {
+    return parts + (chunk * c.Hkvq + hk) * c.part;
+}
+
+// One task: the partials of its kv heads over its chunk of pages; returns the (page, kv head) blocks read.
+// The pages are walked in order and each page's heads in order, the blocks read as K0 V0 K1 V1 ...; each
+// block's loop prefetches the block read after it, spread over its iterations (the hardware
+// prefetchers alone start on a block only after its first misses).
 template <DType T>
-std::int64_t run_task(const Call& c, const Task& t, Scratch& sc, float* part) {
+std::int64_t run_task(const Call& c, const Task& t, Scratch& sc, float* parts) {
     const DecodeParams& p = *c.p;
     const Pattern& pat = *p.pattern;
-    const std::int64_t R = c.R, Rp = c.Rp, D = c.D, Dp = c.Dp, pt = c.pt;
+    const std::int64_t R = c.R, Rp = c.Rp, D = c.D, Dp = c.Dp, pt = c.pt, nh = t.hk1 - t.hk0;
     constexpr std::int64_t kSize = T == DType::f32 ? 4 : 2;
-    float* m = part;
-    float* l = part + Rp;
-    float* acc = part + 2 * Rp;
-    std::fill(m, m + Rp, kNegInf);
-    std::fill(l, l + Rp, 0.0f);
-    std::fill(acc, acc + Rp * Dp, 0.0f);
-    // Rows r = g * T + i: query head hk * G + g, token i. Padding rows are zero.
+    const std::int64_t kbytes = D * pt * kSize, vbytes = pt * Dp * kSize;
+    for (std::int64_t hk = t.hk0; hk < t.hk1; ++hk) {
+        float* part = part_of(c, parts, t.chunk, hk);
+        std::fill(part, part + Rp, kNegInf);
+        std::fill(part + Rp, part + c.part, 0.0f);
+    }
+    // Rows r = g * T + i of head hk: query head hk * G + g, token i. Padding rows are zero.
     float* Q = sc.q.get();
-    std::fill(Q, Q + Rp * D, 0.0f);
-    for (std::int64_t g = 0; g < c.G; ++g)
-        for (std::int64_t i = 0; i < c.T; ++i)
-            load_row(p.q.data, p.q.dtype, p.q.offset(t.b, i, t.hk * c.G + g, 0), D, 1.0f, Q + (g * c.T + i) * D);
+    std::fill(Q, Q + nh * Rp * D, 0.0f);
+    for (std::int64_t hk = t.hk0; hk < t.hk1; ++hk)
+        for (std::int64_t g = 0; g < c.G; ++g)
+            for (std::int64_t i = 0; i < c.T; ++i)
+                load_row(p.q.data, p.q.dtype, p.q.offset(t.b, i, hk * c.G + g, 0), D, 1.0f,
+                         Q + ((hk - t.hk0) * Rp + g * c.T + i) * D);
     const std::int64_t* qpos = p.q_pos + t.b * c.T;
-    const std::int64_t kvh = p.kv_head_offset + t.hk;
     float* S = sc.s.get();
     std::int64_t read = 0;
     for (std::int64_t pi = t.page0; pi < t.page1; ++pi) {
@@ -183,85 +207,87 @@ std::int64_t run_task(const Call& c, const Task& t, Scratch& sc, float* part) {
         if (n == 0) continue;
         const BlockClass cls = pat.classify_positions(qpos, c.T, pg.pos, n);
         if (cls == BlockClass::empty) continue;
-        ++read;
-        const char* base = static_cast<const char*>(pg.data);
-        const void* kt = base + kvh * D * pt * kSize;
-        const void* vv = base + (c.v_off + kvh * pt * Dp) * kSize;
-        // The next page's K and V of this head, on their way to the cache while this one is computed:
-        // a page's slots are strided rows the hardware prefetchers would otherwise fetch on demand.
-        if (pi + 1 < t.page1) {
-            const char* nb = static_cast<const char*>(p.pages[pi + 1].data);
-            const char* nk = nb + kvh * D * pt * kSize;
-            const char* nv = nb + (c.v_off + kvh * pt * Dp) * kSize;
-            for (std::int64_t off = 0; off < D * pt * kSize; off += 64) __builtin_prefetch(nk + off, 0, 2);
-            for (std::int64_t off = 0; off < pt * Dp * kSize; off += 64) __builtin_prefetch(nv + off, 0, 2);
-        }
-        const std::int64_t nvec = (n + kLanes - 1) / kLanes;
-        scores<T>(c, Q, kt, nvec, S);
+        read += nh;
+        const bool masked = cls == BlockClass::partial;
+        if (masked)
+            for (std::int64_t i = 0; i < c.T; ++i) pat.mask_row(qpos[i], pg.pos, n, sc.mask.data() + i * pt);
         if (c.general)
             for (std::int64_t k = 0; k < n; ++k) sc.kposf[k] = static_cast<float>(pg.pos[k]);
-        for (std::int64_t i = 0; i < c.T; ++i) {
-            const bool masked = cls == BlockClass::partial;
-            if (masked) pat.mask_row(qpos[i], pg.pos, n, sc.mask.data());
-            for (std::int64_t g = 0; g < c.G; ++g) {
-                const std::int64_t r = g * c.T + i;
-                float* s = S + r * pt;
-                if (c.general) {
-                    const float slope = pat.has_alibi() ? pat.alibi_slope(p.head_offset + t.hk * c.G + g) : 0.0f;
-                    const float qp = static_cast<float>(qpos[i]);
-                    for (std::int64_t k = 0; k < n; ++k) {
-                        float x = s[k] * c.scale;
-                        if (c.softcap > 0.0f) x = c.softcap * std::tanh(x / c.softcap);
-                        if (slope != 0.0f) x -= slope * std::fabs(qp - sc.kposf[k]);
-                        s[k] = x;
+        const char* base = static_cast<const char*>(pg.data);
+        const char* next_page = pi + 1 < t.page1 ? static_cast<const char*>(p.pages[pi + 1].data) : nullptr;
+        const std::int64_t nvec = (n + kLanes - 1) / kLanes;
+        for (std::int64_t hk = t.hk0; hk < t.hk1; ++hk) {
+            const std::int64_t kvh = p.kv_head_offset + hk;
+            const char* kt = base + kvh * kbytes;
+            const char* vv = base + c.v_off * kSize + kvh * vbytes;
+            const char* next_k = hk + 1 < t.hk1 ? kt + kbytes
+                                 : next_page ? next_page + (p.kv_head_offset + t.hk0) * kbytes : nullptr;
+            float* part = part_of(c, parts, t.chunk, hk);
+            float* m = part;
+            float* l = part + Rp;
+            float* acc = part + 2 * Rp;
+            scores<T>(c, Q + (hk - t.hk0) * Rp * D, kt, nvec, S, vv, vbytes);
+            for (std::int64_t i = 0; i < c.T; ++i) {
+                const std::uint8_t* mask = sc.mask.data() + i * pt;
+                for (std::int64_t g = 0; g < c.G; ++g) {
+                    const std::int64_t r = g * c.T + i;
+                    float* s = S + r * pt;
+                    if (c.general) {
+                        const float slope = pat.has_alibi() ? pat.alibi_slope(p.head_offset + hk * c.G + g) : 0.0f;
+                        const float qp = static_cast<float>(qpos[i]);
+                        for (std::int64_t k = 0; k < n; ++k) {
+                            float x = s[k] * c.scale;
+                            if (c.softcap > 0.0f) x = c.softcap * std::tanh(x / c.softcap);
+                            if (slope != 0.0f) x -= slope * std::fabs(qp - sc.kposf[k]);
+                            s[k] = x;
+                        }
                     }
+                    if (masked)
+                        for (std::int64_t k = 0; k < n; ++k) s[k] = mask[k] ? s[k] : kNegInf;
+                    for (std::int64_t k = n; k < nvec * kLanes; ++k) s[k] = kNegInf;
+                    vf mx = splat(kNegInf);
+                    for (std::int64_t j = 0; j < nvec; ++j) mx = vmax(mx, load(s + j * kLanes));
+                    const float mnew = std::max(m[r], hmax(mx));
+                    if (mnew == kNegInf) {  // nothing allowed yet: the row's P is 0
+                        std::fill(s, s + nvec * kLanes, 0.0f);
+                        continue;
+                    }
+                    const float alpha = m[r] == kNegInf ? 0.0f : std::exp2((m[r] - mnew) * c.c2);
+                    vf sum{};
+                    for (std::int64_t j = 0; j < nvec; ++j) {
+                        const vf e = exp2v((load(s + j * kLanes) - mnew) * c.c2);
+                        store(s + j * kLanes, e);
+                        sum += e;
+                    }
+                    l[r] = l[r] * alpha + hsum(sum);
+                    m[r] = mnew;
+                    if (alpha != 1.0f)
+                        for (std::int64_t d = 0; d < Dp; d += kLanes) store(acc + r * Dp + d, load(acc + r * Dp + d) * alpha);
                 }
-                if (masked)
-                    for (std::int64_t k = 0; k < n; ++k) s[k] = sc.mask[k] ? s[k] : kNegInf;
-                for (std::int64_t k = n; k < nvec * kLanes; ++k) s[k] = kNegInf;
-                vf mx = splat(kNegInf);
-                for (std::int64_t j = 0; j < nvec; ++j) mx = vmax(mx, load(s + j * kLanes));
-                const float mnew = std::max(m[r], hmax(mx));
-                if (mnew == kNegInf) {  // nothing allowed yet: the row's P is 0
-                    std::fill(s, s + nvec * kLanes, 0.0f);
-                    continue;
-                }
-                const float alpha = m[r] == kNegInf ? 0.0f : std::exp2((m[r] - mnew) * c.c2);
-                vf sum{};
-                for (std::int64_t j = 0; j < nvec; ++j) {
-                    const vf e = exp2v((load(s + j * kLanes) - mnew) * c.c2);
-                    store(s + j * kLanes, e);
-                    sum += e;
-                }
-                l[r] = l[r] * alpha + hsum(sum);
-                m[r] = mnew;
-                if (alpha != 1.0f)
-                    for (std::int64_t d = 0; d < Dp; d += kLanes) store(acc + r * Dp + d, load(acc + r * Dp + d) * alpha);
             }
+            for (std::int64_t r = R; r < Rp; ++r) std::fill(S + r * pt, S + r * pt + nvec * kLanes, 0.0f);
+            accumulate_values<T>(c, S, vv, n, acc, next_k, kbytes);
         }
-        for (std::int64_t r = R; r < Rp; ++r) std::fill(S + r * pt, S + r * pt + nvec * kLanes, 0.0f);
-        accumulate_values<T>(c, S, vv, n, acc);
     }
     return read;
 }
 
-// Merges the partials of (b, hk)'s tasks [t0, t1) in order into o and lse.
-void merge_tasks(const Call& c, const Task* tasks, const float* parts, std::int64_t t0, std::int64_t t1) {
+// Merges the partials of (b, hk) over b's chunks [j0, j1) in order into o and lse.
+void merge_chunks(const Call& c, const float* parts, std::int64_t b, std::int64_t hk, std::int64_t j0, std::int64_t j1) {
     const DecodeParams& p = *c.p;
-    const std::int64_t b = tasks[t0].b, hk = tasks[t0].hk;
     std::vector<float> sum(static_cast<std::size_t>(c.Dp));
     for (std::int64_t g = 0; g < c.G; ++g)
         for (std::int64_t i = 0; i < c.T; ++i) {
             const std::int64_t r = g * c.T + i, h = hk * c.G + g;
             float M = kNegInf;
-            for (std::int64_t t = t0; t < t1; ++t) M = std::max(M, parts[t * c.part + r]);
+            for (std::int64_t j = j0; j < j1; ++j) M = std::max(M, parts[(j * c.Hkvq + hk) * c.part + r]);
             float* o = p.o + ((b * c.T + i) * c.Hq + h) * c.D;
             float& lse = p.lse[(b * c.Hq + h) * c.T + i];
             float l = 0.0f;
             std::fill(sum.begin(), sum.end(), 0.0f);
             if (M != kNegInf)
-                for (std::int64_t t = t0; t < t1; ++t) {
-                    const float* part = parts + t * c.part;
+                for (std::int64_t j = j0; j < j1; ++j) {
+                    const float* part = parts + (j * c.Hkvq + hk) * c.part;
                     if (part[r] == kNegInf) continue;
                     const float w = std::exp2((part[r] - M) * c.c2);
                     l += part[c.Rp + r] * w;
@@ -280,25 +306,26 @@ void merge_tasks(const Call& c, const Task* tasks, const float* parts, std::int6
 }
 
 template <DType T>
-void decode_as(const Call& c, const std::vector<Task>& tasks, const std::vector<std::int64_t>& first, float* parts) {
-    const int nt = c.p->threads > 0 ? c.p->threads : omp_get_max_threads();
+void decode_as(const Call& c, const std::vector<Task>& tasks, const std::vector<std::int64_t>& chunk0, int nt,
+               std::int64_t heads_per_task, float* parts) {
     const std::int64_t ntasks = static_cast<std::int64_t>(tasks.size());
-    const std::int64_t ngroups = static_cast<std::int64_t>(first.size()) - 1;
+    const std::int64_t nmerge = c.B * c.Hkvq;
     std::int64_t read = 0;
 #pragma omp parallel num_threads(nt) reduction(+ : read)
     {
-        Scratch sc(c);
+        Scratch sc(c, heads_per_task);
 #pragma omp for schedule(dynamic, 1)
-        for (std::int64_t t = 0; t < ntasks; ++t)
-            read += run_task<T>(c, tasks[static_cast<std::size_t>(t)], sc, parts + t * c.part);
+        for (std::int64_t t = 0; t < ntasks; ++t) read += run_task<T>(c, tasks[static_cast<std::size_t>(t)], sc, parts);
 #pragma omp for schedule(static)
-        for (std::int64_t g = 0; g < ngroups; ++g)
-            merge_tasks(c, tasks.data(), parts, first[static_cast<std::size_t>(g)], first[static_cast<std::size_t>(g) + 1]);
+        for (std::int64_t g = 0; g < nmerge; ++g) {
+            const std::int64_t b = g / c.Hkvq;
+            merge_chunks(c, parts, b, g % c.Hkvq, chunk0[static_cast<std::size_t>(b)], chunk0[static_cast<std::size_t>(b) + 1]);
+        }
     }
     if (c.p->blocks_read) *c.p->blocks_read += read;
     if (c.p->blocks_skipped) {
         std::int64_t blocks = 0;
-        for (const Task& t : tasks) blocks += t.page1 - t.page0;
+        for (const Task& t : tasks) blocks += (t.page1 - t.page0) * (t.hk1 - t.hk0);
         *c.p->blocks_skipped += blocks - read;
     }
 }
@@ -328,28 +355,33 @@ void decode(const DecodeParams& p) {
     c.c2 = c.smul * kLog2e;
     c.part = c.Rp * (2 + c.Dp);
 
-    // Tasks grouped by (b, hk): first[g] is the first task of group g. A sequence without pages still
-    // gets one (empty) task so that its rows are written.
+    // Sequence b's pages split into chunks of kChunkPages (a sequence without pages still gets one
+    // empty chunk so that its rows are written); chunk0[b] is b's first chunk. The chunks fix the bits;
+    // the kv heads of a chunk are one task, or split into groups when there are too few chunks to keep
+    // the threads busy (a head's arithmetic is the same in any group).
+    const int nt = p.threads > 0 ? p.threads : omp_get_max_threads();
+    std::vector<std::int64_t> chunk0{0};
+    for (std::int64_t b = 0; b < c.B; ++b) {
+        const std::int64_t pages = p.page_begin[b + 1] - p.page_begin[b];
+        chunk0.push_back(chunk0.back() + std::max<std::int64_t>(1, (pages + kChunkPages - 1) / kChunkPages));
+    }
+    const std::int64_t groups = std::min(c.Hkvq, std::max<std::int64_t>(1, 4 * nt / chunk0.back()));
+    const std::int64_t hpt = (c.Hkvq + groups - 1) / groups;
     std::vector<Task> tasks;
-    std::vector<std::int64_t> first;
-    for (std::int64_t b = 0; b < c.B; ++b)
-        for (std::int64_t hk = 0; hk < c.Hkvq; ++hk) {
-            first.push_back(static_cast<std::int64_t>(tasks.size()));
-            const std::int64_t a = p.page_begin[b], z = p.page_begin[b + 1];
-            std::int64_t i = a;
-            do {
-                const std::int64_t e = std::min(z, i + kChunkPages);
-                tasks.push_back({b, hk, i, e});
-                i = e;
-            } while (i < z);
+    for (std::int64_t b = 0; b < c.B; ++b) {
+        const std::int64_t a = p.page_begin[b], z = p.page_begin[b + 1];
+        for (std::int64_t j = chunk0[static_cast<std::size_t>(b)]; j < chunk0[static_cast<std::size_t>(b) + 1]; ++j) {
+            const std::int64_t page0 = a + (j - chunk0[static_cast<std::size_t>(b)]) * kChunkPages;
+            const std::int64_t page1 = std::min(z, page0 + kChunkPages);
+            for (std::int64_t h = 0; h < c.Hkvq; h += hpt) tasks.push_back({b, j, page0, page1, h, std::min(c.Hkvq, h + hpt)});
         }
-    first.push_back(static_cast<std::int64_t>(tasks.size()));
+    }
     thread_local Buffer parts;
-    float* buf = parts.reserve(static_cast<std::size_t>(static_cast<std::int64_t>(tasks.size()) * c.part));
+    float* buf = parts.reserve(static_cast<std::size_t>(chunk0.back() * c.Hkvq * c.part));
     switch (p.kv_dtype) {
-        case DType::f32: decode_as<DType::f32>(c, tasks, first, buf); break;
-        case DType::bf16: decode_as<DType::bf16>(c, tasks, first, buf); break;
-        default: decode_as<DType::f16>(c, tasks, first, buf); break;
+        case DType::f32: decode_as<DType::f32>(c, tasks, chunk0, nt, hpt, buf); break;
+        case DType::bf16: decode_as<DType::bf16>(c, tasks, chunk0, nt, hpt, buf); break;
+        default: decode_as<DType::f16>(c, tasks, chunk0, nt, hpt, buf); break;
     }
 }
 

@@ -9,6 +9,8 @@
 #include <new>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "comm/communicator.hpp"
 #include "kernels/attention.hpp"
 #include "longattn/error.hpp"
@@ -39,16 +41,25 @@ using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-struct AlignedBytes {
+// The page pool: mapped anonymous memory, asked for transparent huge pages where the kernel gives
+// them on request (a cache far larger than the TLB's reach, read as a stream each step).
+struct PagePool {
     unsigned char* p = nullptr;
-    explicit AlignedBytes(std::size_t n) {
-        if (n) p = static_cast<unsigned char*>(::operator new(n, std::align_val_t{64}));
+    std::size_t n = 0;
+    explicit PagePool(std::size_t bytes) : n(bytes) {
+        if (!n) return;
+        void* m = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+        ::madvise(m, n, MADV_HUGEPAGE);  // advice only: without it the pages stay 4 KiB
+#endif
+        p = static_cast<unsigned char*>(m);
     }
-    ~AlignedBytes() {
-        if (p) ::operator delete(p, std::align_val_t{64});
+    ~PagePool() {
+        if (p) ::munmap(p, n);
     }
-    AlignedBytes(const AlignedBytes&) = delete;
-    AlignedBytes& operator=(const AlignedBytes&) = delete;
+    PagePool(const PagePool&) = delete;
+    PagePool& operator=(const PagePool&) = delete;
 };
 
 // Bytes of one page, and the pages of each rank (the default: an even share of every sequence at
@@ -70,7 +81,7 @@ struct KvCache::Impl {
     KvCacheOptions opt;
     std::int64_t D = 0, Dp = 0, pt = 0, esize = 0, page_bytes = 0;
     std::unique_ptr<Layout> layout;       // placement = layout
-    std::unique_ptr<AlignedBytes> pool;   // pages
+    std::unique_ptr<PagePool> pool;   // pages
     std::vector<std::int64_t> pos;        // [pages * pt]
     std::vector<std::int64_t> fill;       // [pages]
     std::vector<std::vector<std::int64_t>> table;  // per sequence: its pages on this rank, in order
@@ -240,7 +251,7 @@ KvCache::KvCache(comm::Communicator* comm, const KvCacheOptions& opt) : impl_(st
     m.page_bytes = page_bytes_of(opt);
     m.opt.pages = pages_of(opt, m.P);
     if (opt.placement == KvPlacement::layout) m.layout = std::make_unique<Layout>(opt.layout, opt.capacity, m.P);
-    m.pool = std::make_unique<AlignedBytes>(static_cast<std::size_t>(m.opt.pages * m.page_bytes));
+    m.pool = std::make_unique<PagePool>(static_cast<std::size_t>(m.opt.pages * m.page_bytes));
     m.pos.assign(static_cast<std::size_t>(m.opt.pages * m.pt), 0);
     m.fill.assign(static_cast<std::size_t>(m.opt.pages), 0);
     m.table.resize(static_cast<std::size_t>(opt.batch));
