@@ -81,7 +81,7 @@ inline void prefetch_span(const char* p, std::int64_t bytes) {
 struct Call {
     const DecodeParams* p = nullptr;
     std::int64_t B = 0, T = 0, Hq = 0, D = 0, Dp = 0, G = 0, Hkvq = 0, pt = 0;
-    std::int64_t R = 0, Rp = 0;       // query rows per (sequence, kv head), padded to kRowBlock
+    std::int64_t R = 0;               // query rows per (sequence, kv head)
     std::int64_t v_off = 0;           // elements from a page's start to its V
     float scale = 1.0f, smul = 1.0f, c2 = kLog2e, softcap = 0.0f;
     bool general = false;             // softcap or ALiBi: scores turned natural before the softmax
@@ -94,70 +94,102 @@ struct Task {
     std::int64_t b, chunk, page0, page1, hk0, hk1;
 };
 
-// S[r][0, C vectors) for kRowBlock rows of Q (rows of D floats) against the transposed K rows
-// (row d at kt + d * pt); s has rows of pt floats.
-template <DType T, int C>
+// Independent accumulator sets of a tile: RB = kRowBlock rows give RB * C FMA chains, enough to hide
+// the FMA latency; a single row splits its sum over sets instead (added together at the end).
+template <int C, int RB>
+constexpr int kSets = RB > 1 ? 1 : (8 / C > 1 ? 8 / C : 1);
+
+// S[r][0, C vectors) for RB rows of Q (rows of D floats) against the transposed K rows (row d at
+// kt + d * pt); s has rows of pt floats.
+template <DType T, int C, int RB>
 inline void score_tile(std::int64_t D, std::int64_t pt, const float* q, const void* kt, std::int64_t j0, float* s,
                        const char* pf, std::int64_t pf_step) {
-    vf acc[kRowBlock][C] = {};
-    for (std::int64_t d = 0; d < D; ++d) {
+    constexpr int NS = kSets<C, RB>;
+    vf acc[NS][RB][C] = {};
+    const auto step = [&](int u, std::int64_t d) {
         if (pf) prefetch_span(pf + d * pf_step, pf_step);
         vf k[C];
         for (int c = 0; c < C; ++c) k[c] = load_kv<T>(kt, d * pt + j0 + c * kLanes);
-        for (int r = 0; r < kRowBlock; ++r) {
+        for (int r = 0; r < RB; ++r) {
             const float x = q[r * D + d];
-            for (int c = 0; c < C; ++c) acc[r][c] += x * k[c];
+            for (int c = 0; c < C; ++c) acc[u][r][c] += x * k[c];
         }
-    }
-    for (int r = 0; r < kRowBlock; ++r)
-        for (int c = 0; c < C; ++c) store(s + r * pt + j0 + c * kLanes, acc[r][c]);
+    };
+    std::int64_t d = 0;
+    for (; d + NS <= D; d += NS)
+#pragma GCC unroll 8
+        for (int u = 0; u < NS; ++u) step(u, d + u);
+    for (; d < D; ++d) step(0, d);
+    for (int u = 1; u < NS; ++u)
+        for (int r = 0; r < RB; ++r)
+            for (int c = 0; c < C; ++c) acc[0][r][c] += acc[u][r][c];
+    for (int r = 0; r < RB; ++r)
+        for (int c = 0; c < C; ++c) store(s + r * pt + j0 + c * kLanes, acc[0][r][c]);
 }
 
-// pf: the block read next (this page's V), prefetched during the first tile in steps over its D rows.
+template <DType T, int RB>
+void score_rows(const Call& c, const float* q, const void* kt, std::int64_t nvec, float* s, const char*& pf, std::int64_t step) {
+    std::int64_t j = 0;
+    for (; j + kMaxVecs <= nvec; j += kMaxVecs, pf = nullptr) score_tile<T, kMaxVecs, RB>(c.D, c.pt, q, kt, j * kLanes, s, pf, step);
+    for (; j < nvec; ++j, pf = nullptr) score_tile<T, 1, RB>(c.D, c.pt, q, kt, j * kLanes, s, pf, step);
+}
+
+// The R rows in blocks of kRowBlock, then one by one. pf: the block read next (this page's V),
+// prefetched during the first tile in steps over its D rows.
 template <DType T>
 void scores(const Call& c, const float* q, const void* kt, std::int64_t nvec, float* s, const char* pf, std::int64_t pf_bytes) {
     const std::int64_t step = round_up((pf_bytes + c.D - 1) / c.D, 64);
-    for (std::int64_t r0 = 0; r0 < c.Rp; r0 += kRowBlock) {
-        const float* qr = q + r0 * c.D;
-        float* sr = s + r0 * c.pt;
-        std::int64_t j = 0;
-        for (; j + kMaxVecs <= nvec; j += kMaxVecs, pf = nullptr) score_tile<T, kMaxVecs>(c.D, c.pt, qr, kt, j * kLanes, sr, pf, step);
-        for (; j < nvec; ++j, pf = nullptr) score_tile<T, 1>(c.D, c.pt, qr, kt, j * kLanes, sr, pf, step);
-    }
+    std::int64_t r0 = 0;
+    for (; r0 + kRowBlock <= c.R; r0 += kRowBlock) score_rows<T, kRowBlock>(c, q + r0 * c.D, kt, nvec, s + r0 * c.pt, pf, step);
+    for (; r0 < c.R; ++r0) score_rows<T, 1>(c, q + r0 * c.D, kt, nvec, s + r0 * c.pt, pf, step);
 }
 
-// acc[r][0, Dp) += sum over slots k < n of P[r][k] * V[k][0, Dp), for the Rp rows: kRowBlock rows by
-// kMaxVecs vectors of dims in registers, the slots streamed in order (a V row's part is contiguous).
-template <DType T, int C>
+// acc[r][0, Dp) += sum over slots k < n of P[r][k] * V[k][0, Dp) for RB rows, by C vectors of dims in
+// registers, the slots streamed in order (a V row's part is contiguous).
+template <DType T, int C, int RB>
 inline void value_tile(const Call& c, const float* P, const void* v, std::int64_t n, std::int64_t dv, float* acc,
                        const char* pf, std::int64_t pf_step) {
-    vf a[kRowBlock][C];
-    for (int r = 0; r < kRowBlock; ++r)
-        for (int j = 0; j < C; ++j) a[r][j] = load(acc + r * c.Dp + dv + j * kLanes);
-    for (std::int64_t k = 0; k < n; ++k) {
+    constexpr int NS = kSets<C, RB>;
+    vf a[NS][RB][C] = {};
+    for (int r = 0; r < RB; ++r)
+        for (int j = 0; j < C; ++j) a[0][r][j] = load(acc + r * c.Dp + dv + j * kLanes);
+    const auto step = [&](int u, std::int64_t k) {
         if (pf) prefetch_span(pf + k * pf_step, pf_step);
         vf x[C];
         for (int j = 0; j < C; ++j) x[j] = load_kv<T>(v, k * c.Dp + dv + j * kLanes);
-        for (int r = 0; r < kRowBlock; ++r) {
+        for (int r = 0; r < RB; ++r) {
             const float pr = P[r * c.pt + k];
-            for (int j = 0; j < C; ++j) a[r][j] += pr * x[j];
+            for (int j = 0; j < C; ++j) a[u][r][j] += pr * x[j];
         }
-    }
-    for (int r = 0; r < kRowBlock; ++r)
-        for (int j = 0; j < C; ++j) store(acc + r * c.Dp + dv + j * kLanes, a[r][j]);
+    };
+    std::int64_t k = 0;
+    for (; k + NS <= n; k += NS)
+#pragma GCC unroll 8
+        for (int u = 0; u < NS; ++u) step(u, k + u);
+    for (; k < n; ++k) step(0, k);
+    for (int u = 1; u < NS; ++u)
+        for (int r = 0; r < RB; ++r)
+            for (int j = 0; j < C; ++j) a[0][r][j] += a[u][r][j];
+    for (int r = 0; r < RB; ++r)
+        for (int j = 0; j < C; ++j) store(acc + r * c.Dp + dv + j * kLanes, a[0][r][j]);
 }
 
-// pf: the block read next (the next page's K), prefetched during the first tile in steps over the slots.
+template <DType T, int RB>
+void value_rows(const Call& c, const float* P, const void* v, std::int64_t n, float* acc, const char*& pf, std::int64_t step) {
+    std::int64_t dv = 0;
+    for (; dv + kMaxVecs * kLanes <= c.Dp; dv += kMaxVecs * kLanes, pf = nullptr) value_tile<T, kMaxVecs, RB>(c, P, v, n, dv, acc, pf, step);
+    for (; dv < c.Dp; dv += kLanes, pf = nullptr) value_tile<T, 1, RB>(c, P, v, n, dv, acc, pf, step);
+}
+
+// The R rows as the scores take them. pf: the block read next (the next K), prefetched during the
+// first tile in steps over the slots.
 template <DType T>
 void accumulate_values(const Call& c, const float* P, const void* v, std::int64_t n, float* acc, const char* pf,
                        std::int64_t pf_bytes) {
     const std::int64_t step = round_up((pf_bytes + c.pt - 1) / c.pt, 64);
-    for (std::int64_t r0 = 0; r0 < c.Rp; r0 += kRowBlock) {
-        std::int64_t dv = 0;
-        for (; dv + kMaxVecs * kLanes <= c.Dp; dv += kMaxVecs * kLanes, pf = nullptr)
-            value_tile<T, kMaxVecs>(c, P + r0 * c.pt, v, n, dv, acc + r0 * c.Dp, pf, step);
-        for (; dv < c.Dp; dv += kLanes, pf = nullptr) value_tile<T, 1>(c, P + r0 * c.pt, v, n, dv, acc + r0 * c.Dp, pf, step);
-    }
+    std::int64_t r0 = 0;
+    for (; r0 + kRowBlock <= c.R; r0 += kRowBlock) value_rows<T, kRowBlock>(c, P + r0 * c.pt, v, n, acc + r0 * c.Dp, pf, step);
+    for (; r0 < c.R; ++r0) value_rows<T, 1>(c, P + r0 * c.pt, v, n, acc + r0 * c.Dp, pf, step);
 }
 
 struct Scratch {
@@ -165,7 +197,7 @@ struct Scratch {
     std::vector<std::uint8_t> mask;
     std::vector<float> kposf;
     Scratch(const Call& c, std::int64_t heads)
-        : q(static_cast<std::size_t>(heads * c.Rp * c.D)), s(static_cast<std::size_t>(c.Rp * c.pt)),
+        : q(static_cast<std::size_t>(heads * c.R * c.D)), s(static_cast<std::size_t>(c.R * c.pt)),
           mask(static_cast<std::size_t>(c.T * c.pt)), kposf(static_cast<std::size_t>(c.pt)) {}
 };
 
@@ -182,22 +214,21 @@ template <DType T>
 std::int64_t run_task(const Call& c, const Task& t, Scratch& sc, float* parts) {
     const DecodeParams& p = *c.p;
     const Pattern& pat = *p.pattern;
-    const std::int64_t R = c.R, Rp = c.Rp, D = c.D, Dp = c.Dp, pt = c.pt, nh = t.hk1 - t.hk0;
+    const std::int64_t R = c.R, D = c.D, Dp = c.Dp, pt = c.pt, nh = t.hk1 - t.hk0;
     constexpr std::int64_t kSize = T == DType::f32 ? 4 : 2;
     const std::int64_t kbytes = D * pt * kSize, vbytes = pt * Dp * kSize;
     for (std::int64_t hk = t.hk0; hk < t.hk1; ++hk) {
         float* part = part_of(c, parts, t.chunk, hk);
-        std::fill(part, part + Rp, kNegInf);
-        std::fill(part + Rp, part + c.part, 0.0f);
+        std::fill(part, part + R, kNegInf);
+        std::fill(part + R, part + c.part, 0.0f);
     }
-    // Rows r = g * T + i of head hk: query head hk * G + g, token i. Padding rows are zero.
+    // Rows r = g * T + i of head hk: query head hk * G + g, token i.
     float* Q = sc.q.get();
-    std::fill(Q, Q + nh * Rp * D, 0.0f);
     for (std::int64_t hk = t.hk0; hk < t.hk1; ++hk)
         for (std::int64_t g = 0; g < c.G; ++g)
             for (std::int64_t i = 0; i < c.T; ++i)
                 load_row(p.q.data, p.q.dtype, p.q.offset(t.b, i, hk * c.G + g, 0), D, 1.0f,
-                         Q + ((hk - t.hk0) * Rp + g * c.T + i) * D);
+                         Q + ((hk - t.hk0) * R + g * c.T + i) * D);
     const std::int64_t* qpos = p.q_pos + t.b * c.T;
     float* S = sc.s.get();
     std::int64_t read = 0;
@@ -224,9 +255,9 @@ std::int64_t run_task(const Call& c, const Task& t, Scratch& sc, float* parts) {
                                  : next_page ? next_page + (p.kv_head_offset + t.hk0) * kbytes : nullptr;
             float* part = part_of(c, parts, t.chunk, hk);
             float* m = part;
-            float* l = part + Rp;
-            float* acc = part + 2 * Rp;
-            scores<T>(c, Q + (hk - t.hk0) * Rp * D, kt, nvec, S, vv, vbytes);
+            float* l = part + R;
+            float* acc = part + 2 * R;
+            scores<T>(c, Q + (hk - t.hk0) * R * D, kt, nvec, S, vv, vbytes);
             for (std::int64_t i = 0; i < c.T; ++i) {
                 const std::uint8_t* mask = sc.mask.data() + i * pt;
                 for (std::int64_t g = 0; g < c.G; ++g) {
@@ -265,7 +296,6 @@ std::int64_t run_task(const Call& c, const Task& t, Scratch& sc, float* parts) {
                         for (std::int64_t d = 0; d < Dp; d += kLanes) store(acc + r * Dp + d, load(acc + r * Dp + d) * alpha);
                 }
             }
-            for (std::int64_t r = R; r < Rp; ++r) std::fill(S + r * pt, S + r * pt + nvec * kLanes, 0.0f);
             accumulate_values<T>(c, S, vv, n, acc, next_k, kbytes);
         }
     }
@@ -290,8 +320,8 @@ void merge_chunks(const Call& c, const float* parts, std::int64_t b, std::int64_
                     const float* part = parts + (j * c.Hkvq + hk) * c.part;
                     if (part[r] == kNegInf) continue;
                     const float w = std::exp2((part[r] - M) * c.c2);
-                    l += part[c.Rp + r] * w;
-                    const float* a = part + 2 * c.Rp + r * c.Dp;
+                    l += part[c.R + r] * w;
+                    const float* a = part + 2 * c.R + r * c.Dp;
                     for (std::int64_t d = 0; d < c.D; ++d) sum[static_cast<std::size_t>(d)] += a[d] * w;
                 }
             if (!(l > 0.0f)) {
@@ -345,7 +375,6 @@ void decode(const DecodeParams& p) {
     c.G = c.Hq / c.Hkvq;
     c.pt = p.page_tokens;
     c.R = c.G * c.T;
-    c.Rp = round_up(c.R, kRowBlock);
     c.v_off = p.kv_heads * c.D * c.pt;
     const Pattern& pat = *p.pattern;
     c.general = pat.has_softcap() || pat.has_alibi();
@@ -353,7 +382,7 @@ void decode(const DecodeParams& p) {
     c.scale = pat.softmax_scale(c.D);
     c.smul = c.general ? 1.0f : c.scale;
     c.c2 = c.smul * kLog2e;
-    c.part = c.Rp * (2 + c.Dp);
+    c.part = c.R * (2 + c.Dp);
 
     // Sequence b's pages split into chunks of kChunkPages (a sequence without pages still gets one
     // empty chunk so that its rows are written); chunk0[b] is b's first chunk. The chunks fix the bits;

@@ -236,6 +236,9 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
             DecodeOptions dopt;
             dopt.threads = nt;
             CheckResult chk;
+            // One process: the triad before and after the steps, the better of the two (a neighbour's
+            // load on a shared machine lowers one of them, never raises it).
+            double triad = comm ? 0.0 : triad_bytes_per_s(nt, static_cast<double>(cache.bytes()));
             for (int step = 0; step < dj.steps; ++step) {
                 const std::int64_t len = cache.length(0);
                 in.make(inputs, s, len);
@@ -304,7 +307,7 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
             std::int64_t bad = chk.wrong + (baseline_err > check_tolerance(DType::f32) ? 1 : 0);
             if (comm) comm->all_reduce_sum(&bad, 1);
             if (bad) rc = 1;
-            const double triad = comm ? 0.0 : triad_bytes_per_s(nt, static_cast<double>(cache.bytes()));
+            if (!comm) triad = std::max(triad, triad_bytes_per_s(nt, static_cast<double>(cache.bytes())));
             if (!root) continue;
             std::printf("# longattn-bench decode ranks=%d fill=%s%s placement=%s dtype=%s batch=%lld heads=%lld kv_heads=%lld "
                         "head_dim=%lld page_tokens=%lld threads=%d cpu_isa=%s\n",
