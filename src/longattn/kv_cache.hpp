@@ -131,9 +131,13 @@ private:
 
 // Collective over the cache's communicator: appends (when args.k is set), attends each rank's pages,
 // combines. o and lse are the attention of the new queries over each whole sequence, on every rank.
-// Bad arguments, a position beyond the capacity or a rank out of pages throw on every rank, and leave
-// the cache as it was.
+// Bad arguments (on any rank, or shapes that differ between ranks), a position beyond the capacity or a
+// rank out of pages throw on every rank, and leave the cache as it was.
 DecodeStats decode_step(KvCache& cache, const DecodeArgs& args, const DecodeOptions& opt = {});
+
+// Collective, in place of a decode_step on a rank whose caller could not make the step's arguments
+// (a binding's conversion failed): every rank's decode_step throws, this rank's with `why`.
+[[noreturn]] void decode_refuse(KvCache& cache, const std::string& why);
 
 // The pass-Q baseline (no append): query heads are dealt to the ranks by kv head; each rank's heads
 // travel round the ring with their running (O, LSE), each rank adding its pages, and come home. o and

@@ -482,7 +482,35 @@ void local_partial(KvCache::Impl& m, const TensorView& q, std::int64_t g0, std::
     if (g1 > g0) kernels::decode_cpu(p);
 }
 
+// Collective: every rank's verdict on its own arguments (err: why it refuses), its new tokens per
+// sequence, query heads and whether it appends, agreed in one small all-reduce before anything is
+// written: a refusal, or shapes that differ between ranks (the combine's sizes follow from them), throw
+// on every rank.
+void agree_step(KvCache::Impl& m, const DecodeArgs& a, bool appending, const std::string& err) {
+    if (m.P > 1) {
+        const bool ok = err.empty();
+        const double T = ok ? static_cast<double>(a.q.shape[1]) : 0.0, H = ok ? static_cast<double>(a.q.shape[2]) : 0.0;
+        const double ap = appending ? 1.0 : 0.0;
+        double v[7] = {ok ? 0.0 : 1.0 + m.rank, T, -T, H, -H, ap, -ap};
+        m.comm->note_step("decode agreement", 0);
+        m.comm->all_reduce_max(v, 7);
+        if (ok && v[0] != 0.0)
+            throw Error("decode: rank " + std::to_string(static_cast<int>(v[0]) - 1) + " refused the step (see its message)");
+        if (ok)
+            require(v[1] == -v[2] && v[3] == -v[4] && v[5] == -v[6], "q",
+                    "the new tokens (shape[1]), the query heads (shape[2]) and whether k and v are given must be the "
+                    "same on every rank; the ranks hold ", -v[2], " to ", v[1], " tokens and ", -v[4], " to ", v[3],
+                    " heads", v[5] != -v[6] ? ", and some append while others do not" : "");
+    }
+    if (!err.empty()) throw Error(err);
+}
+
 }  // namespace
+
+void decode_refuse(KvCache& cache, const std::string& why) {
+    agree_step(cache.impl(), DecodeArgs{}, false, why.empty() ? std::string("decode: refused") : why);
+    throw Error(why);  // agree_step has thrown already
+}
 
 DecodeStats decode_step(KvCache& cache, const DecodeArgs& a, const DecodeOptions& opt) {
     KvCache::Impl& m = cache.impl();
@@ -502,6 +530,11 @@ DecodeStats decode_step(KvCache& cache, const DecodeArgs& a, const DecodeOptions
     try {
         require(opt.threads >= 0, "threads", "must be >= 0 (0 = all), got ", opt.threads);
         check_args(m, a, appending);
+    } catch (const Error& e) {
+        err = e.what();
+    }
+    agree_step(m, a, appending, err);
+    try {
         const auto ta = Clock::now();
         if (appending) {
             undo = m.append(a.k, a.v);

@@ -1,6 +1,7 @@
 // The paged KV cache and the decode step (longattn/kv_cache.hpp, kernels::decode_cpu): every step's O
 // and LSE against the fp64 reference of attention over the whole sequence (FlashAttention's rule), on
 // one process and on 2-8 threaded ranks of the in-process communicator.
+#include <algorithm>
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -443,6 +444,22 @@ TEST(Decode, BadInputIsAClearErrorOnEveryRankAndLeavesTheCacheAsItWas) {
         EXPECT_EQ(cache.tokens_held(), 32);
         refused("capacity", 17, 4);  // 64 + 17 > 80
         EXPECT_EQ(cache.length(0), 64);
+        // Query heads that differ between the ranks (each valid alone), then a bad head count on rank 0 only.
+        refused("differ", 1, comm.rank() == 0 ? 4 : 2);
+        refused("one rank", 1, comm.rank() == 0 ? 3 : 4);
+        // A caller whose arguments failed on rank 1 before the step (as a binding's conversion can).
+        if (comm.rank() == 1) {
+            try {
+                decode_refuse(cache, "q: not a tensor");
+            } catch (const Error& e) {
+                const std::lock_guard<std::mutex> lock(mu);
+                msgs.push_back(std::string("refuse: rank 1: ") + e.what());
+            }
+        } else {
+            refused("refuse", 1, 4);
+        }
+        EXPECT_EQ(cache.length(0), 64);
+        EXPECT_EQ(cache.tokens_held(), 32);
     });
     bool heads = false, pages = false, capacity = false;
     for (const std::string& m : msgs) {
@@ -450,8 +467,18 @@ TEST(Decode, BadInputIsAClearErrorOnEveryRankAndLeavesTheCacheAsItWas) {
         pages |= m.find("out of pages") != std::string::npos;
         capacity |= m.find("do not fit") != std::string::npos;
     }
-    EXPECT_EQ(msgs.size(), 6u);
+    const auto count = [&](const std::string& what) {
+        return std::count_if(msgs.begin(), msgs.end(), [&](const std::string& m) { return m.find(what) != std::string::npos; });
+    };
+    EXPECT_EQ(msgs.size(), 12u);
     EXPECT_TRUE(heads && pages && capacity) << ::testing::PrintToString(msgs);
+    EXPECT_EQ(count("differ: rank"), 2) << ::testing::PrintToString(msgs);
+    EXPECT_EQ(count("must be the same on every rank; the ranks hold 1 to 1 tokens and 2 to 4 heads"), 2)
+        << ::testing::PrintToString(msgs);
+    EXPECT_EQ(count("one rank: rank 0: q.shape[2]: query heads (3)"), 1) << ::testing::PrintToString(msgs);
+    EXPECT_EQ(count("one rank: rank 1: decode: rank 0 refused the step"), 1) << ::testing::PrintToString(msgs);
+    EXPECT_EQ(count("refuse: rank 1: q: not a tensor"), 1) << ::testing::PrintToString(msgs);
+    EXPECT_EQ(count("refuse: rank 0: decode: rank 1 refused the step"), 1) << ::testing::PrintToString(msgs);
 }
 
 }  // namespace
