@@ -12,6 +12,7 @@
 #include "comm/self_communicator.hpp"
 #include "kernels/backend.hpp"
 #include "longattn/cpu_isa.hpp"
+#include "longattn/kv_cache.hpp"
 #include "longattn/layout.hpp"
 
 namespace {
@@ -100,17 +101,17 @@ Pattern pattern_of(const la_pattern* p) {
     return Pattern(std::move(s));
 }
 
-// Every rank learns of this rank's refusal (and throws); a build that lacks what was asked stays
-// LA_ERR_UNSUPPORTED.
-[[noreturn]] void agree_on_refusal(la_context& ctx, const Error& e) {
+// Every rank learns of this rank's refusal through `refuse` (a collective that throws on every rank);
+// a build that lacks what was asked stays LA_ERR_UNSUPPORTED.
+[[noreturn]] void agree_on_refusal(const Error& e, const std::function<void(const std::string&)>& refuse) {
     const bool unsupported = dynamic_cast<const la::Unsupported*>(&e) != nullptr;
     try {
-        ctx.ctx->refuse(e.what());
+        refuse(e.what());
     } catch (const Error& agreed) {
         if (unsupported) throw la::Unsupported(agreed.what());
         throw;
     }
-    throw Error(e.what());  // refuse() always throws
+    throw Error(e.what());  // refuse always throws
 }
 
 // A forward or backward call: this rank's arguments are read first (read fills args from the DLPack
@@ -126,14 +127,32 @@ la_status run_call(la_context* ctx, const la_pattern* pattern, const int64_t* po
             pat.emplace(pattern_of(pattern));
             read(a);
         } catch (const Error& e) {
-            agree_on_refusal(*ctx, e);
+            agree_on_refusal(e, [&](const std::string& why) { ctx->ctx->refuse(why); });
         }
         a.pos = pos, a.pattern = &*pat;
         (ctx->ctx.get()->*call)(a, nullptr);
     });
 }
 
+// o [B, T, Hq, D] float32 compact, of exactly `shape`.
+float* compact_f32(const DLTensor* t, const char* name, const std::int64_t (&shape)[4]) {
+    const TensorView v = view_of(t, name);
+    require(v.dtype == DType::f32, name, "must be float32");
+    std::int64_t stride = 1;
+    for (int i = 3; i >= 0; --i) {
+        require(v.shape[static_cast<std::size_t>(i)] == shape[i], name, "must be [", shape[0], ", ", shape[1], ", ",
+                shape[2], ", ", shape[3], "] like q, got shape[", i, "] = ", v.shape[static_cast<std::size_t>(i)]);
+        require(v.shape[static_cast<std::size_t>(i)] <= 1 || v.stride[static_cast<std::size_t>(i)] == stride, name, "must be compact");
+        stride *= shape[i];
+    }
+    return static_cast<float*>(v.data);
+}
+
 }  // namespace
+
+struct la_kv_cache {
+    std::unique_ptr<longattn::KvCache> cache;
+};
 
 namespace la {
 
@@ -295,6 +314,101 @@ la_status la_backward(la_context* ctx, const la_pattern* pattern, const int64_t*
         a.lse = lse_of(lse, "lse");
         a.dq = view_of(dq, "dq"), a.dk = view_of(dk, "dk"), a.dv = view_of(dv, "dv");
         a.accumulate = accumulate != 0;
+    });
+}
+
+void la_kv_cache_options_default(la_kv_cache_options* opt) {
+    if (opt == nullptr) return;
+    *opt = la_kv_cache_options{1, 0, 1, 64, DLDataType{kDLBfloat, 16, 1}, 64, LA_KV_ROUND_ROBIN, LA_ZIGZAG, 0};
+}
+
+la_status la_kv_cache_create(la_context* ctx, const la_kv_cache_options* opt, la_kv_cache** out) {
+    return la::guard([&] {
+        require(ctx != nullptr, "ctx", "is NULL");
+        require(out != nullptr, "out", "is NULL");
+        la_kv_cache_options d;
+        la_kv_cache_options_default(&d);
+        const la_kv_cache_options& o = opt ? *opt : d;
+        require(o.placement == LA_KV_ROUND_ROBIN || o.placement == LA_KV_LAYOUT, "placement",
+                "must be LA_KV_ROUND_ROBIN or LA_KV_LAYOUT, got ", int(o.placement));
+        require(o.layout >= LA_CONTIGUOUS && o.layout <= LA_STRIPED, "layout", "must be LA_CONTIGUOUS, LA_ZIGZAG or LA_STRIPED, got ",
+                int(o.layout));
+        KvCacheOptions c;
+        c.batch = o.batch, c.capacity = o.capacity, c.kv_heads = o.kv_heads, c.head_dim = o.head_dim;
+        c.dtype = dtype_of(o.dtype, "dtype");
+        c.page_tokens = o.page_tokens;
+        c.placement = o.placement == LA_KV_LAYOUT ? KvPlacement::layout : KvPlacement::round_robin;
+        c.layout = static_cast<LayoutKind>(o.layout);
+        c.pages = o.pages;
+        auto cache = std::make_unique<KvCache>(ctx->comm.get(), c);
+        *out = new la_kv_cache{std::move(cache)};
+    });
+}
+
+void la_kv_cache_destroy(la_kv_cache* cache) { delete cache; }
+
+la_status la_kv_cache_write(la_kv_cache* cache, int64_t seq, const int64_t* pos, int64_t n, const DLTensor* k,
+                            const DLTensor* v, int64_t entry) {
+    return la::guard([&] {
+        require(cache != nullptr, "cache", "is NULL");
+        require(pos != nullptr || n == 0, "pos", "is NULL with ", n, " rows");
+        cache->cache->write(seq, pos, n, view_of(k, "k"), view_of(v, "v"), entry);
+    });
+}
+
+la_status la_kv_cache_sync_lengths(la_kv_cache* cache) {
+    return la::guard([&] {
+        require(cache != nullptr, "cache", "is NULL");
+        cache->cache->sync_lengths();
+    });
+}
+
+la_status la_kv_cache_length(const la_kv_cache* cache, int64_t seq, int64_t* length) {
+    return la::guard([&] {
+        require(cache != nullptr, "cache", "is NULL");
+        require(length != nullptr, "length", "is NULL");
+        *length = cache->cache->length(seq);
+    });
+}
+
+la_status la_kv_cache_stats(const la_kv_cache* cache, int64_t* pages_used, int64_t* pages_total, int64_t* tokens,
+                            uint64_t* bytes) {
+    return la::guard([&] {
+        require(cache != nullptr, "cache", "is NULL");
+        const KvCache& c = *cache->cache;
+        if (pages_used) *pages_used = c.pages_used();
+        if (pages_total) *pages_total = c.pages_total();
+        if (tokens) *tokens = c.tokens_held();
+        if (bytes) *bytes = c.bytes();
+    });
+}
+
+la_status la_decode_step(la_kv_cache* cache, const la_pattern* pattern, const DLTensor* q, const DLTensor* k,
+                         const DLTensor* v, DLTensor* o, DLTensor* lse, la_decode_combine combine, int threads) {
+    if (cache == nullptr) return la::guard([] { require(false, "cache", "is NULL"); });
+    return la::guard([&] {
+        DecodeArgs a;
+        DecodeOptions opt;
+        std::optional<Pattern> pat;
+        try {
+            pat.emplace(pattern_of(pattern));
+            a.q = view_of(q, "q");
+            require((k == nullptr) == (v == nullptr), "k", "k and v must both be given (append) or both be NULL (replay)");
+            if (k) a.k = view_of(k, "k"), a.v = view_of(v, "v");
+            const std::int64_t shape[4] = {a.q.shape[0], a.q.shape[1], a.q.shape[2], a.q.shape[3]};
+            a.o = compact_f32(o, "o", shape);
+            a.lse = lse_of(lse, "lse");
+            require(lse->shape[0] == shape[0] && lse->shape[1] == shape[2] && lse->shape[2] == shape[1], "lse",
+                    "must be [", shape[0], ", ", shape[2], ", ", shape[1], "] (B, Hq, T of q)");
+            require(combine == LA_COMBINE_ALLGATHER || combine == LA_COMBINE_ALLREDUCE, "combine",
+                    "must be LA_COMBINE_ALLGATHER or LA_COMBINE_ALLREDUCE, got ", int(combine));
+            opt.combine = combine == LA_COMBINE_ALLREDUCE ? DecodeCombine::allreduce : DecodeCombine::allgather;
+            opt.threads = threads;
+        } catch (const Error& e) {
+            agree_on_refusal(e, [&](const std::string& why) { decode_refuse(*cache->cache, why); });
+        }
+        a.pattern = &*pat;
+        decode_step(*cache->cache, a, opt);
     });
 }
 

@@ -11,7 +11,8 @@
  * message of the last failed call of the calling thread, naming the bad argument ("q: must be a
  * 4-d tensor...") or what failed. A failed call changes none of the outputs' meaning: discard them.
  *
- * Collective calls: la_context_create_*, la_forward, la_backward and la_context_destroy are called
+ * Collective calls: la_context_create_*, la_forward, la_backward, la_context_destroy,
+ * la_kv_cache_sync_lengths and la_decode_step are called
  * by every rank of the context's communicator, in the same order, with tensors of the same shapes
  * (the local row counts may differ). A rank whose arguments are refused makes the call fail on every
  * rank (each names that rank); none is left waiting.
@@ -122,6 +123,51 @@ la_status la_forward(la_context* ctx, const la_pattern* pattern, const int64_t* 
 la_status la_backward(la_context* ctx, const la_pattern* pattern, const int64_t* pos, const DLTensor* q,
                       const DLTensor* k, const DLTensor* v, const DLTensor* o, const DLTensor* dout,
                       const DLTensor* lse, DLTensor* dq, DLTensor* dk, DLTensor* dv, int accumulate);
+
+/* Decoding over a sharded, paged KV cache (the C++ longattn/kv_cache.hpp): the cache lives on every
+ * rank of a context's communicator, each rank holding its pages; a decode step appends each
+ * sequence's new tokens on the rank that owns their position, attends the new queries to every
+ * rank's pages and combines the partials in one collective. */
+typedef struct la_kv_cache la_kv_cache;
+typedef enum { LA_KV_ROUND_ROBIN = 0, LA_KV_LAYOUT = 1 } la_kv_placement;
+typedef enum { LA_COMBINE_ALLGATHER = 0, LA_COMBINE_ALLREDUCE = 1 } la_decode_combine;
+
+typedef struct {
+    int64_t batch;            /* sequences; 1 */
+    int64_t capacity;         /* positions [0, capacity) per sequence (required, > 0) */
+    int64_t kv_heads;         /* 1 */
+    int64_t head_dim;         /* 64 */
+    DLDataType dtype;         /* storage of the pages: float32, bfloat16 (the default) or float16 */
+    int64_t page_tokens;      /* slots per page, a positive multiple of 16; 64 */
+    la_kv_placement placement;  /* LA_KV_ROUND_ROBIN: pages dealt out in turn, even shards as sequences grow */
+    la_layout layout;         /* LA_KV_LAYOUT: position t on the rank this layout over the capacity gives it */
+    int64_t pages;            /* pages per rank; 0: an even share of every sequence at full capacity, plus 2 */
+} la_kv_cache_options;
+void la_kv_cache_options_default(la_kv_cache_options* opt);
+
+/* A cache over ctx's communicator (which must outlive it). Not collective; every rank makes one alike.
+ * la_kv_cache_destroy(NULL) is ignored. */
+la_status la_kv_cache_create(la_context* ctx, const la_kv_cache_options* opt, la_kv_cache** out);
+void la_kv_cache_destroy(la_kv_cache* cache);
+/* Prefill, local: this rank's rows of sequence seq at global positions pos[0, n) (increasing, above any
+ * row this rank holds of seq) from rows [0, n) of batch entry `entry` of k and v ([B, S, Hkv, D], host
+ * memory, any of the three dtypes). Then la_kv_cache_sync_lengths (collective) on every rank. */
+la_status la_kv_cache_write(la_kv_cache* cache, int64_t seq, const int64_t* pos, int64_t n, const DLTensor* k,
+                            const DLTensor* v, int64_t entry);
+la_status la_kv_cache_sync_lengths(la_kv_cache* cache);
+/* Tokens in sequence seq (the same on every rank). */
+la_status la_kv_cache_length(const la_kv_cache* cache, int64_t seq, int64_t* length);
+/* This rank's share: pages used and held, filled slots, and the pages' bytes. NULL outputs are skipped. */
+la_status la_kv_cache_stats(const la_kv_cache* cache, int64_t* pages_used, int64_t* pages_total, int64_t* tokens,
+                            uint64_t* bytes);
+/* Collective: one decode step of every sequence, T new tokens each. q [B, T, Hq, D] (B = the batch) is
+ * the same on every rank; k and v [B, T, Hkv, D] are appended at positions length .. length + T - 1
+ * before the queries attend (NULL k and v: nothing is appended, the queries sit at the last T
+ * positions). o [B, T, Hq, D] and lse [B, Hq, T] are float32, compact, the same on every rank. A bad
+ * argument on any rank, a position beyond the capacity or a rank out of pages fail on every rank and
+ * leave the cache as it was. threads: kernel threads (0: all). */
+la_status la_decode_step(la_kv_cache* cache, const la_pattern* pattern, const DLTensor* q, const DLTensor* k,
+                         const DLTensor* v, DLTensor* o, DLTensor* lse, la_decode_combine combine, int threads);
 
 #ifdef __cplusplus
 }

@@ -13,6 +13,7 @@
 #include "capi/longattn.h"
 #include "comm/self_communicator.hpp"
 #include "longattn/context.hpp"
+#include "longattn/kv_cache.hpp"
 
 namespace {
 
@@ -192,6 +193,146 @@ TEST(CApi, BadArgumentsNameTheArgument) {
     // A good call after the bad ones works and clears the message.
     EXPECT_EQ(la_forward(c.ctx, &pat, p.pos.data(), &q, &k, &v, &o, &l), LA_OK) << la_last_error();
     EXPECT_STREQ(la_last_error(), "");
+}
+
+// Decoding through the C interface: a cache prefilled from the problem's K and V rows, then two steps
+// appending two tokens each and one replay, against the C++ API's bits and an fp64 reference.
+TEST(CApi, KvCacheAndDecodeStepGiveTheCppApisBits) {
+    Local c;
+    la_pattern pat;
+    la_pattern_default(&pat);
+    pat.causal = 1;
+    la_kv_cache_options co;
+    la_kv_cache_options_default(&co);
+    co.capacity = kN + 8;
+    co.kv_heads = kHkv;
+    co.head_dim = kD;
+    co.dtype = DLDataType{kDLFloat, 32, 1};
+    co.page_tokens = 32;
+    la_kv_cache* cache = nullptr;
+    ASSERT_EQ(la_kv_cache_create(c.ctx, &co, &cache), LA_OK) << la_last_error();
+    Problem p;
+    const std::int64_t L = kN - 4, T = 2;  // rows [0, L) prefill, [L, kN) two steps of T
+    std::vector<std::int64_t> sp{1, L, kHkv, kD};
+    DLTensor k = tensor(p.k.data(), sp), v = tensor(p.v.data(), sp);
+    ASSERT_EQ(la_kv_cache_write(cache, 0, p.pos.data(), L, &k, &v, 0), LA_OK) << la_last_error();
+    ASSERT_EQ(la_kv_cache_sync_lengths(cache), LA_OK);
+
+    KvCacheOptions o;
+    o.capacity = kN + 8, o.kv_heads = kHkv, o.head_dim = kD, o.dtype = DType::f32, o.page_tokens = 32;
+    KvCache cpp(nullptr, o);
+    cpp.write(0, p.pos.data(), L, contiguous_view(p.k.data(), DType::f32, 1, L, kHkv, kD),
+              contiguous_view(p.v.data(), DType::f32, 1, L, kHkv, kD));
+    cpp.sync_lengths();
+    PatternSpec cs;
+    cs.causal = true;
+    const Pattern causal(cs);
+
+    std::vector<std::int64_t> sq{1, T, kHq, kD}, skv{1, T, kHkv, kD}, sl{1, kHq, T};
+    std::vector<float> oc(static_cast<std::size_t>(T * kHq * kD)), lc(static_cast<std::size_t>(kHq * T));
+    std::vector<float> ox(oc.size()), lx(lc.size());
+    double worst = 0;
+    for (int step = 0; step < 3; ++step) {
+        const std::int64_t r0 = step < 2 ? L + step * T : kN - T;  // the replay sits at the last T rows
+        float* qp = p.q.data() + r0 * kHq * kD;
+        float* kp = p.k.data() + r0 * kHkv * kD;
+        float* vp = p.v.data() + r0 * kHkv * kD;
+        DLTensor tq = tensor(qp, sq), tk = tensor(kp, skv), tv = tensor(vp, skv), to = tensor(oc.data(), sq),
+                 tl = tensor(lc.data(), sl);
+        const bool append = step < 2;
+        ASSERT_EQ(la_decode_step(cache, &pat, &tq, append ? &tk : nullptr, append ? &tv : nullptr, &to, &tl,
+                                 LA_COMBINE_ALLREDUCE, 1),
+                  LA_OK)
+            << la_last_error();
+        DecodeArgs a;
+        a.q = contiguous_view(qp, DType::f32, 1, T, kHq, kD);
+        if (append) {
+            a.k = contiguous_view(kp, DType::f32, 1, T, kHkv, kD);
+            a.v = contiguous_view(vp, DType::f32, 1, T, kHkv, kD);
+        }
+        a.pattern = &causal;
+        a.o = ox.data();
+        a.lse = lx.data();
+        DecodeOptions dopt;
+        dopt.combine = DecodeCombine::allreduce;
+        dopt.threads = 1;
+        decode_step(cpp, a, dopt);
+        EXPECT_EQ(oc, ox) << "step " << step;
+        EXPECT_EQ(lc, lx) << "step " << step;
+        // fp64: query row r0 + i of head h over keys [0, r0 + i].
+        for (std::int64_t i = 0; i < T; ++i)
+            for (std::int64_t h = 0; h < kHq; ++h) {
+                const std::int64_t qi = r0 + i, kh = h / (kHq / kHkv);
+                std::vector<double> w(static_cast<std::size_t>(qi + 1));
+                double mx = -1e300, sum = 0;
+                for (std::int64_t j = 0; j <= qi; ++j) {
+                    double s = 0;
+                    for (std::int64_t d = 0; d < kD; ++d)
+                        s += double(p.q[static_cast<std::size_t>((qi * kHq + h) * kD + d)]) *
+                             p.k[static_cast<std::size_t>((j * kHkv + kh) * kD + d)];
+                    w[static_cast<std::size_t>(j)] = s / std::sqrt(double(kD));
+                    mx = std::max(mx, w[static_cast<std::size_t>(j)]);
+                }
+                for (double& x : w) sum += (x = std::exp(x - mx));
+                worst = std::max(worst, std::fabs(lc[static_cast<std::size_t>(h * T + i)] - (mx + std::log(sum))));
+                for (std::int64_t d = 0; d < kD; ++d) {
+                    double ref = 0;
+                    for (std::int64_t j = 0; j <= qi; ++j)
+                        ref += w[static_cast<std::size_t>(j)] * p.v[static_cast<std::size_t>((j * kHkv + kh) * kD + d)];
+                    worst = std::max(worst, std::fabs(oc[static_cast<std::size_t>((i * kHq + h) * kD + d)] - ref / sum));
+                }
+            }
+    }
+    EXPECT_LT(worst, 2e-6);  // fp32 sums of a few hundred terms of order 1
+    std::int64_t len = 0, used = 0, total = 0, held = 0;
+    std::uint64_t bytes = 0;
+    ASSERT_EQ(la_kv_cache_length(cache, 0, &len), LA_OK);
+    ASSERT_EQ(la_kv_cache_stats(cache, &used, &total, &held, &bytes), LA_OK);
+    EXPECT_EQ(len, kN);
+    EXPECT_EQ(held, kN);
+    EXPECT_EQ(used, (kN + 31) / 32);
+    EXPECT_EQ(bytes, cpp.bytes());
+    EXPECT_EQ(total, cpp.pages_total());
+
+    // Bad arguments name themselves and leave the cache as it was.
+    auto refused = [&](const std::function<la_status()>& call, const std::string& message) {
+        EXPECT_EQ(call(), LA_ERR_ARGUMENT) << message;
+        EXPECT_NE(std::string(la_last_error()).find(message), std::string::npos) << la_last_error();
+    };
+    DLTensor tq = tensor(p.q.data(), sq), tk = tensor(p.k.data(), skv), to = tensor(oc.data(), sq), tl = tensor(lc.data(), sl);
+    refused([&] { return la_decode_step(cache, &pat, &tq, &tk, nullptr, &to, &tl, LA_COMBINE_ALLGATHER, 1); },
+            "k and v must both be given");
+    std::vector<std::int64_t> s_wrong{1, T, kHq, kD + 1};
+    DLTensor ow = tensor(oc.data(), s_wrong);
+    refused([&] { return la_decode_step(cache, &pat, &tq, nullptr, nullptr, &ow, &tl, LA_COMBINE_ALLGATHER, 1); },
+            "o: must be [1, 2, 2, 16] like q");
+    std::vector<std::int64_t> sl_wrong{1, kHq, T + 1};
+    DLTensor lw = tensor(lc.data(), sl_wrong);
+    refused([&] { return la_decode_step(cache, &pat, &tq, nullptr, nullptr, &to, &lw, LA_COMBINE_ALLGATHER, 1); },
+            "lse: must be [1, 2, 2]");
+    refused([&] { return la_decode_step(cache, &pat, &tq, nullptr, nullptr, &to, &tl, static_cast<la_decode_combine>(7), 1); },
+            "combine: must be LA_COMBINE_ALLGATHER or LA_COMBINE_ALLREDUCE");
+    std::vector<std::int64_t> s_big{1, 9, kHq, kD}, s_bigkv{1, 9, kHkv, kD}, s_bigl{1, kHq, 9};
+    std::vector<float> qb(9 * kHq * kD), kb(9 * kHkv * kD), ob(qb.size()), lb(9 * kHq);
+    DLTensor qbt = tensor(qb.data(), s_big), kbt = tensor(kb.data(), s_bigkv), obt = tensor(ob.data(), s_big),
+             lbt = tensor(lb.data(), s_bigl);
+    refused([&] { return la_decode_step(cache, &pat, &qbt, &kbt, &kbt, &obt, &lbt, LA_COMBINE_ALLGATHER, 1); },
+            "do not fit");  // 300 + 9 > the capacity of 308
+    ASSERT_EQ(la_kv_cache_length(cache, 0, &len), LA_OK);
+    EXPECT_EQ(len, kN);
+    la_kv_cache_options bad_opt = co;
+    bad_opt.page_tokens = 24;
+    la_kv_cache* none = nullptr;
+    refused([&] { return la_kv_cache_create(c.ctx, &bad_opt, &none); }, "page-tokens: must be a positive multiple of 16");
+    bad_opt = co;
+    bad_opt.dtype = DLDataType{kDLInt, 8, 1};
+    refused([&] { return la_kv_cache_create(c.ctx, &bad_opt, &none); }, "dtype: must be float32, bfloat16 or float16");
+    EXPECT_EQ(none, nullptr);
+    refused([&] { return la_kv_cache_write(cache, 1, p.pos.data(), 1, &k, &v, 0); }, "sequence index must be in [0, 1)");
+    refused([&] { return la_decode_step(nullptr, &pat, &tq, nullptr, nullptr, &to, &tl, LA_COMBINE_ALLGATHER, 1); },
+            "cache: is NULL");
+    la_kv_cache_destroy(cache);
+    la_kv_cache_destroy(nullptr);
 }
 
 TEST(CApi, CpuInstructionSet) {

@@ -1,7 +1,9 @@
 /* A C program built against an installed longattn only (pkg-config longattn-mpi): causal attention
  * over 777 tokens of two documents, zigzag-sharded over the ranks of MPI_COMM_WORLD, forward and
  * backward through the C interface, each rank's O, LSE, dQ, dK, dV checked against a one-process
- * context computing the whole sequence; then a bad call, refused on every rank with a message. */
+ * context computing the whole sequence; then a bad call, refused on every rank with a message; then
+ * decoding: the rows prefill a KV cache sharded over the ranks, three steps append a token each, and
+ * every step's O and LSE are checked against a one-process cache holding the whole sequence. */
 #include <dlpack/dlpack.h>
 #include <longattn_mpi.h>
 #include <math.h>
@@ -58,6 +60,79 @@ static int run(la_context* ctx, const la_pattern* pat, const int64_t* pos, int64
     if (st != LA_OK) fprintf(stderr, "c-consumer: call failed (%d): %s\n", st, la_last_error());
     free(q), free(k), free(v), free(dout);
     return st;
+}
+
+/* A cache of the N tokens: this rank's rows (pos[0, S)) written in place, bf16 pages of 16 slots. */
+static la_kv_cache* prefill(la_context* ctx, const int64_t* pos, int64_t S) {
+    la_kv_cache_options co;
+    la_kv_cache_options_default(&co);
+    co.capacity = N + 8;
+    co.kv_heads = HKV;
+    co.head_dim = D;
+    co.page_tokens = 16;
+    la_kv_cache* c = NULL;
+    float *k = rows(1, pos, S, HKV), *v = rows(2, pos, S, HKV);
+    int64_t skv[4] = {B, S, HKV, D};
+    DLTensor tk = tensor(k, 4, skv), tv = tensor(v, 4, skv);
+    if (la_kv_cache_create(ctx, &co, &c) != LA_OK || la_kv_cache_write(c, 0, pos, S, &tk, &tv, 0) != LA_OK ||
+        la_kv_cache_sync_lengths(c) != LA_OK) {
+        fprintf(stderr, "c-consumer: kv cache: %s\n", la_last_error());
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    free(k), free(v);
+    return c;
+}
+
+/* Three decode steps of one new token (positions N, N + 1, N + 2) through the sharded cache and the
+ * one-process one; returns 1 where they differ or a call fails. Then a step with rank 0's q missing. */
+static int decode(la_context* dist, la_context* local, const int64_t* pos, int64_t S, int rank) {
+    int64_t all[N];
+    for (int64_t i = 0; i < N; ++i) all[i] = i;
+    la_kv_cache *cd = prefill(dist, pos, S), *cl = prefill(local, all, N);
+    la_pattern pat;
+    la_pattern_default(&pat);
+    pat.causal = 1;
+    int bad = 0;
+    double err = 0;
+    for (int64_t t = N; t < N + 3; ++t) {
+        float *q = rows(0, &t, 1, HQ), *k = rows(1, &t, 1, HKV), *v = rows(2, &t, 1, HKV);
+        float od[HQ * D], ol[HQ * D], ld[HQ], ll[HQ];
+        int64_t sq[4] = {B, 1, HQ, D}, skv[4] = {B, 1, HKV, D}, sl[3] = {B, HQ, 1};
+        DLTensor tq = tensor(q, 4, sq), tk = tensor(k, 4, skv), tv = tensor(v, 4, skv), tod = tensor(od, 4, sq),
+                 tol = tensor(ol, 4, sq), tld = tensor(ld, 3, sl), tll = tensor(ll, 3, sl);
+        if (la_decode_step(cd, &pat, &tq, &tk, &tv, &tod, &tld, t % 2 ? LA_COMBINE_ALLREDUCE : LA_COMBINE_ALLGATHER, 1) != LA_OK ||
+            la_decode_step(cl, &pat, &tq, &tk, &tv, &tol, &tll, LA_COMBINE_ALLGATHER, 1) != LA_OK) {
+            fprintf(stderr, "c-consumer: decode step: %s\n", la_last_error());
+            MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+        for (int i = 0; i < HQ * D; ++i) err = fmax(err, fabs(od[i] - ol[i]));
+        for (int h = 0; h < HQ; ++h) err = fmax(err, fabs(ld[h] - ll[h]));
+        free(q), free(k), free(v);
+    }
+    int64_t len = 0, held = 0, total = 0;
+    la_kv_cache_length(cd, 0, &len);
+    la_kv_cache_stats(cd, NULL, NULL, &held, NULL);
+    MPI_Allreduce(&held, &total, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    bad |= !(err <= 2e-5) || len != N + 3 || total != N + 3;
+    printf("c-consumer: rank %d: decode, 3 steps over a %lld-token cache (%lld tokens here): max |sharded - one process| %.2e\n",
+           rank, (long long)len, (long long)held, err);
+    /* Rank 0's q missing: every rank's step fails, the cache unchanged. */
+    float o[HQ * D], l[HQ];
+    int64_t sq[4] = {B, 1, HQ, D}, sl[3] = {B, HQ, 1};
+    DLTensor to = tensor(o, 4, sq), tl = tensor(l, 3, sl), tq = tensor(o, 4, sq);
+    const int st = la_decode_step(cd, &pat, rank == 0 ? NULL : &tq, NULL, NULL, &to, &tl, LA_COMBINE_ALLGATHER, 1);
+    const char* want = rank == 0 ? "q: is NULL" : "rank 0 refused the step";
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", la_last_error());
+    la_kv_cache_length(cd, 0, &len);
+    if (st != LA_ERR_ARGUMENT || strstr(msg, want) == NULL || len != N + 3) {
+        fprintf(stderr, "c-consumer: a decode step without q on rank 0 gave status %d, '%s', length %lld\n", st, msg,
+                (long long)len);
+        bad = 1;
+    }
+    la_kv_cache_destroy(cd);
+    la_kv_cache_destroy(cl);
+    return bad;
 }
 
 int main(int argc, char** argv) {
@@ -122,6 +197,7 @@ int main(int argc, char** argv) {
         fprintf(stderr, "c-consumer: a NULL q gave status %d, '%s'\n", st, la_last_error());
         bad = 1;
     }
+    bad |= decode(dist, local, pos, S, rank);
     la_context_destroy(dist);
     la_context_destroy(local);
     int worst = bad;
