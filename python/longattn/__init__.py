@@ -11,6 +11,9 @@ framework. ``pos`` holds the global position of each local row (``positions`` gi
     o, lse = ctx.forward(q, k, v, pos, causal=True)
     dq, dk, dv = ctx.backward(q, k, v, o, dout, lse, pos, causal=True)
 
+Decoding: a ``KvCache`` sharded over the context's ranks, prefilled with the rows each rank holds,
+then one collective step per generated token (``cache.decode``).
+
 ``longattn.torch`` has the attention as a PyTorch custom op (autograd, torch.compile).
 """
 import atexit
@@ -22,10 +25,13 @@ import numpy as np
 from . import _core
 
 __version__ = _core.version()
-__all__ = ["Context", "positions", "shard", "unshard", "cpu_isa", "set_cpu_isa", "STRATEGIES", "LAYOUTS"]
+__all__ = ["Context", "KvCache", "positions", "shard", "unshard", "cpu_isa", "set_cpu_isa", "STRATEGIES", "LAYOUTS"]
 
 STRATEGIES = {"ring": 0, "ulysses": 1, "hybrid": 2, "allgather": 3}
 LAYOUTS = {"contiguous": 0, "zigzag": 1, "striped": 2}
+PLACEMENTS = {"round-robin": 0, "layout": 1}
+COMBINES = {"allgather": 0, "allreduce": 1}
+_DTYPES = {"float32": (2, 32), "bfloat16": (4, 16), "float16": (2, 16)}  # DLPack type codes and bits
 
 
 def cpu_isa():
@@ -198,12 +204,15 @@ class Context:
                                   float(timeout) if comm is not None else 0.0)
         self.rank, self.size = self._ctx.rank_size()
         self.strategy = strategy
+        self._caches = weakref.WeakSet()
         global _created
         _created += 1
         _live[_created] = self
 
     def close(self):
-        """Destroys the context (collective); later calls raise ValueError."""
+        """Destroys the context (collective) and its KV caches; later calls raise ValueError."""
+        for c in list(self._caches):
+            c.close()
         self._ctx.close()
 
     def __enter__(self):
@@ -238,6 +247,85 @@ class Context:
             grads.append(g)
         self._ctx.backward(_given(pattern, pattern_args), *_dl(pos, q, k, v, o, dout, lse, *grads), bool(accumulate))
         return tuple(grads)
+
+
+def _dtype_name(d):
+    """float32, bfloat16, float16, ... from a name, a torch dtype or a numpy dtype or type."""
+    if isinstance(d, str):
+        return d
+    if str(d).startswith("torch."):
+        return str(d)[len("torch."):]
+    try:
+        return np.dtype(d).name
+    except TypeError:
+        return str(d)
+
+
+class KvCache:
+    """A paged KV cache for decoding, sharded over the ranks of ``ctx`` (longattn's decode path).
+
+    Each sequence of the ``batch`` holds up to ``capacity`` positions of ``kv_heads`` heads of
+    ``head_dim``, stored as ``dtype`` (float32, bfloat16, float16; a torch or numpy dtype or its name)
+    in pages of ``page_tokens`` slots. ``placement``: round-robin deals a sequence's pages out to the
+    ranks in turn (even shards as it grows), layout puts position t where ``layout`` over the capacity
+    does. ``pages``: per rank, 0 for an even share of every sequence at full capacity plus two.
+
+        cache = longattn.KvCache(ctx, capacity=1 << 20, kv_heads=8, head_dim=128)
+        cache.write(0, pos, k_local, v_local)        # prefill: the rows this rank holds
+        cache.sync_lengths()                         # collective
+        o, lse = cache.decode(q, k_new, v_new, causal=True)  # collective, q the same on every rank
+
+    Making one is local (every rank makes it alike); it is closed with its context."""
+
+    def __init__(self, ctx, capacity, kv_heads, head_dim, *, batch=1, dtype="bfloat16", page_tokens=64,
+                 placement="round-robin", layout="zigzag", pages=0):
+        if not isinstance(ctx, Context):
+            raise TypeError(f"ctx: must be a longattn.Context, got {type(ctx).__name__}")
+        code, bits = _choice(_DTYPES, _dtype_name(dtype), "dtype")
+        self._cache = _core.KvCache(ctx._ctx, int(batch), int(capacity), int(kv_heads), int(head_dim), code, bits,
+                                    int(page_tokens), _choice(PLACEMENTS, placement, "placement"),
+                                    _choice(LAYOUTS, layout, "layout"), int(pages))
+        self.batch = int(batch)
+        ctx._caches.add(self)
+
+    def close(self):
+        """Frees the pages (local); later calls raise ValueError."""
+        self._cache.close()
+
+    def write(self, seq, pos, k, v, entry=0):
+        """Prefill, local: this rank's rows of sequence ``seq`` at the global positions ``pos`` (int64,
+        increasing), rows [0, len(pos)) of batch entry ``entry`` of k and v [B, S, Hkv, D]."""
+        self._cache.write(int(seq), *_dl(pos, k, v), int(entry))
+
+    def sync_lengths(self):
+        """Collective: each sequence's length becomes its largest written position plus one."""
+        self._cache.sync_lengths()
+
+    def length(self, seq=0):
+        """Tokens in sequence ``seq`` (the same on every rank)."""
+        return self._cache.length(int(seq))
+
+    def stats(self):
+        """This rank's share: pages used and held, tokens, and the pages' bytes."""
+        used, total, tokens, nbytes = self._cache.stats()
+        return {"pages_used": used, "pages_total": total, "tokens": tokens, "bytes": nbytes}
+
+    def decode(self, q, k=None, v=None, *, combine="allgather", threads=0, out=None, lse=None, pattern=None,
+               **pattern_args):
+        """Collective: one decode step of every sequence. q [B, T, Hq, D] (the same on every rank); k and
+        v [B, T, Hkv, D] appended at each sequence's next T positions before the queries attend (None:
+        nothing appended, the queries sit at the last T positions). Returns O [B, T, Hq, D] and LSE
+        [B, Hq, T], float32, in q's framework, the same on every rank. combine: allgather or allreduce.
+        The pattern as ``forward``'s (causal=True for generation)."""
+        if getattr(q, "ndim", 0) == 4:
+            b, t, h = q.shape[0], q.shape[1], q.shape[2]
+            if out is None:
+                out = _empty(q, tuple(q.shape), float32=True)
+            if lse is None:
+                lse = _empty(q, (b, h, t), float32=True)
+        self._cache.decode(_given(pattern, pattern_args), *_dl(q, k, v, out, lse), _choice(COMBINES, combine, "combine"),
+                           int(threads))
+        return out, lse
 
 
 @atexit.register

@@ -199,6 +199,91 @@ private:
     la_context* ctx_ = nullptr;
 };
 
+// A paged KV cache over a context's communicator (la_kv_cache). The Python KvCache closes it before
+// its context.
+class KvCache {
+public:
+    KvCache(const Context& ctx, int64_t batch, int64_t capacity, int64_t kv_heads, int64_t head_dim, int dtype_code,
+            int dtype_bits, int64_t page_tokens, int placement, int layout, int64_t pages) {
+        la_kv_cache_options o;
+        la_kv_cache_options_default(&o);
+        o.batch = batch, o.capacity = capacity, o.kv_heads = kv_heads, o.head_dim = head_dim;
+        o.dtype = DLDataType{static_cast<uint8_t>(dtype_code), static_cast<uint8_t>(dtype_bits), 1};
+        o.page_tokens = page_tokens;
+        o.placement = static_cast<la_kv_placement>(placement);
+        o.layout = static_cast<la_layout>(layout);
+        o.pages = pages;
+        check(la_kv_cache_create(ctx.get(), &o, &cache_));
+    }
+    ~KvCache() { close(); }
+    KvCache(const KvCache&) = delete;
+    KvCache& operator=(const KvCache&) = delete;
+
+    void close() {
+        la_kv_cache_destroy(cache_);
+        cache_ = nullptr;
+    }
+    la_kv_cache* get() const {
+        if (cache_ == nullptr) throw nb::value_error("kv cache: closed");
+        return cache_;
+    }
+
+    void write(int64_t seq, nb::handle pos, nb::handle k, nb::handle v, int64_t entry) {
+        Call c;
+        DLTensor tk{}, tv{}, none{};
+        const bool ok = c.tensor(k, "k", tk) && c.tensor(v, "v", tv);
+        const int64_t* p = c.positions(pos, none);
+        const int64_t n = p ? static_cast<int64_t>(c.keep.back().shape(0)) : 0;
+        if (!ok || p == nullptr) c.fail_if(LA_OK);
+        la_status st;
+        {
+            nb::gil_scoped_release unlocked;
+            st = la_kv_cache_write(get(), seq, p, n, &tk, &tv, entry);
+        }
+        c.fail_if(st);
+    }
+    void sync_lengths() {
+        la_status st;
+        {
+            nb::gil_scoped_release unlocked;
+            st = la_kv_cache_sync_lengths(get());
+        }
+        check(st);
+    }
+    int64_t length(int64_t seq) const {
+        int64_t n = 0;
+        check(la_kv_cache_length(get(), seq, &n));
+        return n;
+    }
+    std::tuple<int64_t, int64_t, int64_t, uint64_t> stats() const {
+        int64_t used = 0, total = 0, tokens = 0;
+        uint64_t bytes = 0;
+        check(la_kv_cache_stats(get(), &used, &total, &tokens, &bytes));
+        return {used, total, tokens, bytes};
+    }
+
+    // k and v None: a replay (nothing appended).
+    void decode(PatternArgs& pat, nb::handle q, nb::handle k, nb::handle v, nb::handle o, nb::handle lse, int combine,
+                int threads) {
+        Call c;
+        DLTensor tq{}, tk{}, tv{}, to{}, tl{};
+        const bool okq = c.tensor(q, "q", tq), oko = c.tensor(o, "o", to), okl = c.tensor(lse, "lse", tl);
+        // One of k and v None: handed over as NULL, for the C interface's "both or neither".
+        const bool okk = !k.is_none() && c.tensor(k, "k", tk), okv = !v.is_none() && c.tensor(v, "v", tv);
+        la_status st;
+        {
+            nb::gil_scoped_release unlocked;
+            st = la_decode_step(get(), pat.get(), okq ? &tq : nullptr, okk ? &tk : nullptr, okv ? &tv : nullptr,
+                                oko ? &to : nullptr, okl ? &tl : nullptr,
+                                static_cast<la_decode_combine>(combine), threads);
+        }
+        c.fail_if(st);
+    }
+
+private:
+    la_kv_cache* cache_ = nullptr;
+};
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -258,4 +343,18 @@ NB_MODULE(_core, m) {
              nb::arg("k").none(), nb::arg("v").none(), nb::arg("o").none(), nb::arg("dout").none(),
              nb::arg("lse").none(), nb::arg("dq").none(), nb::arg("dk").none(), nb::arg("dv").none(),
              nb::arg("accumulate"));
+
+    nb::class_<KvCache>(m, "KvCache")
+        .def(nb::init<const Context&, int64_t, int64_t, int64_t, int64_t, int, int, int64_t, int, int, int64_t>(),
+             nb::arg("ctx"), nb::arg("batch"), nb::arg("capacity"), nb::arg("kv_heads"), nb::arg("head_dim"),
+             nb::arg("dtype_code"), nb::arg("dtype_bits"), nb::arg("page_tokens"), nb::arg("placement"),
+             nb::arg("layout"), nb::arg("pages"))
+        .def("close", &KvCache::close)
+        .def("write", &KvCache::write, nb::arg("seq"), nb::arg("pos").none(), nb::arg("k").none(), nb::arg("v").none(),
+             nb::arg("entry"))
+        .def("sync_lengths", &KvCache::sync_lengths)
+        .def("length", &KvCache::length, nb::arg("seq"))
+        .def("stats", &KvCache::stats)
+        .def("decode", &KvCache::decode, nb::arg("pattern"), nb::arg("q").none(), nb::arg("k").none(),
+             nb::arg("v").none(), nb::arg("o").none(), nb::arg("lse").none(), nb::arg("combine"), nb::arg("threads"));
 }

@@ -2,7 +2,8 @@
 allows, the shards' O and gradients (through Context and through the torch custom op) meet the
 distributed rule: max|dist - fp64| <= 2x (3x for gradients) the single-process kernel's error plus the
 floor; also over a split communicator, and a bad tensor on one rank or ranks sharding under different
-layouts raise on every rank. Exit 0 when every check passes on every rank."""
+layouts raise on every rank. Decoding: a KV cache prefilled with each rank's zigzag rows, three steps
+appending a token each, against a one-process cache under the same rule, and a bad q on one rank. Exit 0 when every check passes on every rank."""
 import sys
 
 import torch
@@ -99,6 +100,45 @@ def layout_mismatch_case(strategy, degree):
         assert "pos: position" in str(e) and "same layout" in str(e), f"rank {rank}: {e}"
 
 
+def decode_case(placement):
+    S, Hq, Hkv, D, steps = 190, 4, 2, 32, 3
+    q, k, v, _ = global_inputs(S + steps, Hq, Hkv, D, torch.bfloat16, seed=11)
+    pos = torch.from_numpy(longattn.positions(S, size, rank, "zigzag"))
+    opts = dict(capacity=S + steps, kv_heads=Hkv, head_dim=D, dtype=torch.bfloat16, page_tokens=16)
+    single = longattn.Context(threads=1)
+    whole = longattn.KvCache(single, **opts)
+    whole.write(0, torch.arange(S), k[:, :S], v[:, :S])
+    whole.sync_lengths()
+    with longattn.Context(world, threads=1) as ctx:
+        cache = longattn.KvCache(ctx, placement=placement, **opts)
+        cache.write(0, pos, k.index_select(1, pos), v.index_select(1, pos))
+        cache.sync_lengths()
+        for step in range(steps):
+            t = S + step
+            new = [x[:, t:t + 1] for x in (q, k, v)]
+            o, lse = cache.decode(*new, causal=True, combine=("allgather", "allreduce")[step % 2])
+            so, slse = whole.decode(*new, causal=True)
+            n = t + 1
+            mask = allowed(1, n, torch.tensor([t]), torch.arange(n), causal=True)
+            ref = sdpa(q[:, t:t + 1].double(), k[:, :n].double(), v[:, :n].double(), mask, torch.float64)
+            rule(f"decode {placement} step {step} O", o, so, ref, torch.float32, 2)
+            assert torch.allclose(lse, slse, atol=1e-5), f"decode {placement} step {step}: LSE differs"
+        assert cache.length() == S + steps
+        held = world.allreduce(cache.stats()["tokens"])
+        assert held == S + steps, f"decode {placement}: the ranks hold {held} tokens"
+        # A bad q on the last rank: every rank raises, the cache unchanged.
+        bad = q[:, :1].double() if rank == size - 1 else q[:, :1]
+        try:
+            cache.decode(bad, causal=True)
+            raise AssertionError("a float64 q on the last rank was accepted")
+        except TypeError as e:
+            assert rank == size - 1 and "q: must be float32" in str(e), f"rank {rank}: {e}"
+        except ValueError as e:
+            assert rank != size - 1 and f"rank {size - 1} refused the step" in str(e), f"rank {rank}: {e}"
+        assert cache.length() == S + steps
+    single.close()
+
+
 for dtype in (torch.float32, torch.bfloat16):
     for pattern in (dict(causal=True), dict(causal=True, window=(50, 0), cu_seqlens=[0, 70, 192])):
         cases = [("ring", 1), ("allgather", 1)]
@@ -113,6 +153,8 @@ if size > 1:
     check("split communicator", lambda: strategy_case(sub, "ring", 1, torch.float32, dict(causal=True)))
     sub.Free()
 check("custom op", custom_op_case)
+for placement in ("round-robin", "layout"):
+    check(f"decode ({placement})", lambda: decode_case(placement))
 if size > 1:
     check("bad tensor on one rank", bad_rank_case)
     for strategy, degree in [("ring", 1), ("ulysses", 1), ("allgather", 1)] + ([("hybrid", 2)] if size == 4 else []):

@@ -195,3 +195,71 @@ def test_eager_fast_path_and_the_op_agree():
     assert torch.equal(o, o_op)
     for a, b in zip(leaves, direct):
         assert torch.equal(a.grad, b.grad)
+
+
+def decode_reference(q_all, k_all, v_all, rows, window=(-1, -1)):
+    """fp64 and fp32 SDPA of query rows `rows` over keys [0, rows[-1]] (causal, the window)."""
+    n = int(rows[-1]) + 1
+    qp, kp = torch.as_tensor(rows), torch.arange(n)
+    mask = allowed(len(rows), n, qp, kp, causal=True, window=window)
+    q = q_all.index_select(1, qp)
+    return [sdpa(q, k_all[:, :n], v_all[:, :n], mask, dt) for dt in (torch.float64, torch.float32)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kv_cache_decode_meets_the_rule(dtype):
+    B, S, Hq, Hkv, D, T = 1, 203, 4, 2, 32, 2
+    q_all, k_all, v_all = inputs(B, S + 3 * T, Hq, Hkv, D, dtype, seed=7)[:3]
+    ctx = longattn.Context(threads=1)
+    cache = longattn.KvCache(ctx, capacity=S + 3 * T, kv_heads=Hkv, head_dim=D, dtype=dtype, page_tokens=16)
+    cache.write(0, torch.arange(S), k_all[:, :S], v_all[:, :S])
+    cache.sync_lengths()
+    assert cache.length() == S
+    for step, window in enumerate([(-1, -1), (40, 0), (-1, -1)]):
+        r = S + step * T
+        rows = list(range(r, r + T))
+        o, lse = cache.decode(q_all[:, r:r + T], k_all[:, r:r + T], v_all[:, r:r + T], causal=True, window=window,
+                              combine="allreduce" if step % 2 else "allgather")
+        assert o.dtype == torch.float32 and o.shape == (B, T, Hq, D) and lse.shape == (B, Hq, T)
+        ref, plain = decode_reference(q_all, k_all, v_all, rows, window)
+        rule(f"decode step {step} O", o, plain, ref, torch.float32, 2)
+    # A replay of the last step's queries: nothing appended, the same bits.
+    again, lse2 = cache.decode(q_all[:, r:r + T], causal=True)
+    assert torch.equal(again, o) and torch.equal(lse2, lse)
+    assert cache.length() == S + 3 * T
+    st = cache.stats()
+    assert st["tokens"] == S + 3 * T and st["pages_used"] == (S + 3 * T + 15) // 16 and st["bytes"] > 0
+    ctx.close()
+
+
+def test_kv_cache_numpy_and_bad_input():
+    S, H, D = 40, 2, 16
+    rng = np.random.default_rng(1)
+    k = rng.standard_normal((1, S, H, D), dtype=np.float32)
+    q = rng.standard_normal((1, 1, H, D), dtype=np.float32)
+    ctx = longattn.Context(threads=1)
+    cache = longattn.KvCache(ctx, capacity=S, kv_heads=H, head_dim=D, dtype=np.float32, page_tokens=16)
+    cache.write(0, np.arange(S - 1, dtype=np.int64), k, k)
+    cache.sync_lengths()
+    o, lse = cache.decode(q, k[:, S - 1:], k[:, S - 1:], causal=True)
+    assert isinstance(o, np.ndarray) and o.dtype == np.float32 and lse.shape == (1, H, 1)
+    ref, _ = decode_reference(*(torch.from_numpy(x) for x in (np.concatenate([q] * S, 1), k, k)), [S - 1])
+    np.testing.assert_allclose(o, ref.numpy(), atol=2e-6)
+    with pytest.raises(ValueError, match="do not fit"):  # position 40 is beyond the capacity
+        cache.decode(q, k[:, :1], k[:, :1], causal=True)
+    with pytest.raises(ValueError, match="query heads .3. must be a multiple"):
+        cache.decode(rng.standard_normal((1, 1, 3, D), dtype=np.float32), causal=True)
+    with pytest.raises(ValueError, match="k and v must both be given"):
+        cache.decode(q, k[:, :1], None, causal=True)
+    with pytest.raises(TypeError, match="q: must be an array"):
+        cache.decode("q", causal=True)
+    with pytest.raises(ValueError, match="combine: must be one of allgather, allreduce"):
+        cache.decode(q, combine="tree")
+    with pytest.raises(ValueError, match="dtype: must be one of"):
+        longattn.KvCache(ctx, capacity=S, kv_heads=H, head_dim=D, dtype="int8")
+    with pytest.raises(ValueError, match="page-tokens: must be a positive multiple of 16"):
+        longattn.KvCache(ctx, capacity=S, kv_heads=H, head_dim=D, page_tokens=8)
+    assert cache.length() == S
+    ctx.close()
+    with pytest.raises(ValueError, match="kv cache: closed"):
+        cache.length()
