@@ -1,12 +1,14 @@
 // CPU decode kernel (kernels/attention.hpp, DecodeParams): a few query rows per sequence against the
 // sequence's pages of a paged KV cache, bound by the bandwidth of reading the pages.
 //
-// Work is split into tasks of (sequence, kv head, a chunk of kChunkPages consecutive pages), a split
-// that depends on the pages only, so the partials, and their merge in page order, are the same bits for
-// any thread count. A task holds the R = G * T query rows of its kv head's group (G query heads, T
-// tokens) in fp32 and reads each page's K and V of that head once for all of them:
-//   scores  S[R][slots] = Q K^T, from the page's transposed K (slots are the vector axis), a tile of
-//           up to kRowBlock rows by 4 vectors of slots in registers;
+// Work is split into tasks of (sequence, a chunk of kChunkPages consecutive pages, a group of kv heads),
+// the chunks depending on the pages only, so the partials, and their merge in page order, are the same
+// bits for any thread count (a head's arithmetic does not depend on its group). A task walks its pages
+// in order and each page's heads in memory order, one stream through the cache; for each kv head it
+// holds the R = G * T query rows of the head's group (G query heads, T tokens) in fp32 and reads the
+// head's K and V of the page once for all of them:
+//   scores  S[R][slots] = Q K^T, from the page's transposed K (slots are the vector axis), tiles of
+//           kRowBlock rows (or one) by up to kMaxVecs vectors of slots in registers;
 //   softmax online over the pages, the running maximum in the units of the stored score and each
 //           exponent (S - m) * c in fp32 (as the flash forward does, kernels/cpu/flash_fwd.cpp);
 //   values  acc[R][Dp] += P V, one vector of V loaded per (slot, dims) and used by every row.

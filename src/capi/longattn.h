@@ -12,9 +12,8 @@
  * 4-d tensor...") or what failed. A failed call changes none of the outputs' meaning: discard them.
  *
  * Collective calls: la_context_create_*, la_forward, la_backward, la_context_destroy,
- * la_kv_cache_sync_lengths and la_decode_step are called
- * by every rank of the context's communicator, in the same order, with tensors of the same shapes
- * (the local row counts may differ). A rank whose arguments are refused makes the call fail on every
+ * la_kv_cache_sync_lengths and la_decode_step are called by every rank of the context's communicator,
+ * in the same order, with tensors of the same shapes (the local row counts may differ). A rank whose arguments are refused makes the call fail on every
  * rank (each names that rank); none is left waiting.
  *
  * Ownership and threads: a context borrows its communicator (which must outlive it) and owns its
