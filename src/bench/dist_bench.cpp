@@ -23,7 +23,9 @@
 #include "bench/save.hpp"
 #include "comm/communicator.hpp"
 #include "kernels/backend.hpp"
+#include "longattn/cost_model.hpp"
 #include "longattn/cpu_isa.hpp"
+#include "longattn/cost_model.hpp"
 #include "longattn/distributed.hpp"
 #include "longattn/layout.hpp"
 
@@ -273,6 +275,21 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         }
         if (!job.io.save_dir.empty()) save_outputs(job, N, rows, &comm, out);
 
+        // What the calls sent against the cost model's count for this rank (a call's plan building apart).
+        ModelJob mj;
+        mj.tokens = N, mj.batch = job.shape.batch, mj.heads = job.shape.heads, mj.kv_heads = job.shape.kv_heads;
+        mj.head_dim = job.shape.head_dim, mj.dtype = job.shape.dtype, mj.layout = job.exec.layout, mj.ranks = P;
+        mj.dist = job.exec.dist;
+        const RankCost model = model_costs(mj, pat, false)[static_cast<std::size_t>(me)];
+        const std::uint64_t sent_f = fs.empty() ? 0 : fs.back().bytes_sent - fs.back().setup_bytes;
+        const std::uint64_t sent_b = bs.empty() || !grads ? 0 : bs.back().bytes_sent - bs.back().setup_bytes;
+        std::int64_t model_off = sent_f != model.fwd_bytes || (grads && sent_b != model.bwd_bytes) ? 1 : 0;
+        if (model_off)
+            std::printf("#  rank %d sent %llu bytes forward and %llu backward; the cost model counts %llu and %llu\n", me,
+                        static_cast<unsigned long long>(sent_f), static_cast<unsigned long long>(sent_b),
+                        static_cast<unsigned long long>(model.fwd_bytes), static_cast<unsigned long long>(grads ? model.bwd_bytes : 0));
+        comm.all_reduce_sum(&model_off, 1);
+
         const double total = f.total_s + b.total_s, wait = f.wait_s + b.wait_s, kern = f.kernel_s + b.kernel_s;
         const double mem_x = peak_mb * 1048576.0 / std::max(sh.base_bytes(grads), 1.0);
         if (job.exec.per_rank) {
@@ -310,6 +327,14 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         char line[200];
         std::snprintf(line, sizeof(line), "  work per rank max/min %.4f (allowed pairs); kernel time per rank max/min %.3f",
                       mx[6] / std::max(-mn[0], 1.0), mx[2] / std::max(-mn[1], 1e-12));
+        rep.note(line);
+        if (model_off) {
+            std::snprintf(line, sizeof(line), "  bytes sent: %lld ranks differ from the cost model (counted as wrong)",
+                          static_cast<long long>(model_off));
+            wrong_total += model_off;
+        } else {
+            std::snprintf(line, sizeof(line), "  bytes sent: every rank's equal the cost model's");
+        }
         rep.note(line);
         if (plan) {
             std::snprintf(line, sizeof(line), "  plan built once in %.2f ms for %d calls; workspace %.1f MB per rank",

@@ -39,6 +39,7 @@ struct DistStats {
     double total_s = 0, kernel_s = 0, wait_s = 0;  // wall, inside kernels, blocked on communication
     double setup_s = 0;  // building the plan, included in total_s (one-shot calls; 0 through a kept Plan)
     std::uint64_t bytes_sent = 0;
+    std::uint64_t setup_bytes = 0;  // of bytes_sent, what building the plan sent (one-shot calls)
     std::uint64_t scratch_peak_bytes = 0;  // largest working memory the strategy held at once
     std::int64_t kernel_calls = 0, skipped_blocks = 0, skipped_transfers = 0;
 };

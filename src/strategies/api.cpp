@@ -88,6 +88,7 @@ void one_shot(comm::Communicator& comm, const DistOptions& opt, const Args& args
     st.setup_s = setup;
     st.total_s += setup;
     st.bytes_sent += plan.build_bytes;
+    st.setup_bytes = plan.build_bytes;
     if (stats) *stats = st;
 }
 

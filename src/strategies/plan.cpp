@@ -10,7 +10,10 @@
 namespace longattn::dist {
 
 RingPlan::RingPlan(comm::Communicator& comm, const std::int64_t* pos, std::int64_t S, const Pattern& pat)
-    : P(comm.size()), r(comm.rank()), next((r + 1) % P), prev((r - 1 + P) % P), sh(gather_shards(comm, pos, S)),
+    : RingPlan(gather_shards(comm, pos, S), comm.rank(), pat) {}
+
+RingPlan::RingPlan(Shards shards, int rank, const Pattern& pat)
+    : P(static_cast<int>(shards.count.size())), r(rank), next((r + 1) % P), prev((r - 1 + P) % P), sh(std::move(shards)),
       need(needed_matrix(sh, pat)), last(static_cast<std::size_t>(P), -1), sent_lo(static_cast<std::size_t>(P), 0),
       sent_hi(static_cast<std::size_t>(P), 0) {
     for (int o = 0; o < P; ++o) {

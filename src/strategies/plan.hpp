@@ -22,6 +22,8 @@ struct RingPlan {
 
     // Collective over comm: S local rows at positions pos.
     RingPlan(comm::Communicator& comm, const std::int64_t* pos, std::int64_t S, const Pattern& pat);
+    // From every rank's shard, as rank `rank` (the cost model's replay, longattn/cost_model.hpp).
+    RingPlan(Shards shards, int rank, const Pattern& pat);
     int origin(int t) const { return (r - t + P) % P; }  // owner of the shard held at step t
     // The shard held at step t is passed on after it.
     bool forwarded(int o, int t) const { return t < last[static_cast<std::size_t>(o)]; }

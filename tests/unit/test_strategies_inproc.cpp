@@ -6,7 +6,7 @@
 //     with the single-process kernel's own error as the yardstick;
 //   - the ring's skip counters and its traffic against what the pattern says each rank needs, worked
 //     out here pair by pair from Pattern::allowed (and, for causal and a window on contiguous shards,
-//     by hand);
+//     by hand); every strategy's traffic against the cost model's (longattn/cost_model.hpp);
 //   - a kept Plan: the one-shot bits on every call, no split after it is built, no growth of its
 //     working memory after the first call, and one rank's bad input refused on every rank;
 //   - a Context: the plans it finds and builds as document lengths and one rank's positions change,
@@ -24,6 +24,7 @@
 #include "kernels/attention.hpp"
 #include "kernels/cpu/reference.hpp"
 #include "longattn/context.hpp"
+#include "longattn/cost_model.hpp"
 #include "longattn/distributed.hpp"
 #include "longattn/error.hpp"
 #include "longattn/layout.hpp"
@@ -337,10 +338,21 @@ TEST_P(InprocStrategies, MatchSingleProcessKernelsAndSkipWhatThePatternAllows) {
                 // world as it is.
                 EXPECT_EQ(run.splits, cfg.strategy == StrategyKind::hybrid ? 6 : 0);
                 const Layout layout(lk, s.N, cfg.P);
+                ModelJob mj;
+                mj.tokens = s.N, mj.batch = s.B, mj.heads = s.Hq, mj.kv_heads = s.Hkv, mj.head_dim = s.D;
+                mj.dtype = s.dtype, mj.layout = lk, mj.ranks = cfg.P, mj.dist = opt;
+                const std::vector<RankCost> model = model_costs(mj, pat);
+                double model_pairs = 0;
+                for (const RankCost& c : model) model_pairs += c.pairs;
+                // Every allowed pair of every head is attended exactly once, somewhere.
+                EXPECT_EQ(model_pairs, double(pat.count_allowed(0, s.N, 0, s.N)) * double(s.B * s.Hq));
                 for (int r = 0; r < cfg.P; ++r) {
                     SCOPED_TRACE("rank " + std::to_string(r));
                     const RankRun& me = run.ranks[static_cast<std::size_t>(r)];
                     check_rows(s, w, me);
+                    // The cost model's bytes are what the one-shot calls sent beyond building their plans.
+                    EXPECT_EQ(me.fwd.bytes_sent - me.fwd.setup_bytes, model[static_cast<std::size_t>(r)].fwd_bytes);
+                    EXPECT_EQ(me.bwd.bytes_sent - me.bwd.setup_bytes, model[static_cast<std::size_t>(r)].bwd_bytes);
                     // The plan's estimate of the working memory is what the strategy held at its peak.
                     EXPECT_GT(me.fwd.scratch_peak_bytes, 0u);
                     EXPECT_EQ(me.est_fwd.scratch, me.fwd.scratch_peak_bytes);

@@ -1,0 +1,113 @@
+// The cost model's exact part (longattn/cost_model.hpp) on cases small enough to count by hand; the
+// in-process strategies test (test_strategies_inproc.cpp) and every distributed bench run check it
+// against the bytes the strategies really send.
+#include <gtest/gtest.h>
+
+#include "longattn/cost_model.hpp"
+#include "longattn/error.hpp"
+
+namespace longattn::test {
+namespace {
+
+ModelJob job(StrategyKind s, int P, std::int64_t N, std::int64_t hq, std::int64_t hkv, std::int64_t D, DType t,
+             LayoutKind l = LayoutKind::contiguous) {
+    ModelJob j;
+    j.tokens = N, j.heads = hq, j.kv_heads = hkv, j.head_dim = D, j.dtype = t, j.layout = l, j.ranks = P;
+    j.dist.strategy = s;
+    return j;
+}
+
+PatternSpec causal(std::int64_t window = -1) {
+    PatternSpec s;
+    s.causal = true;
+    if (window >= 0) s.window = Window{window, 0};
+    return s;
+}
+
+// 2 ranks, contiguous halves of 64 tokens, causal, 1 kv head of dim 8, fp32. Rank 1 needs all of rank
+// 0's 32 rows; rank 0 nothing of rank 1's. A K/V row is 2 x 8 x 4 = 64 bytes, a dK/dV row too.
+TEST(CostModel, TwoRankCausalRingByHand) {
+    const auto c = model_costs(job(StrategyKind::ring, 2, 64, 2, 1, 8, DType::f32), Pattern(causal()));
+    ASSERT_EQ(c.size(), 2u);
+    EXPECT_EQ(c[0].fwd_bytes, 32u * 64);  // rank 0's K/V to rank 1
+    EXPECT_EQ(c[1].fwd_bytes, 0u);        // rank 1's shard is needed nowhere else
+    EXPECT_EQ(c[0].bwd_bytes, 32u * 64);  // the K/V again
+    EXPECT_EQ(c[1].bwd_bytes, 32u * 64);  // dK/dV of rank 0's rows, home
+    // Pairs (2 query heads): rank 0 the causal triangle of its 32 rows; rank 1 its own triangle at
+    // step 0 and every one of rank 0's 32 x 32 keys at step 1.
+    EXPECT_EQ(c[0].pairs, 2.0 * 528);
+    EXPECT_EQ(c[1].step_pairs, (std::vector<double>{2.0 * 528, 2.0 * 1024}));
+    EXPECT_EQ(c[0].step_bytes, (std::vector<std::uint64_t>{32u * 64, 0}));
+}
+
+// 4 ranks of 16 contiguous tokens, a causal window of 8 keys: each rank needs only its predecessor's
+// last 8 rows, one hop; the last rank's shard travels nowhere.
+TEST(CostModel, WindowedRingSendsOnlyTheRowsInReach) {
+    const auto c = model_costs(job(StrategyKind::ring, 4, 64, 1, 1, 4, DType::bf16), Pattern(causal(8)));
+    const std::uint64_t row = 2 * 4 * 2, grad = 2 * 4 * 4;  // K and V of 4 dims in bf16; dK and dV in fp32
+    for (int r = 0; r < 3; ++r) EXPECT_EQ(c[static_cast<std::size_t>(r)].fwd_bytes, 8 * row) << r;
+    EXPECT_EQ(c[3].fwd_bytes, 0u);
+    // The backward sends the K/V again, and ranks 1-3 the dK/dV of their predecessor's 8 rows home.
+    EXPECT_EQ(c[0].bwd_bytes, 8 * row);
+    EXPECT_EQ(c[1].bwd_bytes, 8 * row + 8 * grad);
+    EXPECT_EQ(c[2].bwd_bytes, 8 * row + 8 * grad);
+    EXPECT_EQ(c[3].bwd_bytes, 8 * grad);
+    // Rank 1: its triangle of the window (16 rows: 1 + 2 + ... + 9 for the first 9, then 9 each) and,
+    // from rank 0's last 8 rows, 8 + 7 + ... + 1 = 36 pairs.
+    EXPECT_EQ(c[1].pairs, 45.0 + 7 * 9 + 36);
+}
+
+// Ulysses on 2 ranks of 5 tokens, 2 query heads over 2 kv heads of dim 4, bf16: each rank sends the
+// other its rows of the other's head (Q, K, V), then the other's rows of its own head's O (bf16) and LSE
+// (fp32). Backward: Q, O, dO, K, V and the LSE of the other's head; dQ, dK, dV (fp32) back.
+TEST(CostModel, UlyssesAllToAllsByHand) {
+    const auto c = model_costs(job(StrategyKind::ulysses, 2, 10, 2, 2, 4, DType::bf16), Pattern(PatternSpec{}));
+    const std::uint64_t fwd = 5 * 4 * 3 * 2 + 5 * 4 * 2 + 5 * 4;
+    const std::uint64_t bwd = 5 * 4 * 5 * 2 + 5 * 4 + 5 * 4 * 3 * 4;
+    EXPECT_EQ(c[0].fwd_bytes, fwd);
+    EXPECT_EQ(c[1].fwd_bytes, fwd);
+    EXPECT_EQ(c[0].bwd_bytes, bwd);
+    EXPECT_EQ(c[0].pairs, 100.0);  // its one head over every pair of the 10 tokens
+}
+
+// All-gather on 3 ranks of 10 tokens, 1 kv head of dim 4, fp32: K and V to each of the 2 others; the
+// backward gathers again and sends the dK/dV of the 20 foreign rows to their owners.
+TEST(CostModel, AllGatherByHand) {
+    const auto c = model_costs(job(StrategyKind::allgather, 3, 30, 1, 1, 4, DType::f32), Pattern(causal()));
+    EXPECT_EQ(c[1].fwd_bytes, 2u * 2 * 10 * 16);
+    EXPECT_EQ(c[1].bwd_bytes, 2u * 2 * 10 * 16 + 2u * 20 * 16);
+    EXPECT_EQ(c[0].pairs, 55.0);
+    EXPECT_EQ(c[2].pairs, 10.0 * 20 + 55);
+}
+
+// A hybrid of Ulysses degree P is Ulysses; of degree 1 it is the ring.
+TEST(CostModel, HybridDegreesAtTheEndsAreUlyssesAndRing) {
+    PatternSpec docs = causal(40);
+    docs.doc_bounds = {0, 70, 130, 203};
+    const Pattern pat(docs);
+    for (LayoutKind l : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped}) {
+        ModelJob h = job(StrategyKind::hybrid, 4, 203, 4, 2, 16, DType::bf16, l);
+        for (int u : {1, 4}) {
+            h.dist.ulysses_degree = u;
+            ModelJob same = h;
+            same.dist.strategy = u == 1 ? StrategyKind::ring : StrategyKind::ulysses;
+            const auto a = model_costs(h, pat), b = model_costs(same, pat);
+            for (std::size_t r = 0; r < a.size(); ++r) {
+                EXPECT_EQ(a[r].fwd_bytes, b[r].fwd_bytes) << layout_name(l) << " u=" << u << " rank " << r;
+                EXPECT_EQ(a[r].bwd_bytes, b[r].bwd_bytes) << layout_name(l) << " u=" << u << " rank " << r;
+                EXPECT_EQ(a[r].pairs, b[r].pairs) << layout_name(l) << " u=" << u << " rank " << r;
+            }
+        }
+    }
+}
+
+TEST(CostModel, BadJobsAreErrors) {
+    ModelJob j = job(StrategyKind::hybrid, 4, 64, 2, 1, 8, DType::f32);
+    j.dist.ulysses_degree = 3;
+    EXPECT_THROW(model_costs(j, Pattern(causal())), Error);
+    j = job(StrategyKind::ring, 2, 64, 3, 2, 8, DType::f32);
+    EXPECT_THROW(model_costs(j, Pattern(causal())), Error);
+}
+
+}  // namespace
+}  // namespace longattn::test
