@@ -13,6 +13,7 @@
 // 2 * (N/2) * D * 4 bytes (K and V of rank 0's rows) from rank 0 and nothing from rank 1; the backward
 // sends the same K/V again, and rank 1 sends dK and dV of those rows home: 2 * (N/2) * D * 4 bytes.
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "longattn/distributed.hpp"
@@ -34,13 +35,56 @@ struct RankCost {
     // Allowed (query, key) pairs this rank's kernels attend in one call, over every batch entry and query
     // head (the backward visits the same pairs); counted only when asked.
     double pairs = 0;
-    // Ring and hybrid: the pairs attended at each ring step, and the K/V bytes sent at its end (forward).
+    // Ring and hybrid: the pairs attended at each ring step, and the bytes sent during it, forward and
+    // backward (K/V; in the backward also the running dK/dV).
     std::vector<double> step_pairs;
-    std::vector<std::uint64_t> step_bytes;
+    std::vector<std::uint64_t> step_bytes, step_bwd_bytes;
+    // Of fwd_bytes and bwd_bytes, what the all-to-alls send (Ulysses, all-gather), and how many there are.
+    std::uint64_t a2a_fwd_bytes = 0, a2a_bwd_bytes = 0;
+    int a2a_fwd_calls = 0, a2a_bwd_calls = 0;
 };
 
 // Every rank's cost. count_pairs: also the pairs (a count over runs of consecutive positions: cheap for
 // contiguous and zigzag layouts, about rows x rows / ranks for striped ones).
 std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pattern, bool count_pairs = true);
+
+// The time part: a cluster and what one call costs on it.
+//
+// A cluster is `nodes` nodes of `devices_per_node` devices, rank r on node r / devices_per_node; a message
+// of b bytes between two devices takes latency + b / bandwidth over the link between them (within a node
+// or across); the kernels attend a pair of one head at 4 D FLOPs forward and 10 D backward (the
+// FlashAttention convention) at the device's throughput. A ring step takes the slowest rank's
+// max(kernel, transfer to the next rank): transfers overlap the kernel. An all-to-all takes
+// the latency plus the rank's bytes over its links (the bytes to ranks on other nodes over the inter-node
+// link, the rest within the node, in parallel), and overlaps nothing.
+struct ClusterSpec {
+    std::string name;
+    int nodes = 1, devices_per_node = 1;
+    double intra_bandwidth = 0, intra_latency = 0;  // bytes/s one way per device, seconds
+    double inter_bandwidth = 0, inter_latency = 0;
+    double fwd_flops = 0, bwd_flops = 0;  // the attention kernels' FLOP/s per device (dense pairs)
+    double memory = 0;                    // bytes per device (0: not given)
+    int devices() const { return nodes * devices_per_node; }
+};
+
+// An INI file:
+//   [cluster] name = ..., nodes = N, devices_per_node = G
+//   [intra] bandwidth_GBps = ..., latency_us = ...     (within a node; required when G > 1)
+//   [inter] bandwidth_GBps = ..., latency_us = ...     (across nodes; required when N > 1)
+//   [device] fwd_tflops = ..., bwd_tflops = ..., memory_GiB = ...
+// Unknown keys, missing ones, bad numbers: an Error naming the file, the line and the key.
+ClusterSpec load_cluster(const std::string& path);
+
+struct Prediction {
+    double fwd_s = 0, bwd_s = 0;  // one forward call, one backward call
+    double compute_s = 0;         // of fwd_s + bwd_s, the kernels on the critical path
+    double exposed_s = 0;         // the rest: communication not hidden behind kernels
+    double ideal_s = 0;           // every pair's FLOPs spread evenly over the ranks, no communication
+    std::uint64_t max_bytes = 0;  // the most one rank sends in a forward and a backward call
+    double efficiency() const { return fwd_s + bwd_s > 0 ? ideal_s / (fwd_s + bwd_s) : 1.0; }
+};
+
+// job.ranks must fit the cluster; cost from model_costs with its pairs.
+Prediction predict(const ClusterSpec& cluster, const ModelJob& job, const std::vector<RankCost>& cost);
 
 }  // namespace longattn

@@ -2,6 +2,10 @@
 #include "longattn/cost_model.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <sstream>
 
 #include "longattn/block_plan.hpp"
 #include "longattn/error.hpp"
@@ -46,6 +50,7 @@ void ring_cost(const std::vector<Positions>& pos, const std::vector<int>& at, co
         const PositionRuns qr = runs_of(mine.data(), mine.size());
         c.step_pairs.resize(static_cast<std::size_t>(P), 0.0);
         c.step_bytes.resize(static_cast<std::size_t>(P), 0);
+        c.step_bwd_bytes.resize(static_cast<std::size_t>(P), 0);
         for (int t = 0; t < P; ++t) {
             const int o = (r - t + P) % P;
             const u64 sent = static_cast<u64>(rp.sent_rows(o));
@@ -55,7 +60,11 @@ void ring_cost(const std::vector<Positions>& pos, const std::vector<int>& at, co
                 c.bwd_bytes += sent * kv_row;
                 c.step_bytes[static_cast<std::size_t>(t)] += sent * kv_row;
             }
-            if (t >= 1 && t <= last) c.bwd_bytes += sent * grad_row;  // the running dK/dV, on or home
+            if (t + 1 < P && t < last) c.step_bwd_bytes[static_cast<std::size_t>(t)] += sent * kv_row;
+            if (t >= 1 && t <= last) {  // the running dK/dV, on or home
+                c.bwd_bytes += sent * grad_row;
+                c.step_bwd_bytes[static_cast<std::size_t>(t)] += sent * grad_row;
+            }
             if (count && rp.need[static_cast<std::size_t>(o)][static_cast<std::size_t>(r)] && !qr.empty()) {
                 const double n = pairs_between(pat, qr, t == 0 ? qr : runs_of(rp.sent_pos(o), sent));
                 c.step_pairs[static_cast<std::size_t>(t)] += n * static_cast<double>(B * hq);
@@ -92,10 +101,14 @@ std::vector<std::pair<dist::Range, dist::Range>> ulysses_cost(const std::vector<
             const u64 kj = static_cast<u64>(heads[static_cast<std::size_t>(j)].second.len);
             const u64 Sj = pos[static_cast<std::size_t>(j)].size();
             // Forward: Q, K, V out by heads; O (storage type) and LSE back by rows.
-            c.fwd_bytes += d * S * (qj + 2 * kj) * e + d * Sj * mq * e + static_cast<u64>(B) * mq * Sj * 4;
+            const u64 f = d * S * (qj + 2 * kj) * e + d * Sj * mq * e + static_cast<u64>(B) * mq * Sj * 4;
             // Backward: Q, O, dO, K, V and LSE out; dQ, dK, dV (fp32) back.
-            c.bwd_bytes += d * S * (3 * qj + 2 * kj) * e + static_cast<u64>(B) * qj * S * 4 + d * Sj * (mq + 2 * mkv) * 4;
+            const u64 b = d * S * (3 * qj + 2 * kj) * e + static_cast<u64>(B) * qj * S * 4 + d * Sj * (mq + 2 * mkv) * 4;
+            c.fwd_bytes += f, c.a2a_fwd_bytes += f;
+            c.bwd_bytes += b, c.a2a_bwd_bytes += b;
         }
+        c.a2a_fwd_calls += 5;  // Q, K, V, O, LSE
+        c.a2a_bwd_calls += 9;  // Q, K, V, O, dO, LSE, dQ, dK, dV
     }
     return heads;
 }
@@ -153,6 +166,11 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
                 const u64 S = pos[static_cast<std::size_t>(r)].size(), row = static_cast<u64>(B * Hkv * D);
                 c.fwd_bytes = 2 * static_cast<u64>(P - 1) * S * row * es;
                 c.bwd_bytes = c.fwd_bytes + 2 * (static_cast<u64>(N) - S) * row * 4;  // dK, dV back to their owners
+                c.a2a_fwd_bytes = c.fwd_bytes, c.a2a_bwd_bytes = c.bwd_bytes;
+                const std::int64_t chunk = job.dist.kv_head_chunk > 0 ? std::min(job.dist.kv_head_chunk, Hkv) : Hkv;
+                const int chunks = static_cast<int>((Hkv + chunk - 1) / chunk);
+                c.a2a_fwd_calls = 2 * chunks;  // K, V per chunk of kv heads
+                c.a2a_bwd_calls = 4 * chunks;  // K, V, and dK, dV back
                 if (count)
                     c.pairs = pairs_between(pat, runs_of(pos[static_cast<std::size_t>(r)].data(), S), PositionRuns{{0, N}}) *
                               static_cast<double>(B * Hq);
@@ -161,6 +179,137 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
         }
     }
     return cost;
+}
+
+namespace {
+
+std::string trim(const std::string& x) {
+    const auto a = x.find_first_not_of(" \t\r"), b = x.find_last_not_of(" \t\r");
+    return a == std::string::npos ? std::string() : x.substr(a, b - a + 1);
+}
+
+}  // namespace
+
+ClusterSpec load_cluster(const std::string& path) {
+    std::ifstream in(path);
+    require(in.good(), "cluster", "cannot read '", path, "'");
+    // section.key -> (value, line)
+    std::map<std::string, std::pair<std::string, int>> kv;
+    std::string line, section;
+    for (int n = 1; std::getline(in, line); ++n) {
+        const std::string t = trim(line.substr(0, line.find_first_of("#;")));
+        if (t.empty()) continue;
+        if (t.front() == '[') {
+            require(t.back() == ']', "cluster", path, ":", n, ": a section header must end with ']', got '", t, "'");
+            section = trim(t.substr(1, t.size() - 2));
+            require(section == "cluster" || section == "intra" || section == "inter" || section == "device", "cluster",
+                    path, ":", n, ": unknown section [", section, "] (cluster, intra, inter, device)");
+            continue;
+        }
+        const auto eq = t.find('=');
+        require(eq != std::string::npos && !section.empty(), "cluster", path, ":", n,
+                ": expected 'key = value' inside a section, got '", t, "'");
+        kv[section + "." + trim(t.substr(0, eq))] = {trim(t.substr(eq + 1)), n};
+    }
+    static const char* known[] = {"cluster.name", "cluster.nodes", "cluster.devices_per_node", "intra.bandwidth_GBps",
+                                  "intra.latency_us", "inter.bandwidth_GBps", "inter.latency_us", "device.fwd_tflops",
+                                  "device.bwd_tflops", "device.memory_GiB"};
+    for (const auto& [k, v] : kv)
+        require(std::find(std::begin(known), std::end(known), k) != std::end(known), "cluster", path, ":", v.second,
+                ": unknown key '", k.substr(k.find('.') + 1), "' in [", k.substr(0, k.find('.')), "]");
+    auto number = [&](const std::string& k, bool needed, double lo) {
+        const auto it = kv.find(k);
+        require(it != kv.end() || !needed, "cluster", path, ": [", k.substr(0, k.find('.')), "] needs ",
+                k.substr(k.find('.') + 1));
+        if (it == kv.end()) return 0.0;
+        std::size_t used = 0;
+        double x = 0;
+        try {
+            x = std::stod(it->second.first, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        require(used == it->second.first.size() && std::isfinite(x) && x >= lo, "cluster", path, ":", it->second.second,
+                ": ", k.substr(k.find('.') + 1), " must be a number >= ", lo, ", got '", it->second.first, "'");
+        return x;
+    };
+    ClusterSpec c;
+    c.name = kv.count("cluster.name") ? kv["cluster.name"].first : path;
+    c.nodes = static_cast<int>(number("cluster.nodes", true, 1));
+    c.devices_per_node = static_cast<int>(number("cluster.devices_per_node", true, 1));
+    c.intra_bandwidth = number("intra.bandwidth_GBps", c.devices_per_node > 1, 1e-9) * 1e9;
+    c.intra_latency = number("intra.latency_us", c.devices_per_node > 1, 0) * 1e-6;
+    c.inter_bandwidth = number("inter.bandwidth_GBps", c.nodes > 1, 1e-9) * 1e9;
+    c.inter_latency = number("inter.latency_us", c.nodes > 1, 0) * 1e-6;
+    c.fwd_flops = number("device.fwd_tflops", true, 1e-12) * 1e12;
+    c.bwd_flops = number("device.bwd_tflops", true, 1e-12) * 1e12;
+    c.memory = number("device.memory_GiB", false, 0) * 1073741824.0;
+    return c;
+}
+
+Prediction predict(const ClusterSpec& cl, const ModelJob& job, const std::vector<RankCost>& cost) {
+    const int P = job.ranks;
+    require(P >= 1 && P <= cl.devices(), "ranks", P, " ranks do not fit the cluster '", cl.name, "' of ", cl.devices(), " devices");
+    require(static_cast<int>(cost.size()) == P, "cost", "must hold one entry per rank");
+    const double D = static_cast<double>(job.head_dim);
+    const double per_fwd = 4 * D / cl.fwd_flops, per_bwd = 10 * D / cl.bwd_flops;  // seconds per pair of one head
+    const int G = cl.devices_per_node;
+    auto same_node = [&](int a, int b) { return a / G == b / G; };
+    auto send = [&](int a, int b, double bytes) {
+        if (bytes <= 0) return 0.0;
+        return same_node(a, b) ? cl.intra_latency + bytes / cl.intra_bandwidth : cl.inter_latency + bytes / cl.inter_bandwidth;
+    };
+    const bool hybrid = job.dist.strategy == StrategyKind::hybrid;
+    const int u = hybrid ? job.dist.ulysses_degree : job.dist.strategy == StrategyKind::ring ? 1 : P;
+    // The peers of a rank's all-to-alls: its Ulysses group, or everyone.
+    auto a2a = [&](int r, double bytes, int calls) {
+        if (calls == 0) return 0.0;
+        const int g0 = r / u * u;
+        int off = 0;
+        for (int j = g0; j < g0 + u; ++j) off += j != r && !same_node(r, j);
+        const double f = u > 1 ? double(off) / double(u - 1) : 0.0;
+        const double lat = off > 0 ? cl.inter_latency : cl.intra_latency;
+        double t = calls * lat;
+        if (f < 1) t += bytes * (1 - f) / cl.intra_bandwidth;
+        if (f > 0) t = std::max(t, calls * lat + bytes * f / cl.inter_bandwidth);
+        return t;
+    };
+    Prediction pr;
+    double a2a_f = 0, a2a_b = 0, kern_f = 0, kern_b = 0, pairs = 0;
+    for (int r = 0; r < P; ++r) {
+        const RankCost& c = cost[static_cast<std::size_t>(r)];
+        a2a_f = std::max(a2a_f, a2a(r, double(c.a2a_fwd_bytes), c.a2a_fwd_calls));
+        a2a_b = std::max(a2a_b, a2a(r, double(c.a2a_bwd_bytes), c.a2a_bwd_calls));
+        pairs += c.pairs;
+        pr.max_bytes = std::max(pr.max_bytes, c.fwd_bytes + c.bwd_bytes);
+        if (c.step_pairs.empty()) {  // no ring: the kernels run once on the rank's pairs
+            kern_f = std::max(kern_f, c.pairs * per_fwd);
+            kern_b = std::max(kern_b, c.pairs * per_bwd);
+        }
+    }
+    // The ring (or the hybrid's rings): step by step, each the slowest rank's max(kernel, transfer).
+    double ring_f = 0, ring_b = 0;
+    std::size_t steps = 0;
+    for (const RankCost& c : cost) steps = std::max(steps, c.step_pairs.size());
+    for (std::size_t t = 0; t < steps; ++t) {
+        double sf = 0, sb = 0, kf = 0, kb = 0;
+        for (int r = 0; r < P; ++r) {
+            const RankCost& c = cost[static_cast<std::size_t>(r)];
+            if (t >= c.step_pairs.size()) continue;
+            const int next = (r / u + 1) % (P / u) * u + r % u;
+            const double k1 = c.step_pairs[t] * per_fwd, k2 = c.step_pairs[t] * per_bwd;
+            kf = std::max(kf, k1), kb = std::max(kb, k2);
+            sf = std::max(sf, std::max(k1, send(r, next, double(c.step_bytes[t]))));
+            sb = std::max(sb, std::max(k2, send(r, next, double(c.step_bwd_bytes[t]))));
+        }
+        ring_f += sf, ring_b += sb, kern_f += kf, kern_b += kb;
+    }
+    pr.fwd_s = a2a_f + (steps ? ring_f : kern_f);
+    pr.bwd_s = a2a_b + (steps ? ring_b : kern_b);
+    pr.compute_s = kern_f + kern_b;
+    pr.exposed_s = pr.fwd_s + pr.bwd_s - pr.compute_s;
+    pr.ideal_s = pairs * (per_fwd + per_bwd) / P;
+    return pr;
 }
 
 }  // namespace longattn

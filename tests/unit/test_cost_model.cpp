@@ -3,6 +3,8 @@
 // against the bytes the strategies really send.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include "longattn/cost_model.hpp"
 #include "longattn/error.hpp"
 
@@ -99,6 +101,70 @@ TEST(CostModel, HybridDegreesAtTheEndsAreUlyssesAndRing) {
             }
         }
     }
+}
+
+// A cluster of one node of 2 devices: 1 GB/s and 1 us between them, 1 TFLOP/s forward and backward.
+ClusterSpec two_devices() {
+    ClusterSpec c;
+    c.name = "two";
+    c.nodes = 1, c.devices_per_node = 2;
+    c.intra_bandwidth = 1e9, c.intra_latency = 1e-6;
+    c.fwd_flops = c.bwd_flops = 1e12;
+    return c;
+}
+
+// The 2-rank causal ring above: step 0 is rank 0's transfer of 2048 bytes (1 us + 2.048 us), longer than
+// either rank's triangle of 2 x 528 pairs at 4 x 8 FLOPs each; step 1 is rank 1's 2 x 1024 pairs of rank 0's
+// keys, nothing to send.
+TEST(CostModel, TwoRankRingTimesByHand) {
+    const ModelJob j = job(StrategyKind::ring, 2, 64, 2, 1, 8, DType::f32);
+    const Prediction p = predict(two_devices(), j, model_costs(j, Pattern(causal())));
+    const double pf = 32e-12, pb = 80e-12;  // seconds per pair forward (4 x 8 FLOPs), backward (10 x 8)
+    EXPECT_DOUBLE_EQ(p.fwd_s, 3.048e-6 + 2048 * pf);
+    // Backward: step 0 sends the K/V again (3.048 us, more than 1056 pairs at 80 ps); step 1 rank 1's
+    // 2048 pairs (164 ns) against its 2048 bytes of dK/dV home (3.048 us).
+    EXPECT_DOUBLE_EQ(p.bwd_s, 2 * 3.048e-6);
+    EXPECT_DOUBLE_EQ(p.compute_s, 1056 * pf + 2048 * pf + 1056 * pb + 2048 * pb);
+    EXPECT_DOUBLE_EQ(p.exposed_s, p.fwd_s + p.bwd_s - p.compute_s);
+    EXPECT_DOUBLE_EQ(p.ideal_s, (1056 + 3104) * (pf + pb) / 2);
+    EXPECT_EQ(p.max_bytes, 4096u);
+}
+
+// Ulysses on the 2 devices: five all-to-alls forward (5 us of latency) and 180 bytes, then each rank's
+// 100 pairs of one head.
+TEST(CostModel, UlyssesTimesByHand) {
+    const ModelJob j = job(StrategyKind::ulysses, 2, 10, 2, 2, 4, DType::bf16);
+    const Prediction p = predict(two_devices(), j, model_costs(j, Pattern(PatternSpec{})));
+    EXPECT_DOUBLE_EQ(p.fwd_s, 5e-6 + 180e-9 + 100 * 16e-12);
+    EXPECT_DOUBLE_EQ(p.bwd_s, 9e-6 + 460e-9 + 100 * 40e-12);
+}
+
+TEST(CostModel, ClusterFilesLoadAndBadOnesNameTheLine) {
+    const ClusterSpec h = load_cluster(LONGATTN_SOURCE_DIR "/configs/clusters/h100-ib.ini");
+    EXPECT_EQ(h.devices(), 1024);
+    EXPECT_EQ(h.inter_bandwidth, 50e9);
+    EXPECT_EQ(h.intra_latency, 3e-6);
+    const std::string dir = ::testing::TempDir();
+    auto refused = [&](const std::string& text, const std::string& message) {
+        const std::string path = dir + "/bad_cluster.ini";
+        std::FILE* f = std::fopen(path.c_str(), "w");
+        std::fputs(text.c_str(), f);
+        std::fclose(f);
+        try {
+            load_cluster(path);
+            ADD_FAILURE() << "accepted: " << text;
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+        }
+    };
+    const std::string ok = "[cluster]\nnodes = 1\ndevices_per_node = 1\n[device]\nfwd_tflops = 1\nbwd_tflops = 1\n";
+    refused(ok + "speed = 3\n", ":7: unknown key 'speed' in [device]");
+    refused("[cluster]\nnodes = two\n", ":2: nodes must be a number >= 1, got 'two'");
+    refused("[cluster]\nnodes = 2\ndevices_per_node = 1\n[device]\nfwd_tflops = 1\nbwd_tflops = 1\n", "[inter] needs bandwidth_GBps");
+    refused("[gpus]\n", ":1: unknown section [gpus]");
+    refused("nodes = 1\n", ":1: expected 'key = value' inside a section");
+    refused("", "[cluster] needs nodes");
+    EXPECT_THROW(load_cluster(dir + "/no_such_file.ini"), Error);
 }
 
 TEST(CostModel, BadJobsAreErrors) {
