@@ -13,7 +13,7 @@
 
 namespace longattn::bench {
 
-enum class Mode { fwd, bwd, fwd_bwd, decode };
+enum class Mode { fwd, bwd, fwd_bwd, decode, calibrate };
 const char* mode_name(Mode m);
 
 // How packed documents are laid out over a sequence of any length.
@@ -56,6 +56,8 @@ struct AttentionPattern {
 // Where the kernels run: in one process or over the ranks of mpirun, on which device, over which link.
 struct Execution {
     bool distributed = false;            // a strategy other than "kernel"
+    bool auto_strategy = false;          // --strategy auto: dist and layout picked by the cost model
+    std::string cluster;                 // the cost model's cluster file ("": no prediction)
     DistOptions dist;
     LayoutKind layout = LayoutKind::zigzag;
     bool per_rank = false;               // print every rank's kernel, wait, bytes and memory
@@ -142,6 +144,10 @@ PatternSpec spec_for_length(const Job& job, std::int64_t n);
 
 // Single-process kernel benchmark; prints the table and returns 0 when every check passed.
 int run_kernel_bench(const Job& job);
+// --mode calibrate: prints a cluster file (longattn/cost_model.hpp) of this machine: the kernels' forward
+// and backward throughput at the job's largest length, shape, pattern and threads, measured on rank 0, and
+// (comm with 2 ranks or more) the latency and bandwidth between ranks 0 and 1 by ping-pong.
+int run_calibrate(const Job& job, comm::Communicator* comm);
 
 }  // namespace longattn::bench
 

@@ -156,10 +156,77 @@ std::string describe(const Job& job, int P) {
     return os.str();
 }
 
+ModelJob model_job(const Job& job, std::int64_t N, int P) {
+    ModelJob mj;
+    mj.tokens = N, mj.batch = job.shape.batch, mj.heads = job.shape.heads, mj.kv_heads = job.shape.kv_heads;
+    mj.head_dim = job.shape.head_dim, mj.dtype = job.shape.dtype, mj.layout = job.exec.layout, mj.ranks = P;
+    mj.dist = job.exec.dist;
+    return mj;
+}
+
+// The time the job's mode takes of a prediction.
+double mode_time(const Job& job, const Prediction& p) {
+    return job.sweep.mode == Mode::fwd ? p.fwd_s : job.sweep.mode == Mode::bwd ? p.bwd_s : p.fwd_s + p.bwd_s;
+}
+
+std::string strategy_label(const DistOptions& d, LayoutKind l) {
+    std::string s = strategy_name(d.strategy);
+    if (d.strategy == StrategyKind::hybrid) s += " u=" + std::to_string(d.ulysses_degree);
+    return s + " " + layout_name(l);
+}
+
+// --strategy auto: every strategy (the hybrid at each Ulysses degree that divides the ranks) on the
+// zigzag and contiguous layouts, predicted on the cluster at the largest length; the fastest is taken,
+// and rank 0 says why (the predicted times of the first three). The same on every rank: no traffic.
+void pick_strategy(Job& job, int P, bool root) {
+    const ClusterSpec cl = load_cluster(job.exec.cluster);
+    const std::int64_t N = total_tokens(job, job.sweep.lengths.back(), P);
+    const Pattern pat(spec_for_length(job, N));
+    struct Option {
+        DistOptions dist;
+        LayoutKind layout;
+        Prediction p;
+        double t;
+    };
+    std::vector<Option> opts;
+    std::vector<DistOptions> cands;
+    for (StrategyKind k : {StrategyKind::ring, StrategyKind::ulysses, StrategyKind::allgather}) {
+        DistOptions d = job.exec.dist;
+        d.strategy = k;
+        cands.push_back(d);
+    }
+    for (int u = 2; u < P; ++u)
+        if (P % u == 0) {
+            DistOptions d = job.exec.dist;
+            d.strategy = StrategyKind::hybrid, d.ulysses_degree = u;
+            cands.push_back(d);
+        }
+    for (const DistOptions& d : cands)
+        for (LayoutKind l : {LayoutKind::zigzag, LayoutKind::contiguous}) {
+            Job j = job;
+            j.exec.dist = d, j.exec.layout = l;
+            const ModelJob mj = model_job(j, N, P);
+            const Prediction p = predict(cl, mj, model_costs(mj, pat));
+            opts.push_back({d, l, p, mode_time(job, p)});
+        }
+    std::stable_sort(opts.begin(), opts.end(), [](const Option& a, const Option& b) { return a.t < b.t; });
+    job.exec.dist = opts.front().dist, job.exec.layout = opts.front().layout;
+    if (!root) return;
+    std::printf("# strategy auto on %s, %lld tokens, %d ranks: predicted", cl.name.c_str(), static_cast<long long>(N), P);
+    for (std::size_t i = 0; i < std::min<std::size_t>(3, opts.size()); ++i)
+        std::printf("%s %s %.3f ms (kernels %.3f, exposed %.3f)", i ? "," : "", strategy_label(opts[i].dist, opts[i].layout).c_str(),
+                    opts[i].t * 1e3, opts[i].p.compute_s * 1e3, opts[i].p.exposed_s * 1e3);
+    std::printf("; running %s\n", strategy_label(job.exec.dist, job.exec.layout).c_str());
+}
+
 }  // namespace
 
-int run_dist_bench(const Job& job, comm::Communicator& comm) {
+int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
     const int P = comm.size(), me = comm.rank();
+    Job job = job_in;
+    if (job.exec.auto_strategy) pick_strategy(job, P, me == 0);
+    const std::optional<ClusterSpec> cluster =
+        job.exec.cluster.empty() ? std::nullopt : std::optional<ClusterSpec>(load_cluster(job.exec.cluster));
     const bool grads = job.sweep.mode != Mode::fwd;
     if (job.exec.cpu_isa != "auto") set_cpu_isa(job.exec.cpu_isa);
     {
@@ -276,10 +343,7 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         if (!job.io.save_dir.empty()) save_outputs(job, N, rows, &comm, out);
 
         // What the calls sent against the cost model's count for this rank (a call's plan building apart).
-        ModelJob mj;
-        mj.tokens = N, mj.batch = job.shape.batch, mj.heads = job.shape.heads, mj.kv_heads = job.shape.kv_heads;
-        mj.head_dim = job.shape.head_dim, mj.dtype = job.shape.dtype, mj.layout = job.exec.layout, mj.ranks = P;
-        mj.dist = job.exec.dist;
+        const ModelJob mj = model_job(job, N, P);
         const RankCost model = model_costs(mj, pat, false)[static_cast<std::size_t>(me)];
         const std::uint64_t sent_f = fs.empty() ? 0 : fs.back().bytes_sent - fs.back().setup_bytes;
         const std::uint64_t sent_b = bs.empty() || !grads ? 0 : bs.back().bytes_sent - bs.back().setup_bytes;
@@ -328,6 +392,16 @@ int run_dist_bench(const Job& job, comm::Communicator& comm) {
         std::snprintf(line, sizeof(line), "  work per rank max/min %.4f (allowed pairs); kernel time per rank max/min %.3f",
                       mx[6] / std::max(-mn[0], 1.0), mx[2] / std::max(-mn[1], 1e-12));
         rep.note(line);
+        if (cluster) {
+            const Prediction p = predict(*cluster, mj, model_costs(mj, pat));
+            const double t = mode_time(job, p);
+            std::snprintf(line, sizeof(line),
+                          "  cost model on %s: %.3f ms predicted (kernels %.3f, exposed communication %.3f, efficiency "
+                          "%.1f%%), %.3f ms measured: measured / predicted %.3f",
+                          cluster->name.c_str(), t * 1e3, p.compute_s * 1e3, p.exposed_s * 1e3, 100 * p.efficiency(),
+                          mx[0] * 1e3, mx[0] / std::max(t, 1e-30));
+            rep.note(line);
+        }
         if (model_off) {
             std::snprintf(line, sizeof(line), "  bytes sent: %lld ranks differ from the cost model (counted as wrong)",
                           static_cast<long long>(model_off));

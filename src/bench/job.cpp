@@ -13,13 +13,14 @@
 #include "bench/option_values.hpp"
 #include "bench/parse.hpp"
 #include "kernels/backend.hpp"
+#include "longattn/cost_model.hpp"
 #include "longattn/cpu_isa.hpp"
 #include "longattn/error.hpp"
 
 namespace longattn::bench {
 
 const char* mode_name(Mode m) {
-    return m == Mode::fwd ? "fwd" : m == Mode::bwd ? "bwd" : m == Mode::fwd_bwd ? "fwd+bwd" : "decode";
+    return m == Mode::fwd ? "fwd" : m == Mode::bwd ? "bwd" : m == Mode::fwd_bwd ? "fwd+bwd" : m == Mode::decode ? "decode" : "calibrate";
 }
 
 namespace {
@@ -131,7 +132,8 @@ void read_choices(const OptionValues& v, Job& j) {
     else if (v.mode == "bwd") j.sweep.mode = Mode::bwd;
     else if (v.mode == "fwd+bwd") j.sweep.mode = Mode::fwd_bwd;
     else if (v.mode == "decode") j.sweep.mode = Mode::decode;
-    else require(false, "mode", "must be fwd, bwd, fwd+bwd or decode, got '", v.mode, "'");
+    else if (v.mode == "calibrate") j.sweep.mode = Mode::calibrate;
+    else require(false, "mode", "must be fwd, bwd, fwd+bwd, decode or calibrate, got '", v.mode, "'");
     if (v.dtype == "fp32") j.shape.dtype = DType::f32;
     else if (v.dtype == "bf16") j.shape.dtype = DType::bf16;
     else if (v.dtype == "fp16") j.shape.dtype = DType::f16;
@@ -162,7 +164,13 @@ void read_choices(const OptionValues& v, Job& j) {
     require(v.scaling == "strong" || v.scaling == "weak", "scaling", "must be strong or weak, got '", v.scaling, "'");
     j.sweep.weak = v.scaling == "weak";
     j.exec.distributed = v.strategy != "kernel";
-    if (j.exec.distributed) j.exec.dist.strategy = parse_strategy(v.strategy);
+    j.exec.auto_strategy = v.strategy == "auto";
+    if (j.exec.distributed && !j.exec.auto_strategy) j.exec.dist.strategy = parse_strategy(v.strategy);
+    j.exec.cluster = v.cluster;
+    require(!j.exec.auto_strategy || !v.cluster.empty(), "strategy",
+            "auto picks what the cost model predicts fastest on a cluster: give --cluster (configs/clusters/)");
+    require(v.cluster.empty() || j.exec.distributed, "cluster", "belongs to a distributed --strategy (under mpirun)");
+    if (!v.cluster.empty()) (void)load_cluster(v.cluster);  // its errors before anything runs
     require(!j.exec.nccl || (j.exec.distributed && j.exec.device == Device::cuda), "comm",
             "nccl needs a distributed strategy and --device cuda");
     j.exec.layout = parse_layout(v.layout);
@@ -401,7 +409,10 @@ void validate_for_ranks(const Job& job, int ranks) {
         for (std::int64_t w : {p.window->left, p.window->right})
             require(w >= -1 && w < n, "window", "each side must be -1 (unbounded) or in [0, ", n,
                     ") for sequences up to ", n, " tokens, got ", p.window->left, ",", p.window->right);
-    require(job.exec.distributed || ranks == 1, "strategy",
+    if (job.sweep.mode == Mode::calibrate)
+        require(!job.exec.distributed && job.exec.device == Device::cpu, "mode",
+                "calibrate measures the CPU kernels and the links between the ranks: drop --strategy and --device");
+    require(job.exec.distributed || ranks == 1 || job.sweep.mode == Mode::calibrate, "strategy",
             "'kernel' runs in one process; under mpirun choose ring, ulysses, hybrid or allgather");
     if (job.exec.distributed && dist.strategy == StrategyKind::hybrid)
         require(ranks % dist.ulysses_degree == 0, "ulysses-degree", "must divide the number of ranks (", ranks,

@@ -16,9 +16,11 @@
 #include "bench/outputs.hpp"
 #include "bench/report.hpp"
 #include "bench/save.hpp"
+#include "comm/communicator.hpp"
 #include "kernels/attention.hpp"
 #include "kernels/backend.hpp"
 #include "kernels/cpu/baseline.hpp"
+#include "longattn/cost_model.hpp"
 #include "longattn/cpu_isa.hpp"
 
 namespace longattn::bench {
@@ -198,6 +200,91 @@ int run_kernel_bench(const Job& job) {
     const int rc = rep.finish(wrong_total, out);
     out.publish();
     return rc;
+}
+
+int run_calibrate(const Job& job, comm::Communicator* comm) {
+    if (job.exec.cpu_isa != "auto") set_cpu_isa(job.exec.cpu_isa);
+    const int P = comm ? comm->size() : 1, me = comm ? comm->rank() : 0;
+    const std::int64_t L = job.sweep.lengths.back();
+    const int t = job.sweep.threads.front() > 0 ? job.sweep.threads.front() : omp_get_max_threads();
+    // Two patterns: the job's, and it with a causal window of L / 16 keys (many PARTIAL tiles): the
+    // throughput on FULL tiles and the extra cost of a masked pair, each direction, from the two times.
+    struct Measured {
+        double fwd = 0, bwd = 0;
+        RankCost c;
+    } m[2];
+    if (me == 0) {  // the kernels on rank 0 while the others wait
+        refuse_what_cannot_fit(job, nullptr, L, tensor_memory(job, L, L, 1));
+        const Inputs in(job);
+        Problem pr(job, in, L, true);
+        ModelJob one;
+        one.tokens = L, one.batch = job.shape.batch, one.heads = job.shape.heads, one.kv_heads = job.shape.kv_heads;
+        one.head_dim = job.shape.head_dim, one.dtype = job.shape.dtype, one.ranks = 1;
+        for (int i = 0; i < 2; ++i) {
+            PatternSpec spec = spec_for_length(job, L);
+            if (i == 1) spec.causal = true, spec.window = Window{std::max<std::int64_t>(L / 16, 1), 0};
+            const Pattern pat(spec);
+            m[i].c = model_costs(one, pat).front();
+            m[i].fwd = time_median(job, [&] { kernels::flash_forward_cpu(pr.fwd(pat, t)); });
+            m[i].bwd = time_median(job, [&] { kernels::flash_backward_cpu(pr.bwd(pat, t)); });
+        }
+    }
+    // t_i = k (W_i + x P_i): W the pairs computed, P those of PARTIAL tiles, x the extra cost of a masked
+    // pair (not below 0), k the seconds per pair of a FULL tile.
+    auto fit = [&](double t0, double w0, double p0, double t1, double w1, double p1, double& k, double& x) {
+        const double r = t1 / t0;
+        x = std::abs(p1 - r * p0) > 1e-9 * w0 ? std::max(0.0, (r * w0 - w1) / (p1 - r * p0)) : 0.0;
+        k = t0 / (w0 + x * p0);
+    };
+    double kf = 0, xf = 0, kb = 0, xb = 0;
+    if (me == 0) {
+        fit(m[0].fwd, m[0].c.fwd_work, m[0].c.fwd_partial, m[1].fwd, m[1].c.fwd_work, m[1].c.fwd_partial, kf, xf);
+        fit(m[0].bwd, m[0].c.bwd_work, m[0].c.bwd_partial, m[1].bwd, m[1].c.bwd_work, m[1].c.bwd_partial, kb, xb);
+    }
+    // Ping-pong between ranks 0 and 1: half the best round trip of 8 bytes, and of 64 MiB.
+    double lat = 0, bw = 0;
+    if (P > 1) {
+        std::vector<char> buf(std::size_t{64} << 20);
+        auto half_trip = [&](std::size_t bytes, int reps) {
+            double best = 1e30;
+            for (int i = 0; i < reps; ++i) {
+                comm->barrier();
+                const auto t0 = Clock::now();
+                if (me <= 1) {
+                    comm::Request a = me == 0 ? comm->isend(buf.data(), bytes, 1, 77) : comm->irecv(buf.data(), bytes, 0, 77);
+                    comm->flush();
+                    comm->wait(a);
+                    comm::Request b = me == 0 ? comm->irecv(buf.data(), bytes, 1, 78) : comm->isend(buf.data(), bytes, 0, 78);
+                    comm->flush();
+                    comm->wait(b);
+                }
+                best = std::min(best, seconds_since(t0) / 2);
+            }
+            return best;
+        };
+        lat = half_trip(8, 50);
+        bw = static_cast<double>(buf.size()) / (half_trip(buf.size(), 5) - lat);
+    }
+    if (comm) comm->barrier();
+    if (me != 0) return 0;
+    const double D = static_cast<double>(job.shape.head_dim);
+    std::printf("# longattn-bench --mode calibrate on %d rank%s, %s: kernels at %lld tokens, %lld heads, D=%lld, %s, pattern "
+                "%s, %d thread%s per rank (median of %d); links by ping-pong between ranks 0 and 1\n",
+                P, P > 1 ? "s" : "", cpu_isa().c_str(), static_cast<long long>(L), static_cast<long long>(job.shape.heads),
+                static_cast<long long>(job.shape.head_dim), std::string(dtype_name(job.shape.dtype)).c_str(),
+                Pattern(spec_for_length(job, L)).describe().c_str(), t, t > 1 ? "s" : "", job.sweep.iters);
+    for (int i = 0; i < 2; ++i)
+        std::printf("# %s: forward %.2f ms, backward %.2f ms; %.0f pairs allowed; the tiles hold %.0f forward (%.0f in "
+                    "PARTIAL tiles), %.0f backward (%.0f)\n",
+                    i == 0 ? "the pattern" : "a causal window of L/16", m[i].fwd * 1e3, m[i].bwd * 1e3, m[i].c.pairs,
+                    m[i].c.fwd_work, m[i].c.fwd_partial, m[i].c.bwd_work, m[i].c.bwd_partial);
+    std::printf("[cluster]\nname = this machine, %d rank%s of %d thread%s\nnodes = 1\ndevices_per_node = %d\n\n", P,
+                P > 1 ? "s" : "", t, t > 1 ? "s" : "", P);
+    if (P > 1) std::printf("[intra]\nbandwidth_GBps = %.3f\nlatency_us = %.2f\n\n", bw * 1e-9, lat * 1e6);
+    std::printf("[device]\nfwd_tflops = %.5f\nbwd_tflops = %.5f\nfwd_partial_extra = %.4f\nbwd_partial_extra = %.4f\n",
+                4 * D / kf * 1e-12, 10 * D / kb * 1e-12, xf, xb);
+    std::fflush(stdout);
+    return 0;
 }
 
 }  // namespace longattn::bench

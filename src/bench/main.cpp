@@ -86,7 +86,14 @@ int main(int argc, char** argv) {
 #if LONGATTN_HAVE_CUDA && LONGATTN_HAVE_MPI
         if (job.exec.device == Device::cuda) comm::select_device(MPI_COMM_WORLD);  // one GPU per rank
 #endif
-        if (!job.exec.distributed && job.sweep.mode == bench::Mode::decode) {
+        if (job.sweep.mode == bench::Mode::calibrate) {
+#if LONGATTN_HAVE_MPI
+            comm::MpiCommunicator comm(MPI_COMM_WORLD, job.exec.timeout_s);
+            rc = bench::run_calibrate(job, &comm);
+#else
+            rc = bench::run_calibrate(job, nullptr);
+#endif
+        } else if (!job.exec.distributed && job.sweep.mode == bench::Mode::decode) {
             rc = bench::run_decode_bench(job, nullptr);
         } else if (!job.exec.distributed) {
             rc = bench::run_kernel_bench(job);

@@ -18,7 +18,7 @@ struct OptionValues {
     std::string minlen, maxlen, scaling;                              // [sweep]
     double factor = 2;
     std::string dtype;                                                // [shape]
-    std::string strategy, layout, comm, plan;                         // [dist]
+    std::string strategy, layout, comm, plan, cluster;                         // [dist]
     std::string window, doc_lens, doc_lens_file, doc_dist, doc_seed;  // [pattern]
     std::string global_list, block_mask, random_seed;
     std::string kv_placement, combine, fill;                          // [decode]

@@ -103,7 +103,8 @@ private:
 // The groups of --help, in its order; each binds its options to their fields of the job or of `v`.
 po::options_description run_options(OptionValues& v, SectionOf& section_of) {
     OptionGroup g("Run [run]", "run", section_of);
-    g("mode", po::value(&v.mode)->default_value("fwd"), "fwd | bwd | fwd+bwd | decode (see [decode])")
+    g("mode", po::value(&v.mode)->default_value("fwd"), "fwd | bwd | fwd+bwd | decode (see [decode]) | calibrate (a cluster file of this machine for the cost model: the "
+      "kernels' throughput at this shape and pattern, and the link between ranks 0 and 1 under mpirun)")
      ("device", po::value(&v.device)->default_value("cpu"),
       "cpu | cuda (the CUDA kernels; one GPU per rank by local rank)")
      ("cpu-isa", po::value(&v.cpu_isa)->default_value("auto"),
@@ -147,7 +148,10 @@ po::options_description shape_options(Shape& s, OptionValues& v, SectionOf& sect
 po::options_description dist_options(Execution& x, OptionValues& v, SectionOf& section_of) {
     OptionGroup g("Distribution, under mpirun [dist]", "dist", section_of);
     g("strategy", po::value(&v.strategy)->default_value("kernel"),
-      "kernel (single process) | ring | ulysses | hybrid | allgather")
+      "kernel (single process) | ring | ulysses | hybrid | allgather | auto (the strategy, Ulysses degree and layout "
+      "the cost model predicts fastest on --cluster)")
+     ("cluster", po::value(&v.cluster)->default_value(""),
+      "a cluster file (configs/clusters/): the cost model then predicts each length's time next to the measured one")
      ("layout", po::value(&v.layout)->default_value("zigzag"), "contiguous | zigzag | striped")
      ("comm", po::value(&v.comm)->default_value("mpi"), "mpi | nccl (with --device cuda)")
      ("plan", po::value(&v.plan)->default_value("reuse"),

@@ -28,6 +28,10 @@ struct ModelJob {
     LayoutKind layout = LayoutKind::zigzag;
     int ranks = 1;
     DistOptions dist;  // strategy and ulysses_degree
+    // The kernels' tiles (query rows x key rows): a PARTIAL tile is computed whole, then masked. 0: the
+    // CPU kernels' (forward 96 x 128, or 48 x 64 for sparse parts that are not key intervals; backward
+    // 64 x 64).
+    std::int64_t fwd_tile_q = 0, fwd_tile_k = 0, bwd_tile_q = 64, bwd_tile_k = 64;
 };
 
 struct RankCost {
@@ -35,25 +39,29 @@ struct RankCost {
     // Allowed (query, key) pairs this rank's kernels attend in one call, over every batch entry and query
     // head (the backward visits the same pairs); counted only when asked.
     double pairs = 0;
-    // Ring and hybrid: the pairs attended at each ring step, and the bytes sent during it, forward and
-    // backward (K/V; in the backward also the running dK/dV).
-    std::vector<double> step_pairs;
+    // The pairs the kernels compute: every pair of the tiles that are not EMPTY, forward and backward;
+    // and of those, the pairs of PARTIAL tiles (masked before the arithmetic).
+    double fwd_work = 0, bwd_work = 0, fwd_partial = 0, bwd_partial = 0;
+    // Ring and hybrid: the pairs attended and computed at each ring step, and the bytes sent during it,
+    // forward and backward (K/V; in the backward also the running dK/dV).
+    std::vector<double> step_pairs, step_fwd_work, step_bwd_work, step_fwd_partial, step_bwd_partial;
     std::vector<std::uint64_t> step_bytes, step_bwd_bytes;
     // Of fwd_bytes and bwd_bytes, what the all-to-alls send (Ulysses, all-gather), and how many there are.
     std::uint64_t a2a_fwd_bytes = 0, a2a_bwd_bytes = 0;
     int a2a_fwd_calls = 0, a2a_bwd_calls = 0;
 };
 
-// Every rank's cost. count_pairs: also the pairs (a count over runs of consecutive positions: cheap for
-// contiguous and zigzag layouts, about rows x rows / ranks for striped ones).
+// Every rank's cost. count_pairs: also the pairs and the work (counts over runs of consecutive positions
+// and over tiles: cheap for contiguous and zigzag layouts, about rows x rows / ranks for striped ones).
 std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pattern, bool count_pairs = true);
 
 // The time part: a cluster and what one call costs on it.
 //
 // A cluster is `nodes` nodes of `devices_per_node` devices, rank r on node r / devices_per_node; a message
 // of b bytes between two devices takes latency + b / bandwidth over the link between them (within a node
-// or across); the kernels attend a pair of one head at 4 D FLOPs forward and 10 D backward (the
-// FlashAttention convention) at the device's throughput. A ring step takes the slowest rank's
+// or across); the kernels compute a pair of one head (RankCost's work: the pairs of the tiles they
+// visit) at 4 D FLOPs forward and 10 D backward (the FlashAttention convention) at the device's
+// throughput. A ring step takes the slowest rank's
 // max(kernel, transfer to the next rank): transfers overlap the kernel. An all-to-all takes
 // the latency plus the rank's bytes over its links (the bytes to ranks on other nodes over the inter-node
 // link, the rest within the node, in parallel), and overlaps nothing.
@@ -62,7 +70,8 @@ struct ClusterSpec {
     int nodes = 1, devices_per_node = 1;
     double intra_bandwidth = 0, intra_latency = 0;  // bytes/s one way per device, seconds
     double inter_bandwidth = 0, inter_latency = 0;
-    double fwd_flops = 0, bwd_flops = 0;  // the attention kernels' FLOP/s per device (dense pairs)
+    double fwd_flops = 0, bwd_flops = 0;  // the attention kernels' FLOP/s per device (pairs of FULL tiles)
+    double fwd_partial_extra = 0, bwd_partial_extra = 0;  // a pair of a PARTIAL tile costs 1 + this
     double memory = 0;                    // bytes per device (0: not given)
     int devices() const { return nodes * devices_per_node; }
 };
@@ -71,7 +80,8 @@ struct ClusterSpec {
 //   [cluster] name = ..., nodes = N, devices_per_node = G
 //   [intra] bandwidth_GBps = ..., latency_us = ...     (within a node; required when G > 1)
 //   [inter] bandwidth_GBps = ..., latency_us = ...     (across nodes; required when N > 1)
-//   [device] fwd_tflops = ..., bwd_tflops = ..., memory_GiB = ...
+//   [device] fwd_tflops = ..., bwd_tflops = ..., memory_GiB = ...   (FLOPs of the pairs computed)
+//            fwd_partial_extra = ..., bwd_partial_extra = ...      (optional, 0: masked pairs cost the same)
 // Unknown keys, missing ones, bad numbers: an Error naming the file, the line and the key.
 ClusterSpec load_cluster(const std::string& path);
 

@@ -26,6 +26,42 @@ double pairs_between(const Pattern& pat, const PositionRuns& q, const PositionRu
 }
 PositionRuns runs_of(const std::int64_t* p, std::size_t n) { return position_runs(p, static_cast<std::int64_t>(n), SIZE_MAX); }
 
+// The pairs a kernel computes for queries at q against keys at k in tiles of bq x bk rows: every pair of
+// the tiles that are not EMPTY (the block planner's classes, as the kernels get them).
+// Returns {all, of them in PARTIAL tiles}.
+std::pair<double, double> tile_work(const Pattern& pat, const std::int64_t* q, std::int64_t nq, const std::int64_t* k,
+                                    std::int64_t nk, std::int64_t bq, std::int64_t bk) {
+    if (nq <= 0 || nk <= 0) return {0, 0};
+    const HullTree keys(k, nk, bk);
+    std::vector<TileRun> runs;
+    double w = 0, partial = 0;
+    for (std::int64_t i = 0; i < nq; i += bq) {
+        const std::int64_t n = std::min(bq, nq - i);
+        const auto [lo, hi] = std::minmax_element(q + i, q + i + n);
+        runs.clear();
+        collect_tiles(pat, keys, false, *lo, *hi + 1, runs);
+        for (const TileRun& r : runs) {
+            const double x = static_cast<double>(n) * static_cast<double>(std::min(nk, (r.first + r.count) * bk) - r.first * bk);
+            w += x;
+            if (r.cls == BlockClass::partial) partial += x;
+        }
+    }
+    return {w, partial};
+}
+
+struct Tiles {
+    std::int64_t fq, fk, bq, bk;
+};
+Tiles tiles_of(const ModelJob& job, const Pattern& pat) {
+    Tiles t{job.fwd_tile_q, job.fwd_tile_k, job.bwd_tile_q, job.bwd_tile_k};
+    if (t.fq <= 0 || t.fk <= 0) {  // the CPU forward's blocking (kernels/cpu/flash_fwd.cpp)
+        const bool small = pat.has_sparse_part() && !pat.rows_are_intervals();
+        t.fq = small ? 48 : 96, t.fk = small ? 64 : 128;
+    }
+    require(t.bq > 0 && t.bk > 0, "bwd_tile", "must be positive");
+    return t;
+}
+
 dist::Shards shards_of(const std::vector<Positions>& pos) {
     dist::Shards sh;
     for (const Positions& p : pos) {
@@ -39,7 +75,7 @@ dist::Shards shards_of(const std::vector<Positions>& pos) {
 // The ring over members with positions pos[m]: hq query heads and hkv kv heads on each, es bytes per
 // K/V element. Adds into cost[m] (the world ranks of the members: at[m]).
 void ring_cost(const std::vector<Positions>& pos, const std::vector<int>& at, const Pattern& pat, std::int64_t B,
-               std::int64_t hq, std::int64_t hkv, std::int64_t D, std::size_t es, bool count,
+               std::int64_t hq, std::int64_t hkv, std::int64_t D, std::size_t es, bool count, const Tiles& tl,
                std::vector<RankCost>& cost) {
     const int P = static_cast<int>(pos.size());
     const dist::RingPlan rp(shards_of(pos), 0, pat);
@@ -49,6 +85,8 @@ void ring_cost(const std::vector<Positions>& pos, const std::vector<int>& at, co
         const Positions& mine = pos[static_cast<std::size_t>(r)];
         const PositionRuns qr = runs_of(mine.data(), mine.size());
         c.step_pairs.resize(static_cast<std::size_t>(P), 0.0);
+        for (auto* v : {&c.step_fwd_work, &c.step_bwd_work, &c.step_fwd_partial, &c.step_bwd_partial})
+            v->resize(static_cast<std::size_t>(P), 0.0);
         c.step_bytes.resize(static_cast<std::size_t>(P), 0);
         c.step_bwd_bytes.resize(static_cast<std::size_t>(P), 0);
         for (int t = 0; t < P; ++t) {
@@ -66,9 +104,18 @@ void ring_cost(const std::vector<Positions>& pos, const std::vector<int>& at, co
                 c.step_bwd_bytes[static_cast<std::size_t>(t)] += sent * grad_row;
             }
             if (count && rp.need[static_cast<std::size_t>(o)][static_cast<std::size_t>(r)] && !qr.empty()) {
-                const double n = pairs_between(pat, qr, t == 0 ? qr : runs_of(rp.sent_pos(o), sent));
-                c.step_pairs[static_cast<std::size_t>(t)] += n * static_cast<double>(B * hq);
-                c.pairs += n * static_cast<double>(B * hq);
+                const std::int64_t* kp = t == 0 ? mine.data() : rp.sent_pos(o);
+                const std::int64_t nk = t == 0 ? static_cast<std::int64_t>(mine.size()) : static_cast<std::int64_t>(sent);
+                const std::int64_t nq = static_cast<std::int64_t>(mine.size());
+                const double h = static_cast<double>(B * hq);
+                const double n = pairs_between(pat, qr, runs_of(kp, static_cast<std::size_t>(nk))) * h;
+                const auto [wf, pf] = tile_work(pat, mine.data(), nq, kp, nk, tl.fq, tl.fk);
+                const auto [wb, pb] = tile_work(pat, mine.data(), nq, kp, nk, tl.bq, tl.bk);
+                const auto ut = static_cast<std::size_t>(t);
+                c.step_pairs[ut] += n;
+                c.step_fwd_work[ut] += wf * h, c.step_bwd_work[ut] += wb * h;
+                c.step_fwd_partial[ut] += pf * h, c.step_bwd_partial[ut] += pb * h;
+                c.pairs += n, c.fwd_work += wf * h, c.bwd_work += wb * h, c.fwd_partial += pf * h, c.bwd_partial += pb * h;
             }
         }
     }
@@ -126,16 +173,24 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
     std::vector<RankCost> cost(static_cast<std::size_t>(P));
     const std::int64_t B = job.batch, Hq = job.heads, Hkv = job.kv_heads, D = job.head_dim, N = job.tokens;
     const std::size_t es = dtype_size(job.dtype);
+    const Tiles tl = tiles_of(job, pat);
     std::vector<int> world(static_cast<std::size_t>(P));
     for (int r = 0; r < P; ++r) world[static_cast<std::size_t>(r)] = r;
     switch (job.dist.strategy) {
-        case StrategyKind::ring: ring_cost(pos, world, pat, B, Hq, Hkv, D, es, count, cost); break;
+        case StrategyKind::ring: ring_cost(pos, world, pat, B, Hq, Hkv, D, es, count, tl, cost); break;
         case StrategyKind::ulysses: {
             const auto heads = ulysses_cost(pos, world, B, Hq, Hkv, D, es, cost);
             if (count) {
-                const double all = static_cast<double>(pat.count_allowed(0, N, 0, N));
-                for (int r = 0; r < P; ++r)
-                    cost[static_cast<std::size_t>(r)].pairs = all * static_cast<double>(B * heads[static_cast<std::size_t>(r)].first.len);
+                std::vector<std::int64_t> all(static_cast<std::size_t>(N));
+                for (std::int64_t i = 0; i < N; ++i) all[static_cast<std::size_t>(i)] = i;
+                const double n = static_cast<double>(pat.count_allowed(0, N, 0, N));
+                const auto [wf, pf] = tile_work(pat, all.data(), N, all.data(), N, tl.fq, tl.fk);
+                const auto [wb, pb] = tile_work(pat, all.data(), N, all.data(), N, tl.bq, tl.bk);
+                for (int r = 0; r < P; ++r) {
+                    RankCost& c = cost[static_cast<std::size_t>(r)];
+                    const double h = static_cast<double>(B * heads[static_cast<std::size_t>(r)].first.len);
+                    c.pairs = n * h, c.fwd_work = wf * h, c.bwd_work = wb * h, c.fwd_partial = pf * h, c.bwd_partial = pb * h;
+                }
             }
             break;
         }
@@ -156,7 +211,7 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
                 std::vector<int> at(static_cast<std::size_t>(P / u));
                 for (int g = 0; g < P / u; ++g) at[static_cast<std::size_t>(g)] = g * u + i;
                 const auto& [qh, kh] = heads[static_cast<std::size_t>(i)];
-                if (qh.len > 0) ring_cost(gathered, at, pat, B, qh.len, kh.len, D, es, count, cost);
+                if (qh.len > 0) ring_cost(gathered, at, pat, B, qh.len, kh.len, D, es, count, tl, cost);
             }
             break;
         }
@@ -171,9 +226,16 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
                 const int chunks = static_cast<int>((Hkv + chunk - 1) / chunk);
                 c.a2a_fwd_calls = 2 * chunks;  // K, V per chunk of kv heads
                 c.a2a_bwd_calls = 4 * chunks;  // K, V, and dK, dV back
-                if (count)
-                    c.pairs = pairs_between(pat, runs_of(pos[static_cast<std::size_t>(r)].data(), S), PositionRuns{{0, N}}) *
-                              static_cast<double>(B * Hq);
+                if (count) {
+                    const Positions& mine = pos[static_cast<std::size_t>(r)];
+                    std::vector<std::int64_t> all(static_cast<std::size_t>(N));
+                    for (std::int64_t i = 0; i < N; ++i) all[static_cast<std::size_t>(i)] = i;
+                    const double h = static_cast<double>(B * Hq);
+                    c.pairs = pairs_between(pat, runs_of(mine.data(), S), PositionRuns{{0, N}}) * h;
+                    const auto [wf, pf] = tile_work(pat, mine.data(), static_cast<std::int64_t>(S), all.data(), N, tl.fq, tl.fk);
+                    const auto [wb, pb] = tile_work(pat, mine.data(), static_cast<std::int64_t>(S), all.data(), N, tl.bq, tl.bk);
+                    c.fwd_work = wf * h, c.bwd_work = wb * h, c.fwd_partial = pf * h, c.bwd_partial = pb * h;
+                }
             }
             break;
         }
@@ -213,7 +275,8 @@ ClusterSpec load_cluster(const std::string& path) {
     }
     static const char* known[] = {"cluster.name", "cluster.nodes", "cluster.devices_per_node", "intra.bandwidth_GBps",
                                   "intra.latency_us", "inter.bandwidth_GBps", "inter.latency_us", "device.fwd_tflops",
-                                  "device.bwd_tflops", "device.memory_GiB"};
+                                  "device.bwd_tflops", "device.memory_GiB", "device.fwd_partial_extra",
+                                  "device.bwd_partial_extra"};
     for (const auto& [k, v] : kv)
         require(std::find(std::begin(known), std::end(known), k) != std::end(known), "cluster", path, ":", v.second,
                 ": unknown key '", k.substr(k.find('.') + 1), "' in [", k.substr(0, k.find('.')), "]");
@@ -244,6 +307,8 @@ ClusterSpec load_cluster(const std::string& path) {
     c.fwd_flops = number("device.fwd_tflops", true, 1e-12) * 1e12;
     c.bwd_flops = number("device.bwd_tflops", true, 1e-12) * 1e12;
     c.memory = number("device.memory_GiB", false, 0) * 1073741824.0;
+    c.fwd_partial_extra = number("device.fwd_partial_extra", false, 0);
+    c.bwd_partial_extra = number("device.bwd_partial_extra", false, 0);
     return c;
 }
 
@@ -283,8 +348,8 @@ Prediction predict(const ClusterSpec& cl, const ModelJob& job, const std::vector
         pairs += c.pairs;
         pr.max_bytes = std::max(pr.max_bytes, c.fwd_bytes + c.bwd_bytes);
         if (c.step_pairs.empty()) {  // no ring: the kernels run once on the rank's pairs
-            kern_f = std::max(kern_f, c.pairs * per_fwd);
-            kern_b = std::max(kern_b, c.pairs * per_bwd);
+            kern_f = std::max(kern_f, (c.fwd_work + cl.fwd_partial_extra * c.fwd_partial) * per_fwd);
+            kern_b = std::max(kern_b, (c.bwd_work + cl.bwd_partial_extra * c.bwd_partial) * per_bwd);
         }
     }
     // The ring (or the hybrid's rings): step by step, each the slowest rank's max(kernel, transfer).
@@ -297,7 +362,8 @@ Prediction predict(const ClusterSpec& cl, const ModelJob& job, const std::vector
             const RankCost& c = cost[static_cast<std::size_t>(r)];
             if (t >= c.step_pairs.size()) continue;
             const int next = (r / u + 1) % (P / u) * u + r % u;
-            const double k1 = c.step_pairs[t] * per_fwd, k2 = c.step_pairs[t] * per_bwd;
+            const double k1 = (c.step_fwd_work[t] + cl.fwd_partial_extra * c.step_fwd_partial[t]) * per_fwd;
+            const double k2 = (c.step_bwd_work[t] + cl.bwd_partial_extra * c.step_bwd_partial[t]) * per_bwd;
             kf = std::max(kf, k1), kb = std::max(kb, k2);
             sf = std::max(sf, std::max(k1, send(r, next, double(c.step_bytes[t]))));
             sb = std::max(sb, std::max(k2, send(r, next, double(c.step_bwd_bytes[t]))));

@@ -114,8 +114,8 @@ ClusterSpec two_devices() {
 }
 
 // The 2-rank causal ring above: step 0 is rank 0's transfer of 2048 bytes (1 us + 2.048 us), longer than
-// either rank's triangle of 2 x 528 pairs at 4 x 8 FLOPs each; step 1 is rank 1's 2 x 1024 pairs of rank 0's
-// keys, nothing to send.
+// either rank's kernel on its own 32 x 32 keys (one PARTIAL tile, computed whole: 2 x 1024 pairs at 4 x 8
+// FLOPs each); step 1 is rank 1's 2 x 1024 pairs of rank 0's keys, nothing to send.
 TEST(CostModel, TwoRankRingTimesByHand) {
     const ModelJob j = job(StrategyKind::ring, 2, 64, 2, 1, 8, DType::f32);
     const Prediction p = predict(two_devices(), j, model_costs(j, Pattern(causal())));
@@ -124,7 +124,10 @@ TEST(CostModel, TwoRankRingTimesByHand) {
     // Backward: step 0 sends the K/V again (3.048 us, more than 1056 pairs at 80 ps); step 1 rank 1's
     // 2048 pairs (164 ns) against its 2048 bytes of dK/dV home (3.048 us).
     EXPECT_DOUBLE_EQ(p.bwd_s, 2 * 3.048e-6);
-    EXPECT_DOUBLE_EQ(p.compute_s, 1056 * pf + 2048 * pf + 1056 * pb + 2048 * pb);
+    EXPECT_DOUBLE_EQ(p.compute_s, 2048 * pf + 2048 * pf + 2048 * pb + 2048 * pb);
+    const auto c = model_costs(j, Pattern(causal()));
+    EXPECT_EQ(c[1].step_fwd_work, (std::vector<double>{2048, 2048}));
+    EXPECT_EQ(c[1].pairs, 2.0 * (528 + 1024));  // the allowed ones: the ideal time counts these
     EXPECT_DOUBLE_EQ(p.exposed_s, p.fwd_s + p.bwd_s - p.compute_s);
     EXPECT_DOUBLE_EQ(p.ideal_s, (1056 + 3104) * (pf + pb) / 2);
     EXPECT_EQ(p.max_bytes, 4096u);
