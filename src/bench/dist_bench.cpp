@@ -175,47 +175,19 @@ std::string strategy_label(const DistOptions& d, LayoutKind l) {
     return s + " " + layout_name(l);
 }
 
-// --strategy auto: every strategy (the hybrid at each Ulysses degree that divides the ranks) on the
-// zigzag and contiguous layouts, predicted on the cluster at the largest length; the fastest is taken,
-// and rank 0 says why (the predicted times of the first three). The same on every rank: no traffic.
+// --strategy auto: the fastest of rank_strategies at the largest length, the same on every rank (no
+// traffic); rank 0 says why (the predicted times of the first three).
 void pick_strategy(Job& job, int P, bool root) {
     const ClusterSpec cl = load_cluster(job.exec.cluster);
     const std::int64_t N = total_tokens(job, job.sweep.lengths.back(), P);
-    const Pattern pat(spec_for_length(job, N));
-    struct Option {
-        DistOptions dist;
-        LayoutKind layout;
-        Prediction p;
-        double t;
-    };
-    std::vector<Option> opts;
-    std::vector<DistOptions> cands;
-    for (StrategyKind k : {StrategyKind::ring, StrategyKind::ulysses, StrategyKind::allgather}) {
-        DistOptions d = job.exec.dist;
-        d.strategy = k;
-        cands.push_back(d);
-    }
-    for (int u = 2; u < P; ++u)
-        if (P % u == 0) {
-            DistOptions d = job.exec.dist;
-            d.strategy = StrategyKind::hybrid, d.ulysses_degree = u;
-            cands.push_back(d);
-        }
-    for (const DistOptions& d : cands)
-        for (LayoutKind l : {LayoutKind::zigzag, LayoutKind::contiguous}) {
-            Job j = job;
-            j.exec.dist = d, j.exec.layout = l;
-            const ModelJob mj = model_job(j, N, P);
-            const Prediction p = predict(cl, mj, model_costs(mj, pat));
-            opts.push_back({d, l, p, mode_time(job, p)});
-        }
-    std::stable_sort(opts.begin(), opts.end(), [](const Option& a, const Option& b) { return a.t < b.t; });
+    const std::vector<StrategyChoice> opts =
+        rank_strategies(cl, model_job(job, N, P), Pattern(spec_for_length(job, N)), job.sweep.mode != Mode::fwd);
     job.exec.dist = opts.front().dist, job.exec.layout = opts.front().layout;
     if (!root) return;
     std::printf("# strategy auto on %s, %lld tokens, %d ranks: predicted", cl.name.c_str(), static_cast<long long>(N), P);
     for (std::size_t i = 0; i < std::min<std::size_t>(3, opts.size()); ++i)
         std::printf("%s %s %.3f ms (kernels %.3f, exposed %.3f)", i ? "," : "", strategy_label(opts[i].dist, opts[i].layout).c_str(),
-                    opts[i].t * 1e3, opts[i].p.compute_s * 1e3, opts[i].p.exposed_s * 1e3);
+                    opts[i].time_s * 1e3, opts[i].p.compute_s * 1e3, opts[i].p.exposed_s * 1e3);
     std::printf("; running %s\n", strategy_label(job.exec.dist, job.exec.layout).c_str());
 }
 

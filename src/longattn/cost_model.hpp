@@ -97,4 +97,16 @@ struct Prediction {
 // job.ranks must fit the cluster; cost from model_costs with its pairs.
 Prediction predict(const ClusterSpec& cluster, const ModelJob& job, const std::vector<RankCost>& cost);
 
+// What --strategy auto weighs: every strategy (the hybrid at each Ulysses degree strictly between 1 and
+// the ranks that divides them) on the zigzag and contiguous layouts, job.dist's other options kept,
+// fastest first by the predicted forward time (with backward: forward plus backward).
+struct StrategyChoice {
+    DistOptions dist;
+    LayoutKind layout;
+    Prediction p;
+    double time_s;
+};
+std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cluster, const ModelJob& job, const Pattern& pattern,
+                                            bool backward);
+
 }  // namespace longattn

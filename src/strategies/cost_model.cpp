@@ -378,4 +378,29 @@ Prediction predict(const ClusterSpec& cl, const ModelJob& job, const std::vector
     return pr;
 }
 
+std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cl, const ModelJob& job, const Pattern& pat, bool backward) {
+    std::vector<DistOptions> cands;
+    for (StrategyKind k : {StrategyKind::ring, StrategyKind::ulysses, StrategyKind::allgather}) {
+        DistOptions d = job.dist;
+        d.strategy = k;
+        cands.push_back(d);
+    }
+    for (int u = 2; u < job.ranks; ++u)
+        if (job.ranks % u == 0) {
+            DistOptions d = job.dist;
+            d.strategy = StrategyKind::hybrid, d.ulysses_degree = u;
+            cands.push_back(d);
+        }
+    std::vector<StrategyChoice> out;
+    for (const DistOptions& d : cands)
+        for (LayoutKind l : {LayoutKind::zigzag, LayoutKind::contiguous}) {
+            ModelJob j = job;
+            j.dist = d, j.layout = l;
+            const Prediction p = predict(cl, j, model_costs(j, pat));
+            out.push_back({d, l, p, backward ? p.fwd_s + p.bwd_s : p.fwd_s});
+        }
+    std::stable_sort(out.begin(), out.end(), [](const StrategyChoice& a, const StrategyChoice& b) { return a.time_s < b.time_s; });
+    return out;
+}
+
 }  // namespace longattn

@@ -3,6 +3,7 @@
 // against the bytes the strategies really send.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "longattn/cost_model.hpp"
@@ -168,6 +169,41 @@ TEST(CostModel, ClusterFilesLoadAndBadOnesNameTheLine) {
     refused("nodes = 1\n", ":1: expected 'key = value' inside a section");
     refused("", "[cluster] needs nodes");
     EXPECT_THROW(load_cluster(dir + "/no_such_file.ini"), Error);
+}
+
+// --strategy auto's pick on the committed 8x H200 file: 64K causal tokens over the 8 GPUs, 32 query heads
+// over 8 kv heads of dim 128. A ring step's K/V (8K rows, 33.5 MB) crosses NVLink in well under its
+// kernel's time, so the ring hides its traffic; zigzag balances the causal work, which contiguous shards
+// leave to the last rank (about twice the time).
+TEST(CostModel, AutoPicksTheRingOnZigzagWithinAnNvlinkNode) {
+    const ClusterSpec h200 = load_cluster(LONGATTN_SOURCE_DIR "/configs/clusters/h200-node.ini");
+    ModelJob j = job(StrategyKind::ring, 8, 65536, 32, 8, 128, DType::bf16);
+    const auto ranked = rank_strategies(h200, j, Pattern(causal()), true);
+    ASSERT_EQ(ranked.size(), 10u);  // ring, Ulysses, all-gather, hybrid u = 2 and 4; two layouts each
+    EXPECT_EQ(ranked.front().dist.strategy, StrategyKind::ring);
+    EXPECT_EQ(ranked.front().layout, LayoutKind::zigzag);
+    EXPECT_EQ(ranked.front().p.exposed_s, 0.0);
+    const auto contiguous = std::find_if(ranked.begin(), ranked.end(), [](const StrategyChoice& c) {
+        return c.dist.strategy == StrategyKind::ring && c.layout == LayoutKind::contiguous;
+    });
+    ASSERT_NE(contiguous, ranked.end());
+    EXPECT_GT(contiguous->time_s, 1.7 * ranked.front().time_s);
+}
+
+// Eight nodes of one device behind 100 us links, 2K tokens of one head, forward only: the kernels take
+// about a microsecond, so latencies decide: the ring's 7 steps lose to the all-gather's 2 collectives
+// (Ulysses has 5).
+TEST(CostModel, AutoPicksTheAllGatherWhenLatencyDominates) {
+    ClusterSpec slow;
+    slow.name = "slow";
+    slow.nodes = 8, slow.devices_per_node = 1;
+    slow.inter_bandwidth = 10e9, slow.inter_latency = 100e-6;
+    slow.fwd_flops = slow.bwd_flops = 100e12;
+    const auto ranked = rank_strategies(slow, job(StrategyKind::ring, 8, 2048, 1, 1, 64, DType::bf16), Pattern(causal()), false);
+    EXPECT_EQ(ranked.front().dist.strategy, StrategyKind::allgather);
+    // Two latencies, K and V of 256 rows x 64 dims in bf16 to each of 7 ranks at 10 GB/s, and a kernel of
+    // about a microsecond.
+    EXPECT_NEAR(ranked.front().time_s, 2 * 100e-6 + 2.0 * 7 * 256 * 64 * 2 / 10e9, 2e-6);
 }
 
 TEST(CostModel, BadJobsAreErrors) {
