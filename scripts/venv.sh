@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one Python environment, .venv/ at the root (ignored by git): the pinned PyTorch (from
-# PyPI, with its CUDA libraries: about 5 GB, a few minutes), numpy, mpi4py, pytest and the bindings'
-# build tools, then longattn itself by `pip install .` (the CPU kernels; about 90 s on 2 cores). The
+# PyPI, with its CUDA libraries: about 5 GB, a few minutes), numpy, mpi4py, pytest, matplotlib (the
+# scaling study's plots) and the bindings' build tools, then longattn itself by `pip install .` (the CPU kernels; about 90 s on 2 cores). The
 # Python tests and the peer benchmarks run in it. Idempotent for the pinned packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +15,9 @@ if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv python3-pip >/dev/null
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-pins=("torch==$torch_version" numpy==2.4.6 mpi4py==4.1.2 pytest==9.2.0 nanobind==3.1.0 scikit-build-core==1.1.2)
-if ! .venv/bin/python -c "import torch, numpy, mpi4py, pytest, nanobind, scikit_build_core, sys
+pins=("torch==$torch_version" numpy==2.4.6 mpi4py==4.1.2 pytest==9.2.0 nanobind==3.1.0 scikit-build-core==1.1.2
+      matplotlib==3.11.2)
+if ! .venv/bin/python -c "import torch, numpy, mpi4py, pytest, nanobind, scikit_build_core, matplotlib, sys
 sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check "${pins[@]}"
 fi

@@ -164,9 +164,12 @@ ModelJob model_job(const Job& job, std::int64_t N, int P) {
     return mj;
 }
 
-// The time the job's mode takes of a prediction.
+// The time the job's mode takes of a prediction, and that mode's ideal time.
 double mode_time(const Job& job, const Prediction& p) {
     return job.sweep.mode == Mode::fwd ? p.fwd_s : job.sweep.mode == Mode::bwd ? p.bwd_s : p.fwd_s + p.bwd_s;
+}
+double mode_ideal(const Job& job, const Prediction& p) {
+    return job.sweep.mode == Mode::fwd ? p.ideal_fwd_s : job.sweep.mode == Mode::bwd ? p.ideal_s - p.ideal_fwd_s : p.ideal_s;
 }
 
 std::string strategy_label(const DistOptions& d, LayoutKind l) {
@@ -220,10 +223,16 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
              "growth per rank (max); est_MB: its estimate from the plan, checked before the run (max); mem_x: peak_MB / (Q,K,V,O shards + two K/V buffers" +
              std::string(grads ? " + dO,dQ,dK,dV + two dK/dV buffers" : "") + "); setup%: building the plan per call / time "
              "(least over ranks; 0 with --plan reuse, whose one build is in the notes)");
-    rep.columns({{"tokens", 10, -1}, {"per_rank", 9, -1}, {"density", 8, 5}, {"time_ms", 10, 2}, {"TFLOP/s", 9, 4},
-                 {"MB_sent", 10, 1}, {"comm%", 7, 1}, {"peak_MB", 9, 0}, {"est_MB", 8, 0}, {"mem_x", 7, 2}, {"setup%", 7, 3},
-                 {"max_err", 10, 2, true},
-                 {"#wrong", 6, -1}});
+    std::vector<Column> cols{{"tokens", 10, -1}, {"per_rank", 9, -1}, {"density", 8, 5}, {"time_ms", 10, 2}, {"TFLOP/s", 9, 4},
+                             {"MB_sent", 10, 1}, {"comm%", 7, 1}, {"peak_MB", 9, 0}, {"est_MB", 8, 0}, {"mem_x", 7, 2},
+                             {"setup%", 7, 3}};
+    if (cluster) {  // the cost model's time of the mode on the cluster, and its split
+        rep.note("model_ms: the cost model's time on " + cluster->name + "; model_kern%: its kernels' share; model_eff: "
+                 "its ideal time (every pair's FLOPs spread evenly, no communication) over its time");
+        cols.insert(cols.end(), {{"model_ms", 10, 2}, {"model_kern%", 11, 1}, {"model_eff", 9, 3}});
+    }
+    cols.insert(cols.end(), {{"max_err", 10, 2, true}, {"#wrong", 6, -1}});
+    rep.columns(cols);
     std::int64_t wrong_total = 0;
     for (std::int64_t L : job.sweep.lengths) {
         const std::int64_t N = total_tokens(job, L, P);
@@ -358,20 +367,31 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
         const double pairs = double(pat.count_allowed(0, N, 0, N));
         const double flops = 4.0 * double(job.shape.head_dim) * double(job.shape.batch * job.shape.heads) * pairs *
                              (job.sweep.mode == Mode::fwd ? 1.0 : job.sweep.mode == Mode::bwd ? 2.5 : 3.5);
-        rep.row({double(N), double((N + P - 1) / P), pairs / (double(N) * double(N)), mx[0] * 1e3, flops / mx[0] * 1e-12,
-                 mx[3] / 1e6, 100 * mx[1], mx[4], mx[9], mx[5], 100 * -mn[2] / std::max(mx[0], 1e-12), mx[7], double(bad)});
-        char line[200];
+        std::vector<double> vals{double(N), double((N + P - 1) / P), pairs / (double(N) * double(N)), mx[0] * 1e3,
+                                 flops / mx[0] * 1e-12, mx[3] / 1e6, 100 * mx[1], mx[4], mx[9], mx[5],
+                                 100 * -mn[2] / std::max(mx[0], 1e-12)};
+        Prediction model_p;
+        if (cluster) {
+            model_p = predict(*cluster, mj, model_costs(mj, pat));
+            const double t = mode_time(job, model_p);
+            const double kern = job.sweep.mode == Mode::fwd   ? model_p.compute_fwd_s
+                                : job.sweep.mode == Mode::bwd ? model_p.compute_s - model_p.compute_fwd_s
+                                                              : model_p.compute_s;
+            vals.insert(vals.end(), {t * 1e3, 100 * kern / std::max(t, 1e-30), mode_ideal(job, model_p) / std::max(t, 1e-30)});
+        }
+        vals.insert(vals.end(), {mx[7], double(bad)});
+        rep.row(vals);
+        char line[400];
         std::snprintf(line, sizeof(line), "  work per rank max/min %.4f (allowed pairs); kernel time per rank max/min %.3f",
                       mx[6] / std::max(-mn[0], 1.0), mx[2] / std::max(-mn[1], 1e-12));
         rep.note(line);
         if (cluster) {
-            const Prediction p = predict(*cluster, mj, model_costs(mj, pat));
-            const double t = mode_time(job, p);
+            const double t = mode_time(job, model_p);
             std::snprintf(line, sizeof(line),
-                          "  cost model on %s: %.3f ms predicted (kernels %.3f, exposed communication %.3f, efficiency "
-                          "%.1f%%), %.3f ms measured: measured / predicted %.3f",
-                          cluster->name.c_str(), t * 1e3, p.compute_s * 1e3, p.exposed_s * 1e3, 100 * p.efficiency(),
-                          mx[0] * 1e3, mx[0] / std::max(t, 1e-30));
+                          "  cost model on %s: %.3f ms predicted (forward %.3f, backward %.3f; kernels %.3f, exposed "
+                          "communication %.3f), %.3f ms measured: measured / predicted %.3f",
+                          cluster->name.c_str(), t * 1e3, model_p.fwd_s * 1e3, model_p.bwd_s * 1e3, model_p.compute_s * 1e3,
+                          model_p.exposed_s * 1e3, mx[0] * 1e3, mx[0] / std::max(t, 1e-30));
             rep.note(line);
         }
         if (model_off) {

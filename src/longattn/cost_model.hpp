@@ -88,8 +88,10 @@ ClusterSpec load_cluster(const std::string& path);
 struct Prediction {
     double fwd_s = 0, bwd_s = 0;  // one forward call, one backward call
     double compute_s = 0;         // of fwd_s + bwd_s, the kernels on the critical path
+    double compute_fwd_s = 0;     // of compute_s, the forward's
     double exposed_s = 0;         // the rest: communication not hidden behind kernels
     double ideal_s = 0;           // every pair's FLOPs spread evenly over the ranks, no communication
+    double ideal_fwd_s = 0;       // of ideal_s, the forward's
     std::uint64_t max_bytes = 0;  // the most one rank sends in a forward and a backward call
     double efficiency() const { return fwd_s + bwd_s > 0 ? ideal_s / (fwd_s + bwd_s) : 1.0; }
 };

@@ -373,8 +373,10 @@ Prediction predict(const ClusterSpec& cl, const ModelJob& job, const std::vector
     pr.fwd_s = a2a_f + (steps ? ring_f : kern_f);
     pr.bwd_s = a2a_b + (steps ? ring_b : kern_b);
     pr.compute_s = kern_f + kern_b;
+    pr.compute_fwd_s = kern_f;
     pr.exposed_s = pr.fwd_s + pr.bwd_s - pr.compute_s;
     pr.ideal_s = pairs * (per_fwd + per_bwd) / P;
+    pr.ideal_fwd_s = pairs * per_fwd / P;
     return pr;
 }
 
