@@ -58,6 +58,7 @@ struct Execution {
     bool distributed = false;            // a strategy other than "kernel"
     bool auto_strategy = false;          // --strategy auto: dist and layout picked by the cost model
     std::string cluster;                 // the cost model's cluster file ("": no prediction)
+    int progress = 0;                    // progress lines: -1 never, 0 when stderr is a terminal, 1 always
     DistOptions dist;
     LayoutKind layout = LayoutKind::zigzag;
     bool per_rank = false;               // print every rank's kernel, wait, bytes and memory

@@ -21,6 +21,7 @@
 #include "bench/check.hpp"
 #include "bench/inputs.hpp"
 #include "bench/memory.hpp"
+#include "bench/report.hpp"
 #include "comm/communicator.hpp"
 #include "kernels/attention.hpp"
 #include "longattn/cpu_isa.hpp"
@@ -239,7 +240,10 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
             // One process: the triad before and after the steps, the better of the two (a neighbour's
             // load on a shared machine lowers one of them, never raises it).
             double triad = comm ? 0.0 : triad_bytes_per_s(nt, static_cast<double>(cache.bytes()));
+            Progress progress(job, root);
+            progress.begin("decode step");
             for (int step = 0; step < dj.steps; ++step) {
+                progress.tick(step, dj.steps);
                 const std::int64_t len = cache.length(0);
                 in.make(inputs, s, len);
                 DecodeArgs a;

@@ -212,6 +212,7 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
     OutputSet out(job, &comm);
     const double rss0 = peak_rss_mb();
     Report rep(job, me == 0);
+    Progress progress(job, me == 0);
     rep.note(describe(job, P));
     rep.note("pattern " + Pattern(spec_for_length(job, total_tokens(job, job.sweep.lengths.back(), P))).describe() +
              ", documents " + job.pattern.docs.describe() + ", inputs " +
@@ -272,6 +273,7 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
             fa.pattern = ba.pattern = nullptr;
         }
         std::vector<DistStats> fs, bs;
+        progress.begin(std::to_string(N) + " tokens, " + mode_name(job.sweep.mode) + " iteration");
         for (int it = 0; it < job.sweep.warmup + job.sweep.iters; ++it) {
             comm.barrier();
             if (job.faults.inject_failure == me) throw std::runtime_error("injected failure");
@@ -295,6 +297,7 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
                 fs.push_back(f);
                 bs.push_back(b);
             }
+            progress.tick(it + 1, job.sweep.warmup + job.sweep.iters);
         }
         const double peak_mb = peak_rss_mb() - rss0;  // before the check allocates anything
         sh.results_to_host();

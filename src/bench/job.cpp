@@ -163,6 +163,10 @@ void read_choices(const OptionValues& v, Job& j) {
     j.exec.nccl = v.comm == "nccl";
     require(v.scaling == "strong" || v.scaling == "weak", "scaling", "must be strong or weak, got '", v.scaling, "'");
     j.sweep.weak = v.scaling == "weak";
+    require(v.progress == "auto" || v.progress == "on" || v.progress == "off", "progress", "must be auto, on or off, got ",
+            quoted(v.progress));
+    require(!v.quiet || v.progress != "on", "quiet", "contradicts --progress on");
+    j.exec.progress = v.quiet || v.progress == "off" ? -1 : v.progress == "on" ? 1 : 0;
     j.exec.distributed = v.strategy != "kernel";
     j.exec.auto_strategy = v.strategy == "auto";
     if (j.exec.distributed && !j.exec.auto_strategy) j.exec.dist.strategy = parse_strategy(v.strategy);

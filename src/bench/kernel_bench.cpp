@@ -113,13 +113,18 @@ struct Problem {
 
 // Median of n timed runs after the warmup.
 template <class F>
-double time_median(const Job& job, F&& run) {
-    for (int i = 0; i < job.sweep.warmup; ++i) run();
+double time_median(const Job& job, F&& run, Progress* progress = nullptr) {
+    const int total = job.sweep.warmup + job.sweep.iters;
+    for (int i = 0; i < job.sweep.warmup; ++i) {
+        run();
+        if (progress) progress->tick(i + 1, total);
+    }
     std::vector<double> t;
     for (int i = 0; i < job.sweep.iters; ++i) {
         const auto t0 = Clock::now();
         run();
         t.push_back(seconds_since(t0));
+        if (progress) progress->tick(job.sweep.warmup + i + 1, total);
     }
     std::sort(t.begin(), t.end());
     return t[t.size() / 2];
@@ -136,6 +141,7 @@ int run_kernel_bench(const Job& job) {
     const Inputs in(job);
     OutputSet out(job, nullptr);
     Report rep(job, true);
+    Progress progress(job, true);
     {
         std::ostringstream os;
         os << "longattn-bench kernel mode=" << mode_name(job.sweep.mode) << " dtype=" << dtype_name(job.shape.dtype)
@@ -169,8 +175,13 @@ int run_kernel_bench(const Job& job) {
             const int t = thr > 0 ? thr : omp_get_max_threads();
             double t_bwd = 0, t_base = 0;
             // The forward always runs: the backward needs its O and LSE.
-            const double t_fwd = time_median(job, [&] { const auto f = pr.fwd(pat, t); kernels::backend_of(f.q).forward(f); });
-            if (do_bwd) t_bwd = time_median(job, [&] { const auto b = pr.bwd(pat, t); kernels::backend_of(b.q).backward(b); });
+            const std::string at = std::to_string(L) + " tokens, threads " + std::to_string(t) + ", ";
+            progress.begin(at + "forward");
+            const double t_fwd =
+                time_median(job, [&] { const auto f = pr.fwd(pat, t); kernels::backend_of(f.q).forward(f); }, &progress);
+            progress.begin(at + "backward");
+            if (do_bwd)
+                t_bwd = time_median(job, [&] { const auto b = pr.bwd(pat, t); kernels::backend_of(b.q).backward(b); }, &progress);
             if (job.checks.baseline) {
                 t_base = time_median(job, [&] { kernels::unfused_forward_cpu(pr.fwd(pat, t)); });
                 kernels::flash_forward_cpu(pr.fwd(pat, t));  // the check reads the fused result

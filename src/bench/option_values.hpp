@@ -14,11 +14,12 @@ namespace longattn::bench {
 // rather than wrapped); and the sweep's factor. Boost stores every other option straight into its field
 // of the job.
 struct OptionValues {
-    std::string mode, device, threads, seed, max_memory, cpu_isa;              // [run]
+    std::string mode, device, threads, seed, max_memory, cpu_isa, progress;    // [run]
+    bool quiet = false;
     std::string minlen, maxlen, scaling;                              // [sweep]
     double factor = 2;
     std::string dtype;                                                // [shape]
-    std::string strategy, layout, comm, plan, cluster;                         // [dist]
+    std::string strategy, layout, comm, plan, cluster;                // [dist]
     std::string window, doc_lens, doc_lens_file, doc_dist, doc_seed;  // [pattern]
     std::string global_list, block_mask, random_seed;
     std::string kv_placement, combine, fill;                          // [decode]

@@ -112,6 +112,10 @@ po::options_description run_options(OptionValues& v, SectionOf& section_of) {
      ("threads,t", po::value(&v.threads)->default_value("0"),
       "threads per rank, or a list to sweep in kernel mode (0 = all)")
      ("seed", po::value(&v.seed)->default_value("1"), "seed of the synthetic inputs (0 to 2^63-1)")
+     ("progress", po::value(&v.progress)->default_value("auto"),
+      "a line per iteration on stderr (phase, iteration, elapsed, estimate) once a job has run 3 s: auto (when "
+      "stderr is a terminal) | on | off")
+     ("quiet,q", po::bool_switch(&v.quiet), "no progress lines (--progress off)")
      ("max-memory", po::value(&v.max_memory)->default_value("0"),
       "bytes a rank may hold (K/M/G suffixes; 0 = what its node gives): a job that needs more is refused before it starts");
     return g.desc();

@@ -1,5 +1,9 @@
 #include "bench/report.hpp"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <sstream>
@@ -103,6 +107,31 @@ int Report::finish(std::int64_t wrong, OutputSet& out) {
         out.write_text(job_.io.csv_path, cs.str());
     }
     return wrong == 0 ? 0 : 1;
+}
+
+namespace {
+double now_s() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+Progress::Progress(const Job& job, bool printer)
+    : on_(printer && (job.exec.progress > 0 || (job.exec.progress == 0 && ::isatty(2)))), start_(now_s()),
+      phase_start_(start_) {}
+
+void Progress::begin(const std::string& phase) {
+    phase_ = phase;
+    phase_start_ = now_s();
+}
+
+void Progress::tick(int done, int total) {
+    if (!on_) return;
+    const double t = now_s();
+    if (t - start_ < kShowAfter) return;
+    const double per = (t - phase_start_) / std::max(done, 1);
+    std::fprintf(stderr, "# progress: %s %d/%d, %.1f s elapsed, about %.1f s left in it\n", phase_.c_str(), done, total,
+                 t - start_, per * (total - done));
+    std::fflush(stderr);
 }
 
 }  // namespace longattn::bench

@@ -39,4 +39,20 @@ private:
     std::vector<std::vector<double>> rows_;
 };
 
+// Progress lines on stderr, from the printing rank: "# progress: PHASE i/n, E s elapsed, about R s left",
+// once the job has run kShowAfter seconds (so short jobs print none), when the job asks for them (or,
+// by default, when stderr is a terminal).
+class Progress {
+public:
+    Progress(const Job& job, bool printer);
+    void begin(const std::string& phase);  // a phase of iterations starts (the estimate is per phase)
+    void tick(int done, int total);        // iteration `done` of the phase's `total` has finished
+    static constexpr double kShowAfter = 3.0;
+
+private:
+    bool on_ = false;
+    double start_ = 0, phase_start_ = 0;
+    std::string phase_;
+};
+
 }  // namespace longattn::bench
