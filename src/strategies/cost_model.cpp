@@ -121,6 +121,22 @@ void ring_cost(const std::vector<Positions>& pos, const std::vector<int>& at, co
     }
 }
 
+// into += from with its pairs and work times h, its bytes times b (a ring's cost is linear in the
+// heads and the kv heads it carries).
+void add_scaled(RankCost& into, const RankCost& from, double h, std::uint64_t b) {
+    into.fwd_bytes += from.fwd_bytes * b, into.bwd_bytes += from.bwd_bytes * b;
+    into.pairs += from.pairs * h, into.fwd_work += from.fwd_work * h, into.bwd_work += from.bwd_work * h;
+    into.fwd_partial += from.fwd_partial * h, into.bwd_partial += from.bwd_partial * h;
+    auto add = [](auto& dst, const auto& src, auto k) {
+        dst.resize(src.size());
+        for (std::size_t t = 0; t < src.size(); ++t) dst[t] += src[t] * k;
+    };
+    add(into.step_pairs, from.step_pairs, h), add(into.step_fwd_work, from.step_fwd_work, h);
+    add(into.step_bwd_work, from.step_bwd_work, h), add(into.step_fwd_partial, from.step_fwd_partial, h);
+    add(into.step_bwd_partial, from.step_bwd_partial, h);
+    add(into.step_bytes, from.step_bytes, b), add(into.step_bwd_bytes, from.step_bwd_bytes, b);
+}
+
 // Ulysses over members with positions pos[m] (world ranks at[m]): the bytes of its all-to-alls.
 // Returns each member's (query heads, kv heads) for what runs inside.
 std::vector<std::pair<dist::Range, dist::Range>> ulysses_cost(const std::vector<Positions>& pos, const std::vector<int>& at,
@@ -207,11 +223,17 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
                 heads = ulysses_cost(members, at, B, Hq, Hkv, D, es, cost);
                 for (const Positions& m : members) gathered[static_cast<std::size_t>(g)].insert(gathered[static_cast<std::size_t>(g)].end(), m.begin(), m.end());
             }
+            // Every ring runs over the same gathered shards: one ring of one head, scaled by each ring's heads.
+            std::vector<RankCost> unit(static_cast<std::size_t>(P / u));
+            std::vector<int> at(static_cast<std::size_t>(P / u));
+            for (int g = 0; g < P / u; ++g) at[static_cast<std::size_t>(g)] = g;
+            ring_cost(gathered, at, pat, 1, 1, 1, D, es, count, tl, unit);
             for (int i = 0; i < u; ++i) {
-                std::vector<int> at(static_cast<std::size_t>(P / u));
-                for (int g = 0; g < P / u; ++g) at[static_cast<std::size_t>(g)] = g * u + i;
                 const auto& [qh, kh] = heads[static_cast<std::size_t>(i)];
-                if (qh.len > 0) ring_cost(gathered, at, pat, B, qh.len, kh.len, D, es, count, tl, cost);
+                if (qh.len == 0) continue;
+                for (int g = 0; g < P / u; ++g)
+                    add_scaled(cost[static_cast<std::size_t>(g * u + i)], unit[static_cast<std::size_t>(g)],
+                               static_cast<double>(B * qh.len), static_cast<std::uint64_t>(B * kh.len));
             }
             break;
         }
