@@ -156,8 +156,13 @@ std::string describe(const Job& job, int P) {
     return os.str();
 }
 
-ModelJob model_job(const Job& job, std::int64_t N, int P) {
+// The cost model's job; cluster: its kernels' tiles, where it gives them.
+ModelJob model_job(const Job& job, std::int64_t N, int P, const ClusterSpec* cluster) {
     ModelJob mj;
+    if (cluster && cluster->tile_q > 0) {
+        mj.fwd_tile_q = mj.bwd_tile_q = cluster->tile_q;
+        mj.fwd_tile_k = mj.bwd_tile_k = cluster->tile_k;
+    }
     mj.tokens = N, mj.batch = job.shape.batch, mj.heads = job.shape.heads, mj.kv_heads = job.shape.kv_heads;
     mj.head_dim = job.shape.head_dim, mj.dtype = job.shape.dtype, mj.layout = job.exec.layout, mj.ranks = P;
     mj.dist = job.exec.dist;
@@ -184,13 +189,14 @@ void pick_strategy(Job& job, int P, bool root) {
     const ClusterSpec cl = load_cluster(job.exec.cluster);
     const std::int64_t N = total_tokens(job, job.sweep.lengths.back(), P);
     const std::vector<StrategyChoice> opts =
-        rank_strategies(cl, model_job(job, N, P), Pattern(spec_for_length(job, N)), job.sweep.mode != Mode::fwd);
+        rank_strategies(cl, model_job(job, N, P, &cl), Pattern(spec_for_length(job, N)), job.sweep.mode != Mode::fwd);
     job.exec.dist = opts.front().dist, job.exec.layout = opts.front().layout;
     if (!root) return;
     std::printf("# strategy auto on %s, %lld tokens, %d ranks: predicted", cl.name.c_str(), static_cast<long long>(N), P);
     for (std::size_t i = 0; i < std::min<std::size_t>(3, opts.size()); ++i)
-        std::printf("%s %s %.3f ms (kernels %.3f, exposed %.3f)", i ? "," : "", strategy_label(opts[i].dist, opts[i].layout).c_str(),
-                    opts[i].time_s * 1e3, opts[i].p.compute_s * 1e3, opts[i].p.exposed_s * 1e3);
+        std::printf("%s %s %.3f ms (kernels %.3f, exposed %.3f, efficiency %.1f%%)", i ? "," : "",
+                    strategy_label(opts[i].dist, opts[i].layout).c_str(), opts[i].time_s * 1e3, opts[i].p.compute_s * 1e3,
+                    opts[i].p.exposed_s * 1e3, 100 * opts[i].p.efficiency());
     std::printf("; running %s\n", strategy_label(job.exec.dist, job.exec.layout).c_str());
 }
 
@@ -327,7 +333,7 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
         if (!job.io.save_dir.empty()) save_outputs(job, N, rows, &comm, out);
 
         // What the calls sent against the cost model's count for this rank (a call's plan building apart).
-        const ModelJob mj = model_job(job, N, P);
+        const ModelJob mj = model_job(job, N, P, cluster ? &*cluster : nullptr);
         const RankCost model = model_costs(mj, pat, false)[static_cast<std::size_t>(me)];
         const std::uint64_t sent_f = fs.empty() ? 0 : fs.back().bytes_sent - fs.back().setup_bytes;
         const std::uint64_t sent_b = bs.empty() || !grads ? 0 : bs.back().bytes_sent - bs.back().setup_bytes;

@@ -72,6 +72,7 @@ struct ClusterSpec {
     double inter_bandwidth = 0, inter_latency = 0;
     double fwd_flops = 0, bwd_flops = 0;  // the attention kernels' FLOP/s per device (pairs of FULL tiles)
     double fwd_partial_extra = 0, bwd_partial_extra = 0;  // a pair of a PARTIAL tile costs 1 + this
+    std::int64_t tile_q = 0, tile_k = 0;  // the device kernels' tiles (0: the CPU kernels', ModelJob)
     double memory = 0;                    // bytes per device (0: not given)
     int devices() const { return nodes * devices_per_node; }
 };
@@ -82,6 +83,7 @@ struct ClusterSpec {
 //   [inter] bandwidth_GBps = ..., latency_us = ...     (across nodes; required when N > 1)
 //   [device] fwd_tflops = ..., bwd_tflops = ..., memory_GiB = ...   (FLOPs of the pairs computed)
 //            fwd_partial_extra = ..., bwd_partial_extra = ...      (optional, 0: masked pairs cost the same)
+//            tile_q = ..., tile_k = ...    (optional: the kernels' tiles, forward and backward; 0: the CPU's)
 // Unknown keys, missing ones, bad numbers: an Error naming the file, the line and the key.
 ClusterSpec load_cluster(const std::string& path);
 
@@ -100,8 +102,9 @@ struct Prediction {
 Prediction predict(const ClusterSpec& cluster, const ModelJob& job, const std::vector<RankCost>& cost);
 
 // What --strategy auto weighs: every strategy (the hybrid at each Ulysses degree strictly between 1 and
-// the ranks that divides them) on the zigzag and contiguous layouts, job.dist's other options kept,
-// fastest first by the predicted forward time (with backward: forward plus backward).
+// the ranks that divides them) on the zigzag and contiguous layouts, job.dist's other options kept (and
+// the cluster's tiles where it gives them), fastest first by the predicted forward time (with backward:
+// forward plus backward).
 struct StrategyChoice {
     DistOptions dist;
     LayoutKind layout;

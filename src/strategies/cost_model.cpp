@@ -298,7 +298,7 @@ ClusterSpec load_cluster(const std::string& path) {
     static const char* known[] = {"cluster.name", "cluster.nodes", "cluster.devices_per_node", "intra.bandwidth_GBps",
                                   "intra.latency_us", "inter.bandwidth_GBps", "inter.latency_us", "device.fwd_tflops",
                                   "device.bwd_tflops", "device.memory_GiB", "device.fwd_partial_extra",
-                                  "device.bwd_partial_extra"};
+                                  "device.bwd_partial_extra", "device.tile_q", "device.tile_k"};
     for (const auto& [k, v] : kv)
         require(std::find(std::begin(known), std::end(known), k) != std::end(known), "cluster", path, ":", v.second,
                 ": unknown key '", k.substr(k.find('.') + 1), "' in [", k.substr(0, k.find('.')), "]");
@@ -331,6 +331,9 @@ ClusterSpec load_cluster(const std::string& path) {
     c.memory = number("device.memory_GiB", false, 0) * 1073741824.0;
     c.fwd_partial_extra = number("device.fwd_partial_extra", false, 0);
     c.bwd_partial_extra = number("device.bwd_partial_extra", false, 0);
+    c.tile_q = static_cast<std::int64_t>(number("device.tile_q", false, 0));
+    c.tile_k = static_cast<std::int64_t>(number("device.tile_k", false, 0));
+    require((c.tile_q > 0) == (c.tile_k > 0), "cluster", path, ": [device] tile_q and tile_k go together");
     return c;
 }
 
@@ -420,6 +423,7 @@ std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cl, const ModelJo
         for (LayoutKind l : {LayoutKind::zigzag, LayoutKind::contiguous}) {
             ModelJob j = job;
             j.dist = d, j.layout = l;
+            if (cl.tile_q > 0) j.fwd_tile_q = j.bwd_tile_q = cl.tile_q, j.fwd_tile_k = j.bwd_tile_k = cl.tile_k;
             const Prediction p = predict(cl, j, model_costs(j, pat));
             out.push_back({d, l, p, backward ? p.fwd_s + p.bwd_s : p.fwd_s});
         }
