@@ -5,7 +5,6 @@
 #include <cmath>
 #include <fstream>
 #include <map>
-#include <sstream>
 
 #include "longattn/block_plan.hpp"
 #include "longattn/error.hpp"
@@ -93,12 +92,12 @@ void ring_cost(const std::vector<Positions>& pos, const std::vector<int>& at, co
             const int o = (r - t + P) % P;
             const u64 sent = static_cast<u64>(rp.sent_rows(o));
             const int last = rp.last[static_cast<std::size_t>(o)];
-            if (t + 1 < P && t < last) {
+            if (t + 1 < P && t < last) {  // the shard held goes on, forward and backward
                 c.fwd_bytes += sent * kv_row;
                 c.bwd_bytes += sent * kv_row;
                 c.step_bytes[static_cast<std::size_t>(t)] += sent * kv_row;
+                c.step_bwd_bytes[static_cast<std::size_t>(t)] += sent * kv_row;
             }
-            if (t + 1 < P && t < last) c.step_bwd_bytes[static_cast<std::size_t>(t)] += sent * kv_row;
             if (t >= 1 && t <= last) {  // the running dK/dV, on or home
                 c.bwd_bytes += sent * grad_row;
                 c.step_bwd_bytes[static_cast<std::size_t>(t)] += sent * grad_row;
@@ -143,15 +142,9 @@ std::vector<std::pair<dist::Range, dist::Range>> ulysses_cost(const std::vector<
                                                               std::int64_t B, std::int64_t hq, std::int64_t hkv,
                                                               std::int64_t D, std::size_t es, std::vector<RankCost>& cost) {
     const int U = static_cast<int>(pos.size());
-    const std::vector<dist::Range> q = dist::split_even(hq, U);
-    const std::int64_t G = hq / hkv;
+    const std::vector<dist::Range> q = dist::split_even(hq, U), kv = dist::kv_heads_of(q, hq / hkv);
     std::vector<std::pair<dist::Range, dist::Range>> heads(static_cast<std::size_t>(U));
-    for (int j = 0; j < U; ++j) {
-        const dist::Range& qj = q[static_cast<std::size_t>(j)];
-        dist::Range kv{0, 0};
-        if (qj.len > 0) kv = {qj.start / G, (qj.start + qj.len - 1) / G + 1 - qj.start / G};
-        heads[static_cast<std::size_t>(j)] = {qj, kv};
-    }
+    for (int j = 0; j < U; ++j) heads[static_cast<std::size_t>(j)] = {q[static_cast<std::size_t>(j)], kv[static_cast<std::size_t>(j)]};
     const u64 d = static_cast<u64>(B * D), e = es;
     for (int me = 0; me < U; ++me) {
         RankCost& c = cost[static_cast<std::size_t>(at[static_cast<std::size_t>(me)])];

@@ -32,12 +32,17 @@ std::int64_t RingPlan::max_sent() const {
 
 UlyssesPlan::UlyssesPlan(comm::Communicator& comm, const std::int64_t* pos, std::int64_t S, std::int64_t hq,
                          std::int64_t hkv)
-    : sh(gather_shards(comm, pos, S)), rows(rows_of(sh)), q(split_even(hq, comm.size())), kv(q.size()), G(hq / hkv) {
+    : sh(gather_shards(comm, pos, S)), rows(rows_of(sh)), q(split_even(hq, comm.size())), kv(kv_heads_of(q, hq / hkv)),
+      G(hq / hkv) {}
+
+std::vector<Range> kv_heads_of(const std::vector<Range>& q, std::int64_t G) {
+    std::vector<Range> kv(q.size());
     for (std::size_t j = 0; j < q.size(); ++j)
         if (q[j].len > 0) {
             const std::int64_t lo = q[j].start / G, hi = (q[j].start + q[j].len - 1) / G + 1;
             kv[j] = {lo, hi - lo};
         }
+    return kv;
 }
 
 namespace {

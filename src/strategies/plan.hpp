@@ -37,6 +37,9 @@ struct RingPlan {
 // Ulysses over one communicator: the shard table, each rank's rows of the gathered sequence, and the
 // split of the heads. Heads need not divide the rank count (shards of heads differ by one, and a rank
 // may get none); with GQA/MQA a kv head goes to every rank holding one of its query heads.
+// The kv heads each rank's query heads q[j] read, G query heads per kv head (none for no query heads).
+std::vector<Range> kv_heads_of(const std::vector<Range>& q, std::int64_t G);
+
 struct UlyssesPlan {
     Shards sh;
     std::vector<Range> rows;   // per rank: its rows of the gathered sequence
