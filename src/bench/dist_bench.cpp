@@ -345,6 +345,17 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
         comm.all_reduce_sum(&model_off, 1);
 
         const double total = f.total_s + b.total_s, wait = f.wait_s + b.wait_s, kern = f.kernel_s + b.kernel_s;
+        // This rank's kernel time against the model's (with --cluster): its ratio, and the largest miss.
+        Prediction model_p;
+        double model_kern = 0, kern_miss = 0;
+        if (cluster) {
+            model_p = predict(*cluster, mj, model_costs(mj, pat));
+            const auto r = static_cast<std::size_t>(me);
+            model_kern = (job.sweep.mode != Mode::bwd ? model_p.rank_fwd_kernel_s[r] : 0.0) +
+                         (grads ? model_p.rank_bwd_kernel_s[r] : 0.0);
+            kern_miss = model_kern > 0 ? std::abs(kern / model_kern - 1) : 0.0;
+            comm.all_reduce_max(&kern_miss, 1);
+        }
         const double mem_x = peak_mb * 1048576.0 / std::max(sh.base_bytes(grads), 1.0);
         if (job.exec.per_rank) {
             for (int r = 0; r < P; ++r) {
@@ -358,6 +369,7 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
                                 peak_mb, mem_x, need.run() / 1048576.0,
                                 double(std::max(f.scratch_peak_bytes, b.scratch_peak_bytes)) / 1048576.0,
                                 static_cast<long long>(c.values), static_cast<long long>(c.wrong));
+                if (r == me && cluster) std::printf("#  rank %d kernel time: the cost model's %.1f ms\n", me, model_kern * 1e3);
                 std::fflush(stdout);
             }
         }
@@ -379,9 +391,7 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
         std::vector<double> vals{double(N), double((N + P - 1) / P), pairs / (double(N) * double(N)), mx[0] * 1e3,
                                  flops / mx[0] * 1e-12, mx[3] / 1e6, 100 * mx[1], mx[4], mx[9], mx[5],
                                  100 * -mn[2] / std::max(mx[0], 1e-12)};
-        Prediction model_p;
         if (cluster) {
-            model_p = predict(*cluster, mj, model_costs(mj, pat));
             const double t = mode_time(job, model_p);
             const double kern = job.sweep.mode == Mode::fwd   ? model_p.compute_fwd_s
                                 : job.sweep.mode == Mode::bwd ? model_p.compute_s - model_p.compute_fwd_s
@@ -398,9 +408,10 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
             const double t = mode_time(job, model_p);
             std::snprintf(line, sizeof(line),
                           "  cost model on %s: %.3f ms predicted (forward %.3f, backward %.3f; kernels %.3f, exposed "
-                          "communication %.3f), %.3f ms measured: measured / predicted %.3f",
+                          "communication %.3f), %.3f ms measured: measured / predicted %.3f; each rank's kernel time "
+                          "within %.1f%% of the model's",
                           cluster->name.c_str(), t * 1e3, model_p.fwd_s * 1e3, model_p.bwd_s * 1e3, model_p.compute_s * 1e3,
-                          model_p.exposed_s * 1e3, mx[0] * 1e3, mx[0] / std::max(t, 1e-30));
+                          model_p.exposed_s * 1e3, mx[0] * 1e3, mx[0] / std::max(t, 1e-30), 100 * kern_miss);
             rep.note(line);
         }
         if (model_off) {

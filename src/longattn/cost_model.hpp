@@ -95,10 +95,13 @@ struct Prediction {
     double ideal_s = 0;           // every pair's FLOPs spread evenly over the ranks, no communication
     double ideal_fwd_s = 0;       // of ideal_s, the forward's
     std::uint64_t max_bytes = 0;  // the most one rank sends in a forward and a backward call
+    std::vector<double> rank_fwd_kernel_s, rank_bwd_kernel_s;  // each rank's kernels over one call
     double efficiency() const { return fwd_s + bwd_s > 0 ? ideal_s / (fwd_s + bwd_s) : 1.0; }
 };
 
-// job.ranks must fit the cluster; cost from model_costs with its pairs.
+// cost from model_costs with its pairs. More ranks than the cluster's devices share them evenly (as
+// mpirun --oversubscribe does cores, consecutive ranks on one device): the kernels then run at
+// devices / ranks of a device's throughput.
 Prediction predict(const ClusterSpec& cluster, const ModelJob& job, const std::vector<RankCost>& cost);
 
 // What --strategy auto weighs: every strategy (the hybrid at each Ulysses degree strictly between 1 and

@@ -332,12 +332,15 @@ ClusterSpec load_cluster(const std::string& path) {
 
 Prediction predict(const ClusterSpec& cl, const ModelJob& job, const std::vector<RankCost>& cost) {
     const int P = job.ranks;
-    require(P >= 1 && P <= cl.devices(), "ranks", P, " ranks do not fit the cluster '", cl.name, "' of ", cl.devices(), " devices");
+    require(P >= 1, "ranks", "must be >= 1, got ", P);
     require(static_cast<int>(cost.size()) == P, "cost", "must hold one entry per rank");
     const double D = static_cast<double>(job.head_dim);
-    const double per_fwd = 4 * D / cl.fwd_flops, per_bwd = 10 * D / cl.bwd_flops;  // seconds per pair of one head
+    const double share = std::max(1.0, double(P) / double(cl.devices()));  // ranks per device
+    const double per_fwd = 4 * D / cl.fwd_flops * share, per_bwd = 10 * D / cl.bwd_flops * share;  // s per pair
     const int G = cl.devices_per_node;
-    auto same_node = [&](int a, int b) { return a / G == b / G; };
+    // Rank r on device r (with more ranks than devices: r * devices / ranks, consecutive ranks together).
+    auto node = [&](int r) { return (P > cl.devices() ? static_cast<int>(std::int64_t{r} * cl.devices() / P) : r) / G; };
+    auto same_node = [&](int a, int b) { return node(a) == node(b); };
     auto send = [&](int a, int b, double bytes) {
         if (bytes <= 0) return 0.0;
         return same_node(a, b) ? cl.intra_latency + bytes / cl.intra_bandwidth : cl.inter_latency + bytes / cl.inter_bandwidth;
@@ -361,13 +364,15 @@ Prediction predict(const ClusterSpec& cl, const ModelJob& job, const std::vector
     double a2a_f = 0, a2a_b = 0, kern_f = 0, kern_b = 0, pairs = 0;
     for (int r = 0; r < P; ++r) {
         const RankCost& c = cost[static_cast<std::size_t>(r)];
+        pr.rank_fwd_kernel_s.push_back((c.fwd_work + cl.fwd_partial_extra * c.fwd_partial) * per_fwd);
+        pr.rank_bwd_kernel_s.push_back((c.bwd_work + cl.bwd_partial_extra * c.bwd_partial) * per_bwd);
         a2a_f = std::max(a2a_f, a2a(r, double(c.a2a_fwd_bytes), c.a2a_fwd_calls));
         a2a_b = std::max(a2a_b, a2a(r, double(c.a2a_bwd_bytes), c.a2a_bwd_calls));
         pairs += c.pairs;
         pr.max_bytes = std::max(pr.max_bytes, c.fwd_bytes + c.bwd_bytes);
         if (c.step_pairs.empty()) {  // no ring: the kernels run once on the rank's pairs
-            kern_f = std::max(kern_f, (c.fwd_work + cl.fwd_partial_extra * c.fwd_partial) * per_fwd);
-            kern_b = std::max(kern_b, (c.bwd_work + cl.bwd_partial_extra * c.bwd_partial) * per_bwd);
+            kern_f = std::max(kern_f, pr.rank_fwd_kernel_s.back());
+            kern_b = std::max(kern_b, pr.rank_bwd_kernel_s.back());
         }
     }
     // The ring (or the hybrid's rings): step by step, each the slowest rank's max(kernel, transfer).
