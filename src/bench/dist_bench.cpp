@@ -25,7 +25,6 @@
 #include "kernels/backend.hpp"
 #include "longattn/cost_model.hpp"
 #include "longattn/cpu_isa.hpp"
-#include "longattn/cost_model.hpp"
 #include "longattn/distributed.hpp"
 #include "longattn/layout.hpp"
 

@@ -174,6 +174,8 @@ void read_choices(const OptionValues& v, Job& j) {
     require(!j.exec.auto_strategy || !v.cluster.empty(), "strategy",
             "auto picks what the cost model predicts fastest on a cluster: give --cluster (configs/clusters/)");
     require(v.cluster.empty() || j.exec.distributed, "cluster", "belongs to a distributed --strategy (under mpirun)");
+    require(v.cluster.empty() || j.sweep.mode != Mode::decode, "cluster",
+            "the cost model does not cover --mode decode yet: drop --cluster");
     if (!v.cluster.empty()) (void)load_cluster(v.cluster);  // its errors before anything runs
     require(!j.exec.nccl || (j.exec.distributed && j.exec.device == Device::cuda), "comm",
             "nccl needs a distributed strategy and --device cuda");
@@ -413,9 +415,13 @@ void validate_for_ranks(const Job& job, int ranks) {
         for (std::int64_t w : {p.window->left, p.window->right})
             require(w >= -1 && w < n, "window", "each side must be -1 (unbounded) or in [0, ", n,
                     ") for sequences up to ", n, " tokens, got ", p.window->left, ",", p.window->right);
-    if (job.sweep.mode == Mode::calibrate)
+    if (job.sweep.mode == Mode::calibrate) {
         require(!job.exec.distributed && job.exec.device == Device::cpu, "mode",
                 "calibrate measures the CPU kernels and the links between the ranks: drop --strategy and --device");
+        require(job.io.json_path.empty() && job.io.csv_path.empty() && job.io.save_dir.empty() && job.io.load_dir.empty(),
+                "mode", "calibrate prints a cluster file on synthetic inputs: drop --json, --csv, --save and --load");
+    }
+
     require(job.exec.distributed || ranks == 1 || job.sweep.mode == Mode::calibrate, "strategy",
             "'kernel' runs in one process; under mpirun choose ring, ulysses, hybrid or allgather");
     if (job.exec.distributed && dist.strategy == StrategyKind::hybrid)
