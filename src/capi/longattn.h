@@ -57,7 +57,9 @@ const char* la_cpu_isa(void);
  * runs (LA_ERR_ARGUMENT otherwise, la_last_error() naming them). Not while a call runs. */
 la_status la_set_cpu_isa(const char* name);
 
-typedef enum { LA_RING = 0, LA_ULYSSES = 1, LA_HYBRID = 2, LA_ALLGATHER = 3 } la_strategy;
+/* The choices below are ints to the ABI: a value outside them is refused by name (their _INT_RANGE_
+ * member, INT_MIN, makes every int a value of the type, so checking one is defined in C++ too). */
+typedef enum { LA_RING = 0, LA_ULYSSES = 1, LA_HYBRID = 2, LA_ALLGATHER = 3, LA_STRATEGY_INT_RANGE_ = -0x7fffffff - 1 } la_strategy;
 
 typedef struct {
     la_strategy strategy;  /* LA_RING */
@@ -112,7 +114,7 @@ la_status la_cache_stats(const la_context* ctx, int64_t* hits, int64_t* misses, 
  * layout 0 contiguous, 1 zigzag (2 * ranks chunks, rank r holding chunks r and 2 * ranks - 1 - r:
  * causal work balanced), 2 striped (token t on rank t % ranks). *count receives the row count; pos
  * (NULL to ask the count only) receives the positions. */
-typedef enum { LA_CONTIGUOUS = 0, LA_ZIGZAG = 1, LA_STRIPED = 2 } la_layout;
+typedef enum { LA_CONTIGUOUS = 0, LA_ZIGZAG = 1, LA_STRIPED = 2, LA_LAYOUT_INT_RANGE_ = -0x7fffffff - 1 } la_layout;
 la_status la_layout_positions(la_layout layout, int64_t tokens, int ranks, int rank, int64_t* pos, int64_t* count);
 
 /* O and LSE of the local rows. */
@@ -128,8 +130,8 @@ la_status la_backward(la_context* ctx, const la_pattern* pattern, const int64_t*
  * sequence's new tokens on the rank that owns their position, attends the new queries to every
  * rank's pages and combines the partials in one collective. */
 typedef struct la_kv_cache la_kv_cache;
-typedef enum { LA_KV_ROUND_ROBIN = 0, LA_KV_LAYOUT = 1 } la_kv_placement;
-typedef enum { LA_COMBINE_ALLGATHER = 0, LA_COMBINE_ALLREDUCE = 1 } la_decode_combine;
+typedef enum { LA_KV_ROUND_ROBIN = 0, LA_KV_LAYOUT = 1, LA_KV_PLACEMENT_INT_RANGE_ = -0x7fffffff - 1 } la_kv_placement;
+typedef enum { LA_COMBINE_ALLGATHER = 0, LA_COMBINE_ALLREDUCE = 1, LA_COMBINE_INT_RANGE_ = -0x7fffffff - 1 } la_decode_combine;
 
 typedef struct {
     int64_t batch;            /* sequences; 1 */
