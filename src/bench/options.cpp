@@ -21,15 +21,16 @@ namespace longattn::bench {
 namespace {
 
 // Boost.Program_options fills its messages by replacing %name% tokens in a loop, which never ends when
-// the user's text holds such a token: a %name% (letters and '_' between two '%') outside a comment is
-// refused before the parser sees it.
-void refuse_placeholders(const std::string& text, const char* key) {
+// the user's text holds such a token: a %name% (letters and '_' between two '%') is refused before the
+// parser sees it, outside a comment line of a config file (a command-line argument has no comments,
+// even after a newline).
+void refuse_placeholders(const std::string& text, const char* key, bool comments) {
     std::size_t line = 0;
     for (std::size_t i = 0; i < text.size(); ++i) {
         if (text[i] == '\n') line = i + 1;
         if (text[i] != '%') continue;
         const std::size_t first = text.find_first_not_of(" \t", line);
-        if (first != std::string::npos && text[first] == '#') continue;  // a comment line
+        if (comments && first != std::string::npos && text[first] == '#') continue;
         std::size_t j = i + 1;
         while (j < text.size() && ((text[j] >= 'a' && text[j] <= 'z') || text[j] == '_')) ++j;
         if (j > i + 1 && j < text.size() && text[j] == '%')
@@ -44,7 +45,7 @@ void store_config(const std::string& file, const po::options_description& all,
     std::ifstream in(file);
     require(in.good(), "config", "cannot open '", visible(file), "'");
     std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    refuse_placeholders(text, "config");
+    refuse_placeholders(text, "config", true);
     if (text.compare(0, 3, "\xEF\xBB\xBF") == 0) text.erase(0, 3);  // a UTF-8 byte order mark is not part of a key
     std::istringstream f(text);
     po::parsed_options parsed = po::parse_config_file(f, all, true);
@@ -272,7 +273,7 @@ po::variables_map read_options(int argc, char** argv, const Declared& d) {
     }
     const std::vector<std::string> args =
         normalize_bool_flags(std::vector<std::string>(argv + std::min(argc, 1), argv + argc), bools, {{'c', "check"}});
-    for (const std::string& a : args) refuse_placeholders(a, "option");
+    for (const std::string& a : args) refuse_placeholders(a, "option", false);
 
     po::variables_map vm;
     try {

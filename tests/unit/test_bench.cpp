@@ -371,6 +371,11 @@ TEST(Options, BadInputNamesTheKeyAndWhatIsAllowed) {
     e = ini("causl = 1\n");
     EXPECT_NE(e.find("causl: unknown key"), std::string::npos) << e;
     EXPECT_NE(e.find("not an option of longattn-bench"), std::string::npos) << e;
+    // A %name% token (Boost's message placeholders) is refused, in an argument even after a newline and
+    // a '#' (a command line has no comments); a config file's comment lines may hold one.
+    e = error_of([] { parse({"--global-list=1\n# x %canonical_option% y"}); });
+    EXPECT_NE(e.find("'%name%' tokens are not allowed"), std::string::npos) << e;
+    EXPECT_EQ(ini("# a %value% here\n[pattern]\ncausal = true\n"), "(no error)");
     e = ini("help = 1\n");
     EXPECT_NE(e.find("cannot be set from a config file"), std::string::npos) << e;
 
