@@ -333,7 +333,9 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
 
         // What the calls sent against the cost model's count for this rank (a call's plan building apart).
         const ModelJob mj = model_job(job, N, P, cluster ? &*cluster : nullptr);
-        const RankCost model = model_costs(mj, pat, false)[static_cast<std::size_t>(me)];
+        // One replay serves the byte check and (with --cluster, which needs the pairs) the prediction.
+        const std::vector<RankCost> costs = model_costs(mj, pat, cluster.has_value());
+        const RankCost& model = costs[static_cast<std::size_t>(me)];
         const std::uint64_t sent_f = fs.empty() ? 0 : fs.back().bytes_sent - fs.back().setup_bytes;
         const std::uint64_t sent_b = bs.empty() || !grads ? 0 : bs.back().bytes_sent - bs.back().setup_bytes;
         std::int64_t model_off = sent_f != model.fwd_bytes || (grads && sent_b != model.bwd_bytes) ? 1 : 0;
@@ -348,7 +350,7 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
         Prediction model_p;
         double model_kern = 0, kern_miss = 0;
         if (cluster) {
-            model_p = predict(*cluster, mj, model_costs(mj, pat));
+            model_p = predict(*cluster, mj, costs);
             const auto r = static_cast<std::size_t>(me);
             model_kern = (job.sweep.mode != Mode::bwd ? model_p.rank_fwd_kernel_s[r] : 0.0) +
                          (grads ? model_p.rank_bwd_kernel_s[r] : 0.0);

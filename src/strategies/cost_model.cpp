@@ -183,6 +183,12 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
     const std::int64_t B = job.batch, Hq = job.heads, Hkv = job.kv_heads, D = job.head_dim, N = job.tokens;
     const std::size_t es = dtype_size(job.dtype);
     const Tiles tl = tiles_of(job, pat);
+    // Every position, for the strategies whose kernels see the whole sequence (Ulysses, all-gather).
+    std::vector<std::int64_t> all;
+    if (count && (job.dist.strategy == StrategyKind::ulysses || job.dist.strategy == StrategyKind::allgather)) {
+        all.resize(static_cast<std::size_t>(N));
+        for (std::int64_t i = 0; i < N; ++i) all[static_cast<std::size_t>(i)] = i;
+    }
     std::vector<int> world(static_cast<std::size_t>(P));
     for (int r = 0; r < P; ++r) world[static_cast<std::size_t>(r)] = r;
     switch (job.dist.strategy) {
@@ -190,8 +196,6 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
         case StrategyKind::ulysses: {
             const auto heads = ulysses_cost(pos, world, B, Hq, Hkv, D, es, cost);
             if (count) {
-                std::vector<std::int64_t> all(static_cast<std::size_t>(N));
-                for (std::int64_t i = 0; i < N; ++i) all[static_cast<std::size_t>(i)] = i;
                 const double n = static_cast<double>(pat.count_allowed(0, N, 0, N));
                 const auto [wf, pf] = tile_work(pat, all.data(), N, all.data(), N, tl.fq, tl.fk);
                 const auto [wb, pb] = tile_work(pat, all.data(), N, all.data(), N, tl.bq, tl.bk);
@@ -243,8 +247,6 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
                 c.a2a_bwd_calls = 4 * chunks;  // K, V, and dK, dV back
                 if (count) {
                     const Positions& mine = pos[static_cast<std::size_t>(r)];
-                    std::vector<std::int64_t> all(static_cast<std::size_t>(N));
-                    for (std::int64_t i = 0; i < N; ++i) all[static_cast<std::size_t>(i)] = i;
                     const double h = static_cast<double>(B * Hq);
                     c.pairs = pairs_between(pat, runs_of(mine.data(), S), PositionRuns{{0, N}}) * h;
                     const auto [wf, pf] = tile_work(pat, mine.data(), static_cast<std::int64_t>(S), all.data(), N, tl.fq, tl.fk);
