@@ -4,6 +4,10 @@
 // LONGATTN_CPU_ISA.
 #include <atomic>
 #include <cstdlib>
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <mutex>
 #include <string>
 #include <vector>
@@ -24,12 +28,22 @@
     }
 #if LONGATTN_CPU_ISA_PORTABLE_X86
 LONGATTN_DECLARE_ISA(avx512)
+#if !defined(__clang__)
+#define LONGATTN_WITH_AMX 1
+namespace longattn::kernels::cpu::avx512 {
+void flash_forward_amx(const FwdParams& p);  // AMX tiles where q, k and v are bf16 (flash_fwd.cpp)
+}
+#endif
 LONGATTN_DECLARE_ISA(avx2)
 LONGATTN_DECLARE_ISA(sse2)
 #elif LONGATTN_CPU_ISA_PORTABLE
 LONGATTN_DECLARE_ISA(generic)
 #else
 LONGATTN_DECLARE_ISA(native)
+#endif
+
+#if !defined(LONGATTN_WITH_AMX)
+#define LONGATTN_WITH_AMX 0
 #endif
 
 namespace longattn {
@@ -51,16 +65,43 @@ struct Isa {
             kernels::cpu::isa::unfused_forward, kernels::cpu::isa::decode, kernels::cpu::isa::fma_peak     \
     }
 
+#if LONGATTN_WITH_AMX
+// AMX-BF16 with AVX512-BF16, and the kernel's permission for this process to use the tile registers
+// (Linux asks for it once: ARCH_REQ_XCOMP_PERM for XTILEDATA).
+bool amx_runs_here() {
+    static const bool ok = [] {
+#if defined(__linux__)
+        if (!__builtin_cpu_supports("amx-tile") || !__builtin_cpu_supports("amx-bf16") ||
+            !__builtin_cpu_supports("avx512bf16"))
+            return false;
+        constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+        return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+#else
+        return false;
+#endif
+    }();
+    return ok;
+}
+#endif
+
 // Best first. __builtin_cpu_supports also checks that the operating system saves the wider registers.
+#if LONGATTN_CPU_ISA_PORTABLE_X86
+bool avx512_runs_here() {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+}
+#endif
+
 const Isa kIsas[] = {
 #if LONGATTN_CPU_ISA_PORTABLE_X86
-    LONGATTN_ISA_ENTRY(avx512,
-                       [] {
-                           return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                                  __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-                                  __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx2") &&
-                                  __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
-                       }),
+#if LONGATTN_WITH_AMX
+    // The AVX-512 kernels, with the forward's tile products on AMX for bf16 q, k and v.
+    Isa{"avx512-amx", [] { return avx512_runs_here() && amx_runs_here(); }, kernels::cpu::avx512::flash_forward_amx,
+        kernels::cpu::avx512::flash_backward, kernels::cpu::avx512::unfused_forward, kernels::cpu::avx512::decode,
+        kernels::cpu::avx512::fma_peak},
+#endif
+    LONGATTN_ISA_ENTRY(avx512, avx512_runs_here),
     LONGATTN_ISA_ENTRY(avx2,
                        [] {
                            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&

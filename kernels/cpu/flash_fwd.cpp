@@ -35,6 +35,13 @@
 #include "kernels/cpu/simd.hpp"
 #include "longattn/block_plan.hpp"
 
+// The AMX tile path exists in the portable build's AVX-512 compilation (GCC; see dispatch.cpp).
+#if defined(LONGATTN_ISA_avx512) && !defined(__clang__)
+#define LONGATTN_FWD_AMX 1
+#else
+#define LONGATTN_FWD_AMX 0
+#endif
+
 LONGATTN_ISA_BEGIN
 namespace longattn::kernels::cpu {
 inline namespace LONGATTN_ISA {
@@ -112,6 +119,125 @@ inline void pv_tile(std::int64_t n, const float* p, std::int64_t p_rs, const flo
         for (int c = 0; c < C; ++c) store(o + r * o_rs + c * kLanes, acc[r][c]);
 }
 
+#if LONGATTN_FWD_AMX
+// AMX tiles for bf16 storage (q, k and v all bf16), on CPUs with AMX-BF16 (dispatch.cpp's avx512-amx):
+// S = Q K^T in tiles of 16 rows x 16 keys over 32 dims, and O += P V with P split into bf16 hi + lo,
+// so that P keeps 16 of its 24 bits (2^-17 relative, far below the bf16 output's rounding) and the
+// result has the fp32 path's precision. Tile registers: 0-3 accumulators, 4-5 the left operands, 6-7
+// the right ones, each 16 rows of 64 bytes. Packed K: per tile of 16 keys, per 32 dims, 16 dim pairs x
+// 16 keys x 2 (the pair layout the tile product reads); packed V: per 16 dims, per 32 keys, 16 key pairs
+// x 16 dims x 2.
+#define LONGATTN_AMX __attribute__((target("amx-tile,amx-bf16,avx512bf16")))
+constexpr std::int64_t kAmxTile = 512;  // bf16 per packed 1 KiB tile
+
+struct alignas(64) AmxConfig {
+    std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+    std::uint16_t colsb[16] = {};
+    std::uint8_t rows[16] = {};
+};
+
+LONGATTN_AMX void amx_begin() {
+    AmxConfig c;
+    for (int i = 0; i < 8; ++i) {
+        c.colsb[i] = 64;
+        c.rows[i] = 16;
+    }
+    // GCC 12 does not see the configuration load read c, and drops the stores above without this.
+    asm volatile("" : : "r"(&c) : "memory");
+    _tile_loadconfig(&c);
+}
+LONGATTN_AMX void amx_end() { _tile_release(); }
+
+// S[16 MT rows][32 keys] = Q K^T: q holds bf16 rows of `chunks` x 32 dims, q_rs apart; kt the first of
+// two packed key tiles, kt_stride bf16 apart.
+template <int MT>
+LONGATTN_AMX void amx_scores(std::int64_t chunks, const std::uint16_t* q, std::int64_t q_rs, const std::uint16_t* kt,
+                             std::int64_t kt_stride, float* s, std::int64_t s_rs) {
+    _tile_zero(0);
+    _tile_zero(1);
+    if constexpr (MT > 1) {
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    for (std::int64_t c = 0; c < chunks; ++c) {
+        _tile_loadd(4, q + c * 32, q_rs * 2);
+        _tile_loadd(6, kt + c * kAmxTile, 64);
+        _tile_loadd(7, kt + kt_stride + c * kAmxTile, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        if constexpr (MT > 1) {
+            _tile_loadd(5, q + 16 * q_rs + c * 32, q_rs * 2);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, s, s_rs * 4);
+    _tile_stored(1, s + 16, s_rs * 4);
+    if constexpr (MT > 1) {
+        _tile_stored(2, s + 16 * s_rs, s_rs * 4);
+        _tile_stored(3, s + 16 * s_rs + 16, s_rs * 4);
+    }
+}
+
+// P[16 rows][c0, c1) (fp32, a multiple of 32 keys) to bf16 hi and lo = bf16(P - hi).
+LONGATTN_AMX void amx_split_p(const float* s, std::int64_t s_rs, std::int64_t c0, std::int64_t c1, std::uint16_t* hi,
+                              std::uint16_t* lo, std::int64_t p_rs) {
+    for (int r = 0; r < 16; ++r)
+        for (std::int64_t j = c0; j < c1; j += 32) {
+            const vf a = load(s + r * s_rs + j), b = load(s + r * s_rs + j + 16);
+            // hi in fp32: the same round to nearest even as the conversion (P is finite or NaN, and a
+            // NaN's lo is NaN either way).
+            const auto round_bf16 = [](vf x) {
+                const vi u = (vi)x;
+                return (vf)((u + 0x7fff + ((u >> 16) & 1)) & ~0xffff);
+            };
+            const __m512i h = (__m512i)_mm512_cvtne2ps_pbh((__m512)b, (__m512)a);
+            const __m512i l = (__m512i)_mm512_cvtne2ps_pbh((__m512)(b - round_bf16(b)), (__m512)(a - round_bf16(a)));
+            _mm512_storeu_si512(hi + r * p_rs + j, h);
+            _mm512_storeu_si512(lo + r * p_rs + j, l);
+        }
+}
+
+// O[16 rows][16 W dims] += (hi + lo)[16 rows][32 kc0, 32 kc1) V, vt the first packed V tile of the first
+// of W dim tiles (vt_stride bf16 apart).
+template <int W>
+LONGATTN_AMX void amx_pv(std::int64_t kc0, std::int64_t kc1, const std::uint16_t* hi, const std::uint16_t* lo,
+                         std::int64_t p_rs, const std::uint16_t* vt, std::int64_t vt_stride, float* o,
+                         std::int64_t o_rs) {
+    _tile_loadd(0, o, o_rs * 4);
+    if constexpr (W > 1) _tile_loadd(1, o + 16, o_rs * 4);
+    if constexpr (W > 2) _tile_loadd(2, o + 32, o_rs * 4);
+    if constexpr (W > 3) _tile_loadd(3, o + 48, o_rs * 4);
+    for (std::int64_t kc = kc0; kc < kc1; ++kc) {
+        _tile_loadd(4, hi + kc * 32, p_rs * 2);
+        _tile_loadd(5, lo + kc * 32, p_rs * 2);
+        const std::uint16_t* v = vt + kc * kAmxTile;
+        _tile_loadd(6, v, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(0, 5, 6);
+        if constexpr (W > 1) {
+            _tile_loadd(7, v + vt_stride, 64);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(1, 5, 7);
+        }
+        if constexpr (W > 2) {
+            _tile_loadd(6, v + 2 * vt_stride, 64);
+            _tile_dpbf16ps(2, 4, 6);
+            _tile_dpbf16ps(2, 5, 6);
+        }
+        if constexpr (W > 3) {
+            _tile_loadd(7, v + 3 * vt_stride, 64);
+            _tile_dpbf16ps(3, 4, 7);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    }
+    _tile_stored(0, o, o_rs * 4);
+    if constexpr (W > 1) _tile_stored(1, o + 16, o_rs * 4);
+    if constexpr (W > 2) _tile_stored(2, o + 32, o_rs * 4);
+    if constexpr (W > 3) _tile_stored(3, o + 48, o_rs * 4);
+}
+#endif
+
 // Everything a task reads; built once per call.
 struct FwdCall {
     const FwdParams* p = nullptr;
@@ -124,6 +250,8 @@ struct FwdCall {
     float c2 = kLog2e;                          // smul * log2(e): stored-score units to the exponent's
     bool general = false;                       // softcap or ALiBi: transform scores before the softmax
     float softcap = 0.0f;
+    bool amx = false;                           // AMX tiles (bf16 q, k, v): the packed blocks hold bf16
+    std::int64_t dq = 0;                        // AMX: the head dim rounded up to 32
     float* kpack = nullptr;
     float* vpack = nullptr;
     std::int64_t kblock_sz = 0, vblock_sz = 0;  // floats per packed key block
@@ -141,7 +269,35 @@ struct FwdCall {
     }
 };
 
+#if LONGATTN_FWD_AMX
+// Key block kb in the tile layouts (above), zeros past the keys and the head dim.
+void pack_key_block_amx(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int64_t kb) {
+    const FwdParams& p = *pr.p;
+    const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.blk.bk, chunks = pr.dq / 32, kchunks = bk / 32;
+    const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
+    auto* kt = reinterpret_cast<std::uint16_t*>(pr.kblock(b, hk, kb));
+    auto* vt = reinterpret_cast<std::uint16_t*>(pr.vblock(b, hk, kb));
+    std::fill(kt, kt + bk * pr.dq, std::uint16_t{0});
+    std::fill(vt, vt + bk * Dp, std::uint16_t{0});
+    const auto* k = static_cast<const std::uint16_t*>(p.k.data);
+    const auto* v = static_cast<const std::uint16_t*>(p.v.data);
+    for (std::int64_t j = 0; j < n; ++j) {
+        const std::uint16_t* krow = k + p.k.offset(b, j0 + j, hk, 0);
+        const std::uint16_t* vrow = v + p.v.offset(b, j0 + j, hk, 0);
+        std::uint16_t* kdst = kt + (j / 16) * chunks * kAmxTile + (j % 16) * 2;
+        std::uint16_t* vdst = vt + (j / 32) * kAmxTile + ((j % 32) / 2) * 32 + j % 2;
+        for (std::int64_t d = 0; d < D; ++d) {
+            kdst[(d / 32) * kAmxTile + ((d % 32) / 2) * 32 + d % 2] = krow[d];
+            vdst[(d / 16) * kchunks * kAmxTile + (d % 16) * 2] = vrow[d];
+        }
+    }
+}
+#endif
+
 void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
+#if LONGATTN_FWD_AMX
+    if (pr.amx) return pack_key_block_amx(pr, b, hk, kb);
+#endif
     const FwdParams& p = *pr.p;
     const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.blk.bk;
     const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
@@ -183,6 +339,7 @@ void ensure_packed(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int6
 // Per-thread scratch for one query block.
 struct ThreadBuffers {
     Buffer q, s, o, rmax, alpha, kposf, tmp;
+    Buffer q16, p16;  // AMX: Q rows in bf16; P as bf16 hi then lo
     std::vector<float> m, l;
     std::vector<std::uint8_t> mask;
     std::vector<std::int64_t> vlo, vhi;  // per row group: key vectors [vlo, vhi) of the block it needs
@@ -206,7 +363,12 @@ struct ThreadBuffers {
           ia(static_cast<std::size_t>(pr.blk.bq)),
           ib(static_cast<std::size_t>(pr.blk.bq)),
           pa(static_cast<std::size_t>(pr.blk.bq)),
-          pz(static_cast<std::size_t>(pr.blk.bq)) {}
+          pz(static_cast<std::size_t>(pr.blk.bq)) {
+        if (pr.amx) {
+            q16.reserve(static_cast<std::size_t>(pr.blk.bq * pr.dq / 2));
+            p16.reserve(static_cast<std::size_t>(pr.blk.bq * pr.blk.bk));
+        }
+    }
 };
 
 // Raw scores to natural ones: scale, softcap, ALiBi.
@@ -235,7 +397,8 @@ class Task {
 public:
     Task(const FwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::int64_t h, std::int64_t qb)
         : pr_(pr), p_(*pr.p), sc_(sc), b_(b), h_(h), hk_(h / (pr.Hq / pr.Hkv)), i0_(qb * pr.blk.bq),
-          nq_(std::min(pr.blk.bq, pr.Sq - i0_)), nq_pad_(round_up(nq_, kRows)), ngroups_(nq_pad_ / kRows),
+          nq_(std::min(pr.blk.bq, pr.Sq - i0_)), rows_(pr.amx ? 16 : kRows), nq_pad_(round_up(nq_, rows_)),
+          ngroups_(nq_pad_ / rows_),
           qpos_(p_.q_pos + i0_), intervals_(p_.pattern->rows_are_intervals()),
           slope_(p_.pattern->has_alibi() ? p_.pattern->alibi_slope(p_.head_offset + h) : 0.0f) {}
 
@@ -265,6 +428,17 @@ private:
             else
                 std::fill(Q + r * D, Q + (r + 1) * D, 0.0f);
         }
+#if LONGATTN_FWD_AMX
+        if (pr_.amx) {
+            auto* q16 = reinterpret_cast<std::uint16_t*>(sc_.q16.get());
+            const auto* q = static_cast<const std::uint16_t*>(p_.q.data);
+            std::fill(q16, q16 + nq_pad_ * pr_.dq, std::uint16_t{0});
+            for (std::int64_t r = 0; r < nq_; ++r) {
+                const std::uint16_t* row = q + p_.q.offset(b_, i0_ + r, h_, 0);
+                std::copy(row, row + D, q16 + r * pr_.dq);
+            }
+        }
+#endif
         std::fill(O, O + nq_pad_ * ldo, 0.0f);
         std::fill(sc_.m.begin(), sc_.m.end(), kNegInf);
         std::fill(sc_.l.begin(), sc_.l.end(), 0.0f);
@@ -300,13 +474,23 @@ private:
             sc_.vhi[g] = nvec;
         }
         if (partial) group_bounds(j0, n, kbase, by_bounds);
+        if (pr_.amx) {
+            // The tile products take keys 32 at a time: each group's vectors widen to even bounds (the
+            // keys past n are packed as zeros and masked below).
+            for (std::int64_t g = 0; g < ngroups_; ++g) {
+                if (sc_.vlo[g] >= sc_.vhi[g]) continue;
+                sc_.vlo[g] &= ~std::int64_t{1};
+                sc_.vhi[g] = std::min(round_up(sc_.vhi[g], 2), pr_.blk.bk / kLanes);
+            }
+        }
         scores(pr_.kblock(b_, hk_, kb), nvec);
         if (slope_ != 0.0f) {
             float* kf = sc_.kposf.get();
             for (std::int64_t j = 0; j < n; ++j) kf[j] = static_cast<float>(p_.k_pos[j0 + j] - qpos_[0]);
             for (std::int64_t j = n; j < nvec * kLanes; ++j) kf[j] = 0.0f;
         }
-        softmax(n, partial, by_bounds, pr_.general || partial || n % kLanes != 0);
+        // The AMX scores come without the lane-wise row maxima: the masking pass finds them.
+        softmax(n, partial, by_bounds, pr_.amx || pr_.general || partial || n % kLanes != 0);
         accumulate_pv(pr_.vblock(b_, hk_, kb), n);
     }
 
@@ -317,7 +501,7 @@ private:
         const std::int64_t bk = pr_.blk.bk;
         for (std::int64_t g = 0; g < ngroups_; ++g) {
             std::int64_t lo = n, hi = 0;
-            for (std::int64_t r = g * kRows; r < std::min(nq_, (g + 1) * kRows); ++r) {
+            for (std::int64_t r = g * rows_; r < std::min(nq_, (g + 1) * rows_); ++r) {
                 std::int64_t a = 0, z = n;
                 if (by_bounds) {
                     a = std::clamp<std::int64_t>(sc_.pa[static_cast<std::size_t>(r)] - kbase, 0, n);
@@ -342,6 +526,9 @@ private:
 
     // S = Q K^T on each row group's key vectors, with the lane-wise row maxima.
     void scores(const float* kt, std::int64_t nvec) {
+#if LONGATTN_FWD_AMX
+        if (pr_.amx) return scores_amx(reinterpret_cast<const std::uint16_t*>(kt));
+#endif
         const std::int64_t D = pr_.D, lds = pr_.blk.bk;
         const float* Q = sc_.q.get();
         float* S = sc_.s.get();
@@ -366,6 +553,59 @@ private:
         }
     }
 
+#if LONGATTN_FWD_AMX
+    // S by tiles: two row groups at once where their key ranges agree (every unmasked block).
+    void scores_amx(const std::uint16_t* kt) {
+        const std::int64_t lds = pr_.blk.bk, chunks = pr_.dq / 32, kt_stride = chunks * kAmxTile;
+        const auto* q16 = reinterpret_cast<const std::uint16_t*>(sc_.q16.get());
+        float* S = sc_.s.get();
+        for (std::int64_t g = 0; g < ngroups_; ++g) {
+            const std::int64_t v0 = sc_.vlo[g], v1 = sc_.vhi[g];
+            if (v0 >= v1) continue;
+            const bool pair = g + 1 < ngroups_ && sc_.vlo[g + 1] == v0 && sc_.vhi[g + 1] == v1;
+            const std::uint16_t* q = q16 + g * 16 * pr_.dq;
+            for (std::int64_t v = v0; v < v1; v += 2) {
+                float* sv = S + g * 16 * lds + v * kLanes;
+                if (pair)
+                    amx_scores<2>(chunks, q, pr_.dq, kt + v * kt_stride, kt_stride, sv, lds);
+                else
+                    amx_scores<1>(chunks, q, pr_.dq, kt + v * kt_stride, kt_stride, sv, lds);
+            }
+            if (pair) ++g;
+        }
+    }
+
+    // O = alpha * O + P V by tiles, P split into bf16 hi + lo.
+    void accumulate_pv_amx(const std::uint16_t* vt) {
+        const std::int64_t Dp = pr_.Dp, bk = pr_.blk.bk, vt_stride = (bk / 32) * kAmxTile, ndt = Dp / 16;
+        const float* S = sc_.s.get();
+        float* O = sc_.o.get();
+        const float* alpha = sc_.alpha.get();
+        auto* hi = reinterpret_cast<std::uint16_t*>(sc_.p16.get());
+        std::uint16_t* lo = hi + pr_.blk.bq * bk;
+        for (std::int64_t g = 0; g < ngroups_; ++g) {
+            const std::int64_t c0 = sc_.vlo[g] * kLanes, c1 = sc_.vhi[g] * kLanes;
+            if (c0 >= c1) continue;
+            const std::int64_t r0 = g * 16;
+            for (std::int64_t r = r0; r < r0 + 16; ++r)
+                if (alpha[r] != 1.0f)
+                    for (std::int64_t d = 0; d < Dp; d += kLanes) store(O + r * Dp + d, alpha[r] * load(O + r * Dp + d));
+            amx_split_p(S + r0 * bk, bk, c0, c1, hi + r0 * bk, lo + r0 * bk, bk);
+            for (std::int64_t dt = 0; dt < ndt; dt += 4) {
+                const std::uint16_t* v = vt + dt * vt_stride;
+                const std::uint16_t *h = hi + r0 * bk, *l = lo + r0 * bk;
+                float* o = O + r0 * Dp + dt * 16;
+                switch (std::min<std::int64_t>(4, ndt - dt)) {
+                    case 4: amx_pv<4>(c0 / 32, c1 / 32, h, l, bk, v, vt_stride, o, Dp); break;
+                    case 3: amx_pv<3>(c0 / 32, c1 / 32, h, l, bk, v, vt_stride, o, Dp); break;
+                    case 2: amx_pv<2>(c0 / 32, c1 / 32, h, l, bk, v, vt_stride, o, Dp); break;
+                    default: amx_pv<1>(c0 / 32, c1 / 32, h, l, bk, v, vt_stride, o, Dp); break;
+                }
+            }
+        }
+    }
+#endif
+
     // Scores to P in place (transform and mask first where `fix`), the new row maxima and sums, and
     // alpha: the rescale of the rows' earlier O.
     void softmax(std::int64_t n, bool partial, bool by_bounds, bool fix) {
@@ -374,11 +614,15 @@ private:
         const float* rmax = sc_.rmax.get();
         float* alpha = sc_.alpha.get();
         for (std::int64_t r = 0; r < nq_pad_; ++r) {
-            const std::int64_t g = r / kRows;
+            const std::int64_t g = r / rows_;
             const std::int64_t c0 = sc_.vlo[g] * kLanes, c1 = sc_.vhi[g] * kLanes;
             alpha[r] = 1.0f;
             if (c0 >= c1) continue;
             float* srow = S + r * lds;
+            if (pr_.amx && r >= nq_) {  // a padding row of the tile: P = 0
+                std::fill(srow + c0, srow + c1, 0.0f);
+                continue;
+            }
             float mblk;
             if (fix && r < nq_) {
                 if (pr_.general)
@@ -436,6 +680,9 @@ private:
 
     // O = alpha * O + P V over each row group's keys.
     void accumulate_pv(const float* vp, std::int64_t n) {
+#if LONGATTN_FWD_AMX
+        if (pr_.amx) return accumulate_pv_amx(reinterpret_cast<const std::uint16_t*>(vp));
+#endif
         const std::int64_t Dp = pr_.Dp, bk = pr_.blk.bk, lds = bk, ldo = Dp;
         const float* S = sc_.s.get();
         float* O = sc_.o.get();
@@ -446,7 +693,7 @@ private:
             for (std::int64_t g = 0; g < ngroups_; ++g) {
                 const std::int64_t k0 = sc_.vlo[g] * kLanes, k1 = std::min(sc_.vhi[g] * kLanes, n);
                 if (k0 >= k1) continue;
-                const std::int64_t r = g * kRows;
+                const std::int64_t r = g * rows_;
                 const float* pg = S + r * lds + k0;
                 const float* vg = vpan + k0 * w;
                 float* og = O + r * ldo + d0;
@@ -486,7 +733,9 @@ private:
     const FwdCall& pr_;
     const FwdParams& p_;
     ThreadBuffers& sc_;
-    const std::int64_t b_, h_, hk_, i0_, nq_, nq_pad_, ngroups_;
+    const std::int64_t b_, h_, hk_, i0_, nq_;
+    const std::int64_t rows_;  // query rows per row group: the register tile's, or AMX's 16
+    const std::int64_t nq_pad_, ngroups_;
     const std::int64_t* qpos_;
     const bool intervals_;
     const float slope_;
@@ -494,7 +743,8 @@ private:
 
 }  // namespace
 
-void flash_forward(const FwdParams& p) {
+namespace {
+void forward(const FwdParams& p, bool amx) {
     validate(p);
     FwdCall pr;
     pr.p = &p;
@@ -517,6 +767,12 @@ void flash_forward(const FwdParams& p) {
     pr.c2 = pr.smul * kLog2e;
     pr.kblock_sz = pr.blk.bk * pr.D;
     pr.vblock_sz = pr.blk.bk * pr.Dp;
+    pr.amx = amx && p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16 && p.v.dtype == DType::bf16;
+    if (pr.amx) {  // bf16 blocks, in floats
+        pr.dq = round_up(pr.D, 32);
+        pr.kblock_sz = pr.blk.bk * pr.dq / 2;
+        pr.vblock_sz = pr.blk.bk * pr.Dp / 2;
+    }
 
     const std::int64_t head_floats = pr.nkb * (pr.kblock_sz + pr.vblock_sz);
     const std::int64_t heads = pr.B * pr.Hkv;
@@ -535,6 +791,9 @@ void flash_forward(const FwdParams& p) {
     const std::int64_t G = pr.Hq / pr.Hkv;
 #pragma omp parallel num_threads(nt)
     {
+#if LONGATTN_FWD_AMX
+        if (pr.amx) amx_begin();
+#endif
         ThreadBuffers sc(pr);
         for (std::int64_t g0 = 0; g0 < heads; g0 += group) {
             const std::int64_t g1 = std::min(heads, g0 + group);
@@ -553,8 +812,17 @@ void flash_forward(const FwdParams& p) {
                 Task(pr, sc, b, h, qb).run();
             }
         }
+#if LONGATTN_FWD_AMX
+        if (pr.amx) amx_end();
+#endif
     }
 }
+}  // namespace
+
+void flash_forward(const FwdParams& p) { forward(p, false); }
+#if LONGATTN_FWD_AMX
+void flash_forward_amx(const FwdParams& p) { forward(p, true); }
+#endif
 
 }  // namespace LONGATTN_ISA
 }  // namespace longattn::kernels::cpu

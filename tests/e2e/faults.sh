@@ -61,9 +61,11 @@ case $case_ in
     ;;
   stop-mid-transfer)  # rank 1 stops half a second into an iteration: its successor names the receive
     # A forward of several seconds (3.4 s on a Zen 5), so the stop lands inside its ring on any CPU
-    # (at 32K a fast one had finished the forward and waited in the next call's agreement).
+    # (at 32K a fast one had finished the forward and waited in the next call's agreement). The deadline
+    # leaves rank 2 time to finish its own step and reach the receive: at 3 s a slower CPU (a 2-core Xeon,
+    # 3 ranks) still had rank 2 computing when it expired, and the report rightly named no transfer.
     out=$(timeout 60 "${mpirun[@]}" 3 "$bench" --strategy ring -b 64K --heads 2 --head-dim 64 --causal true \
-          --threads 1 --mode fwd -n 1 -w 1 --timeout 3 --inject-stop 1 --inject-stop-after-s 0.5 2>&1)
+          --threads 1 --mode fwd -n 1 -w 1 --timeout 8 --inject-stop 1 --inject-stop-after-s 0.5 2>&1)
     rc=$?
     echo "$out"
     [ $rc -eq 3 ] || fail "expected exit 3 (the watchdog), got $rc"
