@@ -31,7 +31,8 @@ LONGATTN_DECLARE_ISA(avx512)
 #if !defined(__clang__)
 #define LONGATTN_WITH_AMX 1
 namespace longattn::kernels::cpu::avx512 {
-void flash_forward_amx(const FwdParams& p);  // AMX tiles where q, k and v are bf16 (flash_fwd.cpp)
+void flash_forward_amx(const FwdParams& p);   // AMX tiles where q, k and v are bf16 (flash_fwd.cpp)
+void flash_forward_bf16(const FwdParams& p);  // AVX512-BF16 scores where q and k are bf16
 }
 #endif
 LONGATTN_DECLARE_ISA(avx2)
@@ -84,7 +85,7 @@ bool amx_runs_here() {
 }
 #endif
 
-// Best first. __builtin_cpu_supports also checks that the operating system saves the wider registers.
+// __builtin_cpu_supports also checks that the operating system saves the wider registers.
 #if LONGATTN_CPU_ISA_PORTABLE_X86
 bool avx512_runs_here() {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
@@ -93,6 +94,7 @@ bool avx512_runs_here() {
 }
 #endif
 
+// Best first.
 const Isa kIsas[] = {
 #if LONGATTN_CPU_ISA_PORTABLE_X86
 #if LONGATTN_WITH_AMX
@@ -100,6 +102,10 @@ const Isa kIsas[] = {
     Isa{"avx512-amx", [] { return avx512_runs_here() && amx_runs_here(); }, kernels::cpu::avx512::flash_forward_amx,
         kernels::cpu::avx512::flash_backward, kernels::cpu::avx512::unfused_forward, kernels::cpu::avx512::decode,
         kernels::cpu::avx512::fma_peak},
+    // The AVX-512 kernels, with the forward's scores by AVX512-BF16 dot products for bf16 q and k.
+    Isa{"avx512-bf16", [] { return avx512_runs_here() && __builtin_cpu_supports("avx512bf16"); },
+        kernels::cpu::avx512::flash_forward_bf16, kernels::cpu::avx512::flash_backward,
+        kernels::cpu::avx512::unfused_forward, kernels::cpu::avx512::decode, kernels::cpu::avx512::fma_peak},
 #endif
     LONGATTN_ISA_ENTRY(avx512, avx512_runs_here),
     LONGATTN_ISA_ENTRY(avx2,

@@ -35,7 +35,8 @@
 #include "kernels/cpu/simd.hpp"
 #include "longattn/block_plan.hpp"
 
-// The AMX tile path exists in the portable build's AVX-512 compilation (GCC; see dispatch.cpp).
+// The AMX tile path and the AVX512-BF16 dot-product scores exist in the portable build's AVX-512
+// compilation (GCC; see dispatch.cpp).
 #if defined(LONGATTN_ISA_avx512) && !defined(__clang__)
 #define LONGATTN_FWD_AMX 1
 #else
@@ -120,6 +121,39 @@ inline void pv_tile(std::int64_t n, const float* p, std::int64_t p_rs, const flo
 }
 
 #if LONGATTN_FWD_AMX
+// S as score_tile, for bf16 q and k, by AVX512-BF16 dot products (dispatch.cpp's avx512-bf16): each
+// instruction takes two dims of 16 keys. Q rows hold bf16 dim pairs, q_rs bf16 apart; the packed K panel
+// is [pair][kPanel keys][2]. The products of two bf16 are exact in fp32, and each instruction adds two
+// of them to the accumulator, so the sum has the fp32 path's error; subnormal inputs count as zero (the
+// instruction flushes them), which moves a score by less than 2^-126.
+#define LONGATTN_DPBF16 __attribute__((target("avx512bf16")))
+template <int C>
+LONGATTN_DPBF16 void score_tile_bf16(std::int64_t pairs, const std::uint16_t* q, std::int64_t q_rs,
+                                     const std::uint16_t* kt, float* s, std::int64_t s_rs, float* rmax) {
+    __m512 acc[kRows][C];
+    for (int r = 0; r < kRows; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+    for (std::int64_t d = 0; d < pairs; ++d) {
+        __m512bh b[C];
+        for (int c = 0; c < C; ++c) b[c] = (__m512bh)_mm512_loadu_si512(kt + d * 2 * kPanel + c * 2 * kLanes);
+        for (int r = 0; r < kRows; ++r) {
+            std::uint32_t w;
+            std::memcpy(&w, q + r * q_rs + 2 * d, sizeof w);
+            const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(w));
+            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], a, b[c]);
+        }
+    }
+    for (int r = 0; r < kRows; ++r) {
+        vf m = load(rmax + r * kLanes);
+        for (int c = 0; c < C; ++c) {
+            const vf x = (vf)acc[r][c];
+            store(s + r * s_rs + c * kLanes, x);
+            m = vmax(m, x);
+        }
+        store(rmax + r * kLanes, m);
+    }
+}
+
 // AMX tiles for bf16 storage (q, k and v all bf16), on CPUs with AMX-BF16 (dispatch.cpp's avx512-amx):
 // S = Q K^T in tiles of 16 rows x 16 keys over 32 dims, and O += P V with P split into bf16 hi + lo,
 // so that P keeps 16 of its 24 bits (2^-17 relative, far below the bf16 output's rounding) and the
@@ -251,7 +285,8 @@ struct FwdCall {
     bool general = false;                       // softcap or ALiBi: transform scores before the softmax
     float softcap = 0.0f;
     bool amx = false;                           // AMX tiles (bf16 q, k, v): the packed blocks hold bf16
-    std::int64_t dq = 0;                        // AMX: the head dim rounded up to 32
+    bool bf16k = false;                         // AVX512-BF16 scores (bf16 q, k): packed keys hold bf16
+    std::int64_t dq = 0;                        // bf16 per Q row: the head dim rounded up to 32 (AMX) or 2
     float* kpack = nullptr;
     float* vpack = nullptr;
     std::int64_t kblock_sz = 0, vblock_sz = 0;  // floats per packed key block
@@ -303,14 +338,27 @@ void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int
     const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
     float* kt = pr.kblock(b, hk, kb);
     float* vp = pr.vblock(b, hk, kb);
-    for (std::int64_t j = 0; j < bk; ++j) {
-        float* kpan = kt + (j / kPanel) * D * kPanel + j % kPanel;
-        if (j < n) {
-            load_row(p.k.data, p.k.dtype, p.k.offset(b, j0 + j, hk, 0), D, 1.0f, row);
-            for (std::int64_t d = 0; d < D; ++d) kpan[d * kPanel] = row[d];
-        } else {
-            for (std::int64_t d = 0; d < D; ++d) kpan[d * kPanel] = 0.0f;
+    if (pr.bf16k) {  // K panels of bf16 dim pairs (score_tile_bf16), zeros past the keys and the head dim
+        auto* kt16 = reinterpret_cast<std::uint16_t*>(kt);
+        std::fill(kt16, kt16 + bk * pr.dq, std::uint16_t{0});
+        const auto* k = static_cast<const std::uint16_t*>(p.k.data);
+        for (std::int64_t j = 0; j < n; ++j) {
+            const std::uint16_t* krow = k + p.k.offset(b, j0 + j, hk, 0);
+            std::uint16_t* kpan = kt16 + (j / kPanel) * pr.dq * kPanel + (j % kPanel) * 2;
+            for (std::int64_t d = 0; d < D; ++d) kpan[(d / 2) * 2 * kPanel + d % 2] = krow[d];
         }
+    } else {
+        for (std::int64_t j = 0; j < bk; ++j) {
+            float* kpan = kt + (j / kPanel) * D * kPanel + j % kPanel;
+            if (j < n) {
+                load_row(p.k.data, p.k.dtype, p.k.offset(b, j0 + j, hk, 0), D, 1.0f, row);
+                for (std::int64_t d = 0; d < D; ++d) kpan[d * kPanel] = row[d];
+            } else {
+                for (std::int64_t d = 0; d < D; ++d) kpan[d * kPanel] = 0.0f;
+            }
+        }
+    }
+    for (std::int64_t j = 0; j < bk; ++j) {
         if (j < n) {
             load_row(p.v.data, p.v.dtype, p.v.offset(b, j0 + j, hk, 0), D, 1.0f, row);
             for (std::int64_t d = D; d < Dp; ++d) row[d] = 0.0f;
@@ -339,7 +387,7 @@ void ensure_packed(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int6
 // Per-thread scratch for one query block.
 struct ThreadBuffers {
     Buffer q, s, o, rmax, alpha, kposf, tmp;
-    Buffer q16, p16;  // AMX: Q rows in bf16; P as bf16 hi then lo
+    Buffer q16, p16;  // AMX and AVX512-BF16: Q rows in bf16; AMX: P as bf16 hi then lo
     std::vector<float> m, l;
     std::vector<std::uint8_t> mask;
     std::vector<std::int64_t> vlo, vhi;  // per row group: key vectors [vlo, vhi) of the block it needs
@@ -364,10 +412,8 @@ struct ThreadBuffers {
           ib(static_cast<std::size_t>(pr.blk.bq)),
           pa(static_cast<std::size_t>(pr.blk.bq)),
           pz(static_cast<std::size_t>(pr.blk.bq)) {
-        if (pr.amx) {
-            q16.reserve(static_cast<std::size_t>(pr.blk.bq * pr.dq / 2));
-            p16.reserve(static_cast<std::size_t>(pr.blk.bq * pr.blk.bk));
-        }
+        if (pr.amx || pr.bf16k) q16.reserve(static_cast<std::size_t>(pr.blk.bq * pr.dq / 2));
+        if (pr.amx) p16.reserve(static_cast<std::size_t>(pr.blk.bq * pr.blk.bk));
     }
 };
 
@@ -429,7 +475,7 @@ private:
                 std::fill(Q + r * D, Q + (r + 1) * D, 0.0f);
         }
 #if LONGATTN_FWD_AMX
-        if (pr_.amx) {
+        if (pr_.amx || pr_.bf16k) {
             auto* q16 = reinterpret_cast<std::uint16_t*>(sc_.q16.get());
             const auto* q = static_cast<const std::uint16_t*>(p_.q.data);
             std::fill(q16, q16 + nq_pad_ * pr_.dq, std::uint16_t{0});
@@ -541,8 +587,14 @@ private:
                 const std::int64_t v1 = std::min(sc_.vhi[g], (pn + 1) * kPanelVecs);
                 if (v0 >= v1) continue;
                 const std::int64_t r = g * kRows;
-                const float* ktv = kpan + (v0 - pn * kPanelVecs) * kLanes;
                 float* sv = S + r * lds + v0 * kLanes;
+#if LONGATTN_FWD_AMX
+                if (pr_.bf16k) {
+                    scores_bf16(reinterpret_cast<const std::uint16_t*>(kt), pn, v0, v1, r, sv);
+                    continue;
+                }
+#endif
+                const float* ktv = kpan + (v0 - pn * kPanelVecs) * kLanes;
                 switch (v1 - v0) {
                     case 4: score_tile<4>(D, Q + r * D, D, ktv, sv, lds, rmax + r * kLanes); break;
                     case 3: score_tile<3>(D, Q + r * D, D, ktv, sv, lds, rmax + r * kLanes); break;
@@ -554,6 +606,21 @@ private:
     }
 
 #if LONGATTN_FWD_AMX
+    // S for rows [r, r + kRows) on key vectors [v0, v1) of panel pn, by AVX512-BF16 dot products.
+    void scores_bf16(const std::uint16_t* kt, std::int64_t pn, std::int64_t v0, std::int64_t v1, std::int64_t r,
+                     float* sv) {
+        const std::int64_t pairs = pr_.dq / 2, lds = pr_.blk.bk;
+        const auto* q = reinterpret_cast<const std::uint16_t*>(sc_.q16.get()) + r * pr_.dq;
+        const std::uint16_t* ktv = kt + pn * pr_.dq * kPanel + (v0 - pn * kPanelVecs) * 2 * kLanes;
+        float* rmax = sc_.rmax.get() + r * kLanes;
+        switch (v1 - v0) {
+            case 4: score_tile_bf16<4>(pairs, q, pr_.dq, ktv, sv, lds, rmax); break;
+            case 3: score_tile_bf16<3>(pairs, q, pr_.dq, ktv, sv, lds, rmax); break;
+            case 2: score_tile_bf16<2>(pairs, q, pr_.dq, ktv, sv, lds, rmax); break;
+            default: score_tile_bf16<1>(pairs, q, pr_.dq, ktv, sv, lds, rmax); break;
+        }
+    }
+
     // S by tiles: two row groups at once where their key ranges agree (every unmasked block).
     void scores_amx(const std::uint16_t* kt) {
         const std::int64_t lds = pr_.blk.bk, chunks = pr_.dq / 32, kt_stride = chunks * kAmxTile;
@@ -744,7 +811,10 @@ private:
 }  // namespace
 
 namespace {
-void forward(const FwdParams& p, bool amx) {
+// The tile products for bf16 inputs: AMX, AVX512-BF16 dot products for the scores, or the fp32 tiles.
+enum class Bf16Tiles { none, dot, amx };
+
+void forward(const FwdParams& p, Bf16Tiles tiles) {
     validate(p);
     FwdCall pr;
     pr.p = &p;
@@ -767,11 +837,16 @@ void forward(const FwdParams& p, bool amx) {
     pr.c2 = pr.smul * kLog2e;
     pr.kblock_sz = pr.blk.bk * pr.D;
     pr.vblock_sz = pr.blk.bk * pr.Dp;
-    pr.amx = amx && p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16 && p.v.dtype == DType::bf16;
+    const bool qk16 = p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16;
+    pr.amx = tiles == Bf16Tiles::amx && qk16 && p.v.dtype == DType::bf16;
+    pr.bf16k = tiles == Bf16Tiles::dot && qk16;
     if (pr.amx) {  // bf16 blocks, in floats
         pr.dq = round_up(pr.D, 32);
         pr.kblock_sz = pr.blk.bk * pr.dq / 2;
         pr.vblock_sz = pr.blk.bk * pr.Dp / 2;
+    } else if (pr.bf16k) {
+        pr.dq = round_up(pr.D, 2);
+        pr.kblock_sz = pr.blk.bk * pr.dq / 2;
     }
 
     const std::int64_t head_floats = pr.nkb * (pr.kblock_sz + pr.vblock_sz);
@@ -819,9 +894,10 @@ void forward(const FwdParams& p, bool amx) {
 }
 }  // namespace
 
-void flash_forward(const FwdParams& p) { forward(p, false); }
+void flash_forward(const FwdParams& p) { forward(p, Bf16Tiles::none); }
 #if LONGATTN_FWD_AMX
-void flash_forward_amx(const FwdParams& p) { forward(p, true); }
+void flash_forward_amx(const FwdParams& p) { forward(p, Bf16Tiles::amx); }
+void flash_forward_bf16(const FwdParams& p) { forward(p, Bf16Tiles::dot); }
 #endif
 
 }  // namespace LONGATTN_ISA

@@ -35,7 +35,7 @@ _DTYPES = {"float32": (2, 32), "bfloat16": (4, 16), "float16": (2, 16)}  # DLPac
 
 
 def cpu_isa():
-    """The instruction set of the CPU kernels in use: avx512-amx, avx512, avx2, sse2 (or native, generic)."""
+    """The instruction set of the CPU kernels in use: avx512-amx, avx512-bf16, avx512, avx2, sse2 (or native, generic)."""
     return _core.cpu_isa()
 
 

@@ -1,7 +1,7 @@
 #pragma once
 // Which instruction set the CPU kernels run with. A portable build (the default, LONGATTN_ARCH=portable)
 // holds the kernels for AVX-512, AVX2 and SSE2 and picks, at the first kernel call, the best one the CPU
-// runs, or the one the environment variable LONGATTN_CPU_ISA names (auto, avx512-amx, avx512, avx2, sse2). A build
+// runs, or the one the environment variable LONGATTN_CPU_ISA names (auto, avx512-amx, avx512-bf16, avx512, avx2, sse2). A build
 // for one machine (LONGATTN_ARCH=native or another -march value) holds one set, named "native"; on
 // another architecture than x86-64 a portable build holds one, "generic".
 #include <string>
