@@ -33,6 +33,7 @@ LONGATTN_DECLARE_ISA(avx512)
 namespace longattn::kernels::cpu::avx512 {
 void flash_forward_amx(const FwdParams& p);   // AMX tiles where q, k and v are bf16 (flash_fwd.cpp)
 void flash_forward_bf16(const FwdParams& p);  // AVX512-BF16 scores where q and k are bf16
+void flash_backward_bf16(const BwdParams& p);  // AVX512-BF16 S and dP where q, k, v, o and dout are bf16
 }
 #endif
 LONGATTN_DECLARE_ISA(avx2)
@@ -98,13 +99,15 @@ bool avx512_runs_here() {
 const Isa kIsas[] = {
 #if LONGATTN_CPU_ISA_PORTABLE_X86
 #if LONGATTN_WITH_AMX
-    // The AVX-512 kernels, with the forward's tile products on AMX for bf16 q, k and v.
+    // The AVX-512 kernels, with the forward's tile products on AMX for bf16 q, k and v, and the
+    // backward's S and dP by AVX512-BF16 dot products for bf16 inputs.
     Isa{"avx512-amx", [] { return avx512_runs_here() && amx_runs_here(); }, kernels::cpu::avx512::flash_forward_amx,
-        kernels::cpu::avx512::flash_backward, kernels::cpu::avx512::unfused_forward, kernels::cpu::avx512::decode,
+        kernels::cpu::avx512::flash_backward_bf16, kernels::cpu::avx512::unfused_forward, kernels::cpu::avx512::decode,
         kernels::cpu::avx512::fma_peak},
-    // The AVX-512 kernels, with the forward's scores by AVX512-BF16 dot products for bf16 q and k.
+    // The AVX-512 kernels, with the products of two bf16 operands (the forward's S, the backward's S and
+    // dP) by AVX512-BF16 dot products.
     Isa{"avx512-bf16", [] { return avx512_runs_here() && __builtin_cpu_supports("avx512bf16"); },
-        kernels::cpu::avx512::flash_forward_bf16, kernels::cpu::avx512::flash_backward,
+        kernels::cpu::avx512::flash_forward_bf16, kernels::cpu::avx512::flash_backward_bf16,
         kernels::cpu::avx512::unfused_forward, kernels::cpu::avx512::decode, kernels::cpu::avx512::fma_peak},
 #endif
     LONGATTN_ISA_ENTRY(avx512, avx512_runs_here),

@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "kernels/attention.hpp"
+#include "kernels/cpu/bf16_dot.hpp"
 #include "kernels/cpu/buffer.hpp"
 #include "kernels/cpu/bwd_kernels.hpp"
 #include "kernels/cpu/rows.hpp"
@@ -64,6 +65,8 @@ struct BwdCall {
     std::int64_t bq = 0, bk = 0, nqb = 0, nkb = 0;
     float scale = 1.0f, softcap = 0.0f;
     bool general = false;  // softcap or ALiBi: scores need more than one FMA before the exponent
+    bool dot = false;       // S and dP by bf16 dot products (q, k, v, dout and o all bf16; bf16_dot.hpp)
+    std::int64_t dq = 0;    // dot: bf16 per row of Q and dO, the head dim rounded up to 2
     HullTree queries, keys;  // position hulls of the query and key blocks (longattn/block_plan.hpp)
 };
 
@@ -76,6 +79,8 @@ struct Chunk {
     float* lse_lo = nullptr;  //   hi = +inf for a row without keys, so P = 0
     float* delta = nullptr; // [B][Hq][rows]
     float* dq = nullptr;    // [nsplit][B][Hq][rows][Dp]
+    std::uint16_t* q16 = nullptr;     // dot: [B][Hq][rows][dq], Q and dO in bf16 dim pairs
+    std::uint16_t* dout16 = nullptr;
     std::vector<std::int64_t> kbs;                 // key blocks some row of the chunk may attend
     std::vector<std::vector<TileRun>> pairs;       // per entry of kbs: its query blocks
     std::vector<std::int64_t> split_begin;         // nsplit + 1 offsets into kbs
@@ -105,6 +110,22 @@ void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::i
     float* kt = sc.kt.get();
     float* vt = sc.vt.get();
     float* kr = sc.kr.get();
+    if (pr.dot) {  // K and V in key pairs ([dim pair][bk][2]), zeros past the keys and the head dim
+        auto* kt16 = reinterpret_cast<std::uint16_t*>(kt);
+        auto* vt16 = reinterpret_cast<std::uint16_t*>(vt);
+        std::fill(kt16, kt16 + pr.dq * bk, std::uint16_t{0});
+        std::fill(vt16, vt16 + pr.dq * bk, std::uint16_t{0});
+        const auto* k = static_cast<const std::uint16_t*>(p.k.data);
+        const auto* v = static_cast<const std::uint16_t*>(p.v.data);
+        for (std::int64_t j = 0; j < n; ++j) {
+            const std::uint16_t* krow = k + p.k.offset(b, j0 + j, hk, 0);
+            const std::uint16_t* vrow = v + p.v.offset(b, j0 + j, hk, 0);
+            for (std::int64_t d = 0; d < D; ++d) {
+                kt16[(d / 2) * 2 * bk + 2 * j + d % 2] = krow[d];
+                vt16[(d / 2) * 2 * bk + 2 * j + d % 2] = vrow[d];
+            }
+        }
+    }
     for (std::int64_t j = 0; j < bk; ++j) {
         if (j < n) {
             load_row(p.k.data, p.k.dtype, p.k.offset(b, j0 + j, hk, 0), D, 1.0f, row);
@@ -113,6 +134,7 @@ void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::i
             std::fill(row, row + Dp, 0.0f);
         }
         std::copy(row, row + Dp, kr + j * Dp);
+        if (pr.dot) continue;
         for (std::int64_t d = 0; d < D; ++d) kt[d * bk + j] = row[d];
         if (j < n)
             load_row(p.v.data, p.v.dtype, p.v.offset(b, j0 + j, hk, 0), D, 1.0f, row);
@@ -256,8 +278,18 @@ void run_unit(const BwdCall& pr, const Chunk& ch, ThreadBuffers& sc, std::int64_
                     const float* dO = ch.dout + ch.row_index(pr, b, h, r0) * Dp;
                     float* dQ = dqs + ch.row_index(pr, b, h, r0) * Dp;
                     const float slope = p.pattern->has_alibi() ? p.pattern->alibi_slope(p.head_offset + h) : 0.0f;
-                    bwd::gemm<ALayout::row>(nq, nv, D, Q, Dp, sc.kt.get(), bk, S, bk, false);
-                    bwd::gemm<ALayout::row>(nq, nv, D, dO, Dp, sc.vt.get(), bk, dP, bk, false);
+                    if (pr.dot) {
+#if LONGATTN_BF16_TILES
+                        const std::int64_t off = ch.row_index(pr, b, h, r0) * pr.dq, pairs = pr.dq / 2;
+                        dot_gemm_bf16(nq, nv, pairs, ch.q16 + off, pr.dq, reinterpret_cast<const std::uint16_t*>(sc.kt.get()),
+                                      2 * bk, S, bk);
+                        dot_gemm_bf16(nq, nv, pairs, ch.dout16 + off, pr.dq,
+                                      reinterpret_cast<const std::uint16_t*>(sc.vt.get()), 2 * bk, dP, bk);
+#endif
+                    } else {
+                        bwd::gemm<ALayout::row>(nq, nv, D, Q, Dp, sc.kt.get(), bk, S, bk, false);
+                        bwd::gemm<ALayout::row>(nq, nv, D, dO, Dp, sc.vt.get(), bk, dP, bk, false);
+                    }
                     softmax_grad(pr, sc, ch, b, h, r0, nq, ncols, masked ? bias : nullptr, p.q_pos + i0, slope, pos_base);
                     bwd::gemm<ALayout::col>(n, Dp / kLanes, nq, S, bk, dO, Dp, dV, Dp, true);
                     bwd::gemm<ALayout::col>(n, Dp / kLanes, nq, dP, bk, Q, Dp, dK, Dp, true);
@@ -352,10 +384,26 @@ void load_chunk_row(const BwdCall& pr, const Chunk& ch, std::int64_t t, float* o
     load_row(p.o.data, p.o.dtype, p.o.offset(b, i, h, 0), pr.D, 1.0f, orow);
     std::fill(qd + pr.D, qd + pr.Dp, 0.0f);
     std::fill(dod + pr.D, dod + pr.Dp, 0.0f);
+    // delta with the same arithmetic, in the same order, as the dP = dO V^T product (fused multiply-adds
+    // where the machine has them, or bf16 dot products): a row whose O is one V row (a one-hot softmax)
+    // then gets dP - delta = 0 exactly, as it should.
     float delta = 0.0f;
-    // The same arithmetic, in the same order, as the dP = dO V^T product (fused multiply-adds where the
-    // machine has them): a row whose O is one V row (a one-hot softmax) then gets dP - delta = 0
-    // exactly, as it should.
+#if LONGATTN_BF16_TILES
+    if (pr.dot) {
+        std::uint16_t* q16 = ch.q16 + t * pr.dq;
+        std::uint16_t* do16 = ch.dout16 + t * pr.dq;
+        const auto* q = static_cast<const std::uint16_t*>(p.q.data) + p.q.offset(b, i, h, 0);
+        const auto* dout = static_cast<const std::uint16_t*>(p.dout.data) + p.dout.offset(b, i, h, 0);
+        const auto* o = static_cast<const std::uint16_t*>(p.o.data) + p.o.offset(b, i, h, 0);
+        // O's pairs go in orow (its fp32 copy is not needed): a pair past an odd head dim is zero.
+        std::uint16_t* o16 = reinterpret_cast<std::uint16_t*>(orow);
+        std::copy(q, q + pr.D, q16);
+        std::copy(dout, dout + pr.D, do16);
+        std::copy(o, o + pr.D, o16);
+        if (pr.dq > pr.D) q16[pr.D] = do16[pr.D] = o16[pr.D] = 0;
+        delta = dot_row_bf16(pr.dq / 2, do16, o16);
+    } else
+#endif
     for (std::int64_t d = 0; d < pr.D; ++d) {
 #if LONGATTN_ISA_FMA
         delta = std::fma(dod[d], orow[d], delta);
@@ -388,7 +436,7 @@ void reduce_dq_row(const BwdCall& pr, const Chunk& ch, std::int64_t t) {
     }
 }
 
-BwdCall make_call(const BwdParams& p) {
+BwdCall make_call(const BwdParams& p, bool dot) {
     BwdCall pr;
     pr.p = &p;
     pr.B = p.q.shape[0];
@@ -406,14 +454,15 @@ BwdCall make_call(const BwdParams& p) {
     pr.scale = p.pattern->softmax_scale(pr.D);
     pr.softcap = p.pattern->has_softcap() ? p.pattern->spec().softcap : 0.0f;
     pr.general = p.pattern->has_softcap() || p.pattern->has_alibi();
+    const auto bf16 = [](const TensorView& t) { return t.dtype == DType::bf16; };
+    pr.dot = LONGATTN_BF16_TILES && dot && bf16(p.q) && bf16(p.k) && bf16(p.v) && bf16(p.dout) && bf16(p.o);
+    pr.dq = round_up(pr.D, 2);
     return pr;
 }
 
-}  // namespace
-
-void flash_backward(const BwdParams& p) {
+void backward(const BwdParams& p, bool dot) {
     validate(p);
-    BwdCall pr = make_call(p);
+    BwdCall pr = make_call(p, dot);
     const int nt = p.threads > 0 ? p.threads : omp_get_max_threads();
 
     // Gradients of keys nobody attends are exactly 0; the chunks below only add.
@@ -438,15 +487,17 @@ void flash_backward(const BwdParams& p) {
     const std::int64_t row_elems = pr.B * pr.Hq * std::min(chunk_qb * pr.bq, pr.Sq);
     // Kept per calling thread between calls (up to kScratchFloats each): a ring step's chunked calls
     // would otherwise fault in fresh pages every time.
-    thread_local Buffer qbuf, dobuf, lsebuf, deltabuf, dqbuf;
+    thread_local Buffer qbuf, dobuf, lsebuf, deltabuf, dqbuf, q16buf;
     const auto rows_dp = static_cast<std::size_t>(row_elems * pr.Dp);
     qbuf.reserve(rows_dp);
     dobuf.reserve(rows_dp);
     lsebuf.reserve(static_cast<std::size_t>(2 * row_elems));
     deltabuf.reserve(static_cast<std::size_t>(row_elems));
     dqbuf.reserve(static_cast<std::size_t>(max_split) * rows_dp);
+    if (pr.dot) q16buf.reserve(static_cast<std::size_t>(row_elems * pr.dq));  // Q and dO, bf16
     const auto keep = static_cast<std::size_t>(kScratchFloats);
-    const cpu::TrimOnExit t1{qbuf, keep}, t2{dobuf, keep}, t3{lsebuf, keep}, t4{deltabuf, keep}, t5{dqbuf, 2 * keep};
+    const cpu::TrimOnExit t1{qbuf, keep}, t2{dobuf, keep}, t3{lsebuf, keep}, t4{deltabuf, keep}, t5{dqbuf, 2 * keep},
+        t6{q16buf, keep};
 
     for (std::int64_t qb0 = 0; qb0 < pr.nqb; qb0 += chunk_qb) {
         Chunk ch;
@@ -460,6 +511,8 @@ void flash_backward(const BwdParams& p) {
         ch.lse_lo = ch.lse_hi + row_elems;
         ch.delta = deltabuf.get();
         ch.dq = dqbuf.get();
+        ch.q16 = reinterpret_cast<std::uint16_t*>(q16buf.get());
+        ch.dout16 = ch.q16 + row_elems * pr.dq;
         plan_chunk(pr, ch, units_per_split, nt);
         const std::int64_t nrows = pr.B * pr.Hq * ch.rows;
         const std::int64_t nunits = units_per_split * ch.nsplit;
@@ -482,6 +535,13 @@ void flash_backward(const BwdParams& p) {
         }
     }
 }
+
+}  // namespace
+
+void flash_backward(const BwdParams& p) { backward(p, false); }
+#if LONGATTN_BF16_TILES
+void flash_backward_bf16(const BwdParams& p) { backward(p, true); }
+#endif
 
 }  // namespace LONGATTN_ISA
 }  // namespace longattn::kernels::cpu

@@ -30,18 +30,11 @@
 #include <vector>
 
 #include "kernels/attention.hpp"
+#include "kernels/cpu/bf16_dot.hpp"
 #include "kernels/cpu/buffer.hpp"
 #include "kernels/cpu/rows.hpp"
 #include "kernels/cpu/simd.hpp"
 #include "longattn/block_plan.hpp"
-
-// The AMX tile path and the AVX512-BF16 dot-product scores exist in the portable build's AVX-512
-// compilation (GCC; see dispatch.cpp).
-#if defined(LONGATTN_ISA_avx512) && !defined(__clang__)
-#define LONGATTN_FWD_AMX 1
-#else
-#define LONGATTN_FWD_AMX 0
-#endif
 
 LONGATTN_ISA_BEGIN
 namespace longattn::kernels::cpu {
@@ -120,40 +113,7 @@ inline void pv_tile(std::int64_t n, const float* p, std::int64_t p_rs, const flo
         for (int c = 0; c < C; ++c) store(o + r * o_rs + c * kLanes, acc[r][c]);
 }
 
-#if LONGATTN_FWD_AMX
-// S as score_tile, for bf16 q and k, by AVX512-BF16 dot products (dispatch.cpp's avx512-bf16): each
-// instruction takes two dims of 16 keys. Q rows hold bf16 dim pairs, q_rs bf16 apart; the packed K panel
-// is [pair][kPanel keys][2]. The products of two bf16 are exact in fp32, and each instruction adds two
-// of them to the accumulator, so the sum has the fp32 path's error; subnormal inputs count as zero (the
-// instruction flushes them), which moves a score by less than 2^-126.
-#define LONGATTN_DPBF16 __attribute__((target("avx512bf16")))
-template <int C>
-LONGATTN_DPBF16 void score_tile_bf16(std::int64_t pairs, const std::uint16_t* q, std::int64_t q_rs,
-                                     const std::uint16_t* kt, float* s, std::int64_t s_rs, float* rmax) {
-    __m512 acc[kRows][C];
-    for (int r = 0; r < kRows; ++r)
-        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-    for (std::int64_t d = 0; d < pairs; ++d) {
-        __m512bh b[C];
-        for (int c = 0; c < C; ++c) b[c] = (__m512bh)_mm512_loadu_si512(kt + d * 2 * kPanel + c * 2 * kLanes);
-        for (int r = 0; r < kRows; ++r) {
-            std::uint32_t w;
-            std::memcpy(&w, q + r * q_rs + 2 * d, sizeof w);
-            const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(w));
-            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], a, b[c]);
-        }
-    }
-    for (int r = 0; r < kRows; ++r) {
-        vf m = load(rmax + r * kLanes);
-        for (int c = 0; c < C; ++c) {
-            const vf x = (vf)acc[r][c];
-            store(s + r * s_rs + c * kLanes, x);
-            m = vmax(m, x);
-        }
-        store(rmax + r * kLanes, m);
-    }
-}
-
+#if LONGATTN_BF16_TILES
 // AMX tiles for bf16 storage (q, k and v all bf16), on CPUs with AMX-BF16 (dispatch.cpp's avx512-amx):
 // S = Q K^T in tiles of 16 rows x 16 keys over 32 dims, and O += P V with P split into bf16 hi + lo,
 // so that P keeps 16 of its 24 bits (2^-17 relative, far below the bf16 output's rounding) and the
@@ -304,7 +264,7 @@ struct FwdCall {
     }
 };
 
-#if LONGATTN_FWD_AMX
+#if LONGATTN_BF16_TILES
 // Key block kb in the tile layouts (above), zeros past the keys and the head dim.
 void pack_key_block_amx(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int64_t kb) {
     const FwdParams& p = *pr.p;
@@ -330,7 +290,7 @@ void pack_key_block_amx(const FwdCall& pr, std::int64_t b, std::int64_t hk, std:
 #endif
 
 void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
-#if LONGATTN_FWD_AMX
+#if LONGATTN_BF16_TILES
     if (pr.amx) return pack_key_block_amx(pr, b, hk, kb);
 #endif
     const FwdParams& p = *pr.p;
@@ -338,7 +298,7 @@ void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int
     const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
     float* kt = pr.kblock(b, hk, kb);
     float* vp = pr.vblock(b, hk, kb);
-    if (pr.bf16k) {  // K panels of bf16 dim pairs (score_tile_bf16), zeros past the keys and the head dim
+    if (pr.bf16k) {  // K panels of bf16 dim pairs (dot_tile_bf16's B), zeros past the keys and the head dim
         auto* kt16 = reinterpret_cast<std::uint16_t*>(kt);
         std::fill(kt16, kt16 + bk * pr.dq, std::uint16_t{0});
         const auto* k = static_cast<const std::uint16_t*>(p.k.data);
@@ -474,7 +434,7 @@ private:
             else
                 std::fill(Q + r * D, Q + (r + 1) * D, 0.0f);
         }
-#if LONGATTN_FWD_AMX
+#if LONGATTN_BF16_TILES
         if (pr_.amx || pr_.bf16k) {
             auto* q16 = reinterpret_cast<std::uint16_t*>(sc_.q16.get());
             const auto* q = static_cast<const std::uint16_t*>(p_.q.data);
@@ -572,7 +532,7 @@ private:
 
     // S = Q K^T on each row group's key vectors, with the lane-wise row maxima.
     void scores(const float* kt, std::int64_t nvec) {
-#if LONGATTN_FWD_AMX
+#if LONGATTN_BF16_TILES
         if (pr_.amx) return scores_amx(reinterpret_cast<const std::uint16_t*>(kt));
 #endif
         const std::int64_t D = pr_.D, lds = pr_.blk.bk;
@@ -588,7 +548,7 @@ private:
                 if (v0 >= v1) continue;
                 const std::int64_t r = g * kRows;
                 float* sv = S + r * lds + v0 * kLanes;
-#if LONGATTN_FWD_AMX
+#if LONGATTN_BF16_TILES
                 if (pr_.bf16k) {
                     scores_bf16(reinterpret_cast<const std::uint16_t*>(kt), pn, v0, v1, r, sv);
                     continue;
@@ -605,7 +565,7 @@ private:
         }
     }
 
-#if LONGATTN_FWD_AMX
+#if LONGATTN_BF16_TILES
     // S for rows [r, r + kRows) on key vectors [v0, v1) of panel pn, by AVX512-BF16 dot products.
     void scores_bf16(const std::uint16_t* kt, std::int64_t pn, std::int64_t v0, std::int64_t v1, std::int64_t r,
                      float* sv) {
@@ -613,11 +573,12 @@ private:
         const auto* q = reinterpret_cast<const std::uint16_t*>(sc_.q16.get()) + r * pr_.dq;
         const std::uint16_t* ktv = kt + pn * pr_.dq * kPanel + (v0 - pn * kPanelVecs) * 2 * kLanes;
         float* rmax = sc_.rmax.get() + r * kLanes;
+        constexpr std::int64_t ldk = 2 * kPanel;
         switch (v1 - v0) {
-            case 4: score_tile_bf16<4>(pairs, q, pr_.dq, ktv, sv, lds, rmax); break;
-            case 3: score_tile_bf16<3>(pairs, q, pr_.dq, ktv, sv, lds, rmax); break;
-            case 2: score_tile_bf16<2>(pairs, q, pr_.dq, ktv, sv, lds, rmax); break;
-            default: score_tile_bf16<1>(pairs, q, pr_.dq, ktv, sv, lds, rmax); break;
+            case 4: dot_tile_bf16<kRows, 4>(pairs, q, pr_.dq, ktv, ldk, sv, lds, rmax); break;
+            case 3: dot_tile_bf16<kRows, 3>(pairs, q, pr_.dq, ktv, ldk, sv, lds, rmax); break;
+            case 2: dot_tile_bf16<kRows, 2>(pairs, q, pr_.dq, ktv, ldk, sv, lds, rmax); break;
+            default: dot_tile_bf16<kRows, 1>(pairs, q, pr_.dq, ktv, ldk, sv, lds, rmax); break;
         }
     }
 
@@ -747,7 +708,7 @@ private:
 
     // O = alpha * O + P V over each row group's keys.
     void accumulate_pv(const float* vp, std::int64_t n) {
-#if LONGATTN_FWD_AMX
+#if LONGATTN_BF16_TILES
         if (pr_.amx) return accumulate_pv_amx(reinterpret_cast<const std::uint16_t*>(vp));
 #endif
         const std::int64_t Dp = pr_.Dp, bk = pr_.blk.bk, lds = bk, ldo = Dp;
@@ -866,7 +827,7 @@ void forward(const FwdParams& p, Bf16Tiles tiles) {
     const std::int64_t G = pr.Hq / pr.Hkv;
 #pragma omp parallel num_threads(nt)
     {
-#if LONGATTN_FWD_AMX
+#if LONGATTN_BF16_TILES
         if (pr.amx) amx_begin();
 #endif
         ThreadBuffers sc(pr);
@@ -887,7 +848,7 @@ void forward(const FwdParams& p, Bf16Tiles tiles) {
                 Task(pr, sc, b, h, qb).run();
             }
         }
-#if LONGATTN_FWD_AMX
+#if LONGATTN_BF16_TILES
         if (pr.amx) amx_end();
 #endif
     }
@@ -895,7 +856,7 @@ void forward(const FwdParams& p, Bf16Tiles tiles) {
 }  // namespace
 
 void flash_forward(const FwdParams& p) { forward(p, Bf16Tiles::none); }
-#if LONGATTN_FWD_AMX
+#if LONGATTN_BF16_TILES
 void flash_forward_amx(const FwdParams& p) { forward(p, Bf16Tiles::amx); }
 void flash_forward_bf16(const FwdParams& p) { forward(p, Bf16Tiles::dot); }
 #endif
