@@ -48,7 +48,8 @@ int la_version_number(void);
 /* The message of the calling thread's last failed call ("" if none). Valid until its next call. */
 const char* la_last_error(void);
 
-/* The instruction set of the CPU kernels in use: "avx512", "avx2" or "sse2" (a portable build picks the
+/* The instruction set of the CPU kernels in use: "avx512-amx", "avx512-bf16" (GCC builds), "avx512",
+ * "avx2" or "sse2" (a portable build picks the
  * best the CPU runs, or the one the environment variable LONGATTN_CPU_ISA names), "native" (a build
  * for one machine) or "generic" (another architecture); "" with la_last_error() set when
  * LONGATTN_CPU_ISA names none of those. Valid until the calling thread's next la_cpu_isa. */
