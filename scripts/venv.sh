@@ -6,6 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 torch_version=2.15.0
+# mpi4py and the package build against MPI, CMake and the compilers that scripts/setup.sh installs.
+for tool in mpicc cmake g++; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "venv.sh: $tool is missing: run scripts/setup.sh first (it installs the build tools and MPI)" >&2
+    exit 1
+  fi
+done
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "venv.sh: python3-venv is missing (run as root, or install it)" >&2
