@@ -66,7 +66,7 @@ struct BwdCall {
     float scale = 1.0f, softcap = 0.0f;
     bool general = false;  // softcap or ALiBi: scores need more than one FMA before the exponent
     bool dot = false;       // S and dP by bf16 dot products (q, k, v, dout and o all bf16; bf16_dot.hpp)
-    std::int64_t dq = 0;    // dot: bf16 per row of Q and dO, the head dim rounded up to 2
+    std::int64_t d16 = 0;   // dot: bf16 per row of Q and dO, the head dim rounded up to 2
     HullTree queries, keys;  // position hulls of the query and key blocks (longattn/block_plan.hpp)
 };
 
@@ -79,7 +79,7 @@ struct Chunk {
     float* lse_lo = nullptr;  //   hi = +inf for a row without keys, so P = 0
     float* delta = nullptr; // [B][Hq][rows]
     float* dq = nullptr;    // [nsplit][B][Hq][rows][Dp]
-    std::uint16_t* q16 = nullptr;     // dot: [B][Hq][rows][dq], Q and dO in bf16 dim pairs
+    std::uint16_t* q16 = nullptr;     // dot: [B][Hq][rows][d16], Q and dO in bf16 dim pairs
     std::uint16_t* dout16 = nullptr;
     std::vector<std::int64_t> kbs;                 // key blocks some row of the chunk may attend
     std::vector<std::vector<TileRun>> pairs;       // per entry of kbs: its query blocks
@@ -113,8 +113,8 @@ void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::i
     if (pr.dot) {  // K and V in key pairs ([dim pair][bk][2]), zeros past the keys and the head dim
         auto* kt16 = reinterpret_cast<std::uint16_t*>(kt);
         auto* vt16 = reinterpret_cast<std::uint16_t*>(vt);
-        std::fill(kt16, kt16 + pr.dq * bk, std::uint16_t{0});
-        std::fill(vt16, vt16 + pr.dq * bk, std::uint16_t{0});
+        std::fill(kt16, kt16 + pr.d16 * bk, std::uint16_t{0});
+        std::fill(vt16, vt16 + pr.d16 * bk, std::uint16_t{0});
         const auto* k = static_cast<const std::uint16_t*>(p.k.data);
         const auto* v = static_cast<const std::uint16_t*>(p.v.data);
         for (std::int64_t j = 0; j < n; ++j) {
@@ -280,11 +280,11 @@ void run_unit(const BwdCall& pr, const Chunk& ch, ThreadBuffers& sc, std::int64_
                     const float slope = p.pattern->has_alibi() ? p.pattern->alibi_slope(p.head_offset + h) : 0.0f;
                     if (pr.dot) {
 #if LONGATTN_BF16_TILES
-                        const std::int64_t off = ch.row_index(pr, b, h, r0) * pr.dq, pairs = pr.dq / 2;
-                        dot_gemm_bf16(nq, nv, pairs, ch.q16 + off, pr.dq, reinterpret_cast<const std::uint16_t*>(sc.kt.get()),
-                                      2 * bk, S, bk);
-                        dot_gemm_bf16(nq, nv, pairs, ch.dout16 + off, pr.dq,
-                                      reinterpret_cast<const std::uint16_t*>(sc.vt.get()), 2 * bk, dP, bk);
+                        const std::int64_t off = ch.row_index(pr, b, h, r0) * pr.d16, pairs = pr.d16 / 2;
+                        const auto* kt16 = reinterpret_cast<const std::uint16_t*>(sc.kt.get());
+                        const auto* vt16 = reinterpret_cast<const std::uint16_t*>(sc.vt.get());
+                        dot_gemm_bf16(nq, nv, pairs, ch.q16 + off, pr.d16, kt16, 2 * bk, S, bk);
+                        dot_gemm_bf16(nq, nv, pairs, ch.dout16 + off, pr.d16, vt16, 2 * bk, dP, bk);
 #endif
                     } else {
                         bwd::gemm<ALayout::row>(nq, nv, D, Q, Dp, sc.kt.get(), bk, S, bk, false);
@@ -390,8 +390,8 @@ void load_chunk_row(const BwdCall& pr, const Chunk& ch, std::int64_t t, float* o
     float delta = 0.0f;
 #if LONGATTN_BF16_TILES
     if (pr.dot) {
-        std::uint16_t* q16 = ch.q16 + t * pr.dq;
-        std::uint16_t* do16 = ch.dout16 + t * pr.dq;
+        std::uint16_t* q16 = ch.q16 + t * pr.d16;
+        std::uint16_t* do16 = ch.dout16 + t * pr.d16;
         const auto* q = static_cast<const std::uint16_t*>(p.q.data) + p.q.offset(b, i, h, 0);
         const auto* dout = static_cast<const std::uint16_t*>(p.dout.data) + p.dout.offset(b, i, h, 0);
         const auto* o = static_cast<const std::uint16_t*>(p.o.data) + p.o.offset(b, i, h, 0);
@@ -400,8 +400,8 @@ void load_chunk_row(const BwdCall& pr, const Chunk& ch, std::int64_t t, float* o
         std::copy(q, q + pr.D, q16);
         std::copy(dout, dout + pr.D, do16);
         std::copy(o, o + pr.D, o16);
-        if (pr.dq > pr.D) q16[pr.D] = do16[pr.D] = o16[pr.D] = 0;
-        delta = dot_row_bf16(pr.dq / 2, do16, o16);
+        if (pr.d16 > pr.D) q16[pr.D] = do16[pr.D] = o16[pr.D] = 0;
+        delta = dot_row_bf16(pr.d16 / 2, do16, o16);
     } else
 #endif
     for (std::int64_t d = 0; d < pr.D; ++d) {
@@ -456,7 +456,7 @@ BwdCall make_call(const BwdParams& p, bool dot) {
     pr.general = p.pattern->has_softcap() || p.pattern->has_alibi();
     const auto bf16 = [](const TensorView& t) { return t.dtype == DType::bf16; };
     pr.dot = LONGATTN_BF16_TILES && dot && bf16(p.q) && bf16(p.k) && bf16(p.v) && bf16(p.dout) && bf16(p.o);
-    pr.dq = round_up(pr.D, 2);
+    pr.d16 = round_up(pr.D, 2);
     return pr;
 }
 
@@ -494,7 +494,7 @@ void backward(const BwdParams& p, bool dot) {
     lsebuf.reserve(static_cast<std::size_t>(2 * row_elems));
     deltabuf.reserve(static_cast<std::size_t>(row_elems));
     dqbuf.reserve(static_cast<std::size_t>(max_split) * rows_dp);
-    if (pr.dot) q16buf.reserve(static_cast<std::size_t>(row_elems * pr.dq));  // Q and dO, bf16
+    if (pr.dot) q16buf.reserve(static_cast<std::size_t>(row_elems * pr.d16));  // Q and dO, bf16
     const auto keep = static_cast<std::size_t>(kScratchFloats);
     const cpu::TrimOnExit t1{qbuf, keep}, t2{dobuf, keep}, t3{lsebuf, keep}, t4{deltabuf, keep}, t5{dqbuf, 2 * keep},
         t6{q16buf, keep};
@@ -512,7 +512,7 @@ void backward(const BwdParams& p, bool dot) {
         ch.delta = deltabuf.get();
         ch.dq = dqbuf.get();
         ch.q16 = reinterpret_cast<std::uint16_t*>(q16buf.get());
-        ch.dout16 = ch.q16 + row_elems * pr.dq;
+        ch.dout16 = ch.q16 + row_elems * pr.d16;
         plan_chunk(pr, ch, units_per_split, nt);
         const std::int64_t nrows = pr.B * pr.Hq * ch.rows;
         const std::int64_t nunits = units_per_split * ch.nsplit;

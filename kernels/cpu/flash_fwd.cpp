@@ -772,7 +772,8 @@ private:
 }  // namespace
 
 namespace {
-// The tile products for bf16 inputs: AMX, AVX512-BF16 dot products for the scores, or the fp32 tiles.
+// The tile products for bf16 inputs: AMX (where q, k and v are bf16, else as dot), AVX512-BF16 dot
+// products for the scores (bf16 q and k), or the fp32 tiles.
 enum class Bf16Tiles { none, dot, amx };
 
 void forward(const FwdParams& p, Bf16Tiles tiles) {
@@ -800,7 +801,7 @@ void forward(const FwdParams& p, Bf16Tiles tiles) {
     pr.vblock_sz = pr.blk.bk * pr.Dp;
     const bool qk16 = p.q.dtype == DType::bf16 && p.k.dtype == DType::bf16;
     pr.amx = tiles == Bf16Tiles::amx && qk16 && p.v.dtype == DType::bf16;
-    pr.bf16k = tiles == Bf16Tiles::dot && qk16;
+    pr.bf16k = tiles != Bf16Tiles::none && qk16 && !pr.amx;  // AMX CPUs have AVX512-BF16 too
     if (pr.amx) {  // bf16 blocks, in floats
         pr.dq = round_up(pr.D, 32);
         pr.kblock_sz = pr.blk.bk * pr.dq / 2;
