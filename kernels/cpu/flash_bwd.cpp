@@ -381,7 +381,6 @@ void load_chunk_row(const BwdCall& pr, const Chunk& ch, std::int64_t t, float* o
     float* dod = ch.dout + t * pr.Dp;
     load_row(p.q.data, p.q.dtype, p.q.offset(b, i, h, 0), pr.D, 1.0f, qd);
     load_row(p.dout.data, p.dout.dtype, p.dout.offset(b, i, h, 0), pr.D, 1.0f, dod);
-    load_row(p.o.data, p.o.dtype, p.o.offset(b, i, h, 0), pr.D, 1.0f, orow);
     std::fill(qd + pr.D, qd + pr.Dp, 0.0f);
     std::fill(dod + pr.D, dod + pr.Dp, 0.0f);
     // delta with the same arithmetic, in the same order, as the dP = dO V^T product (fused multiply-adds
@@ -404,12 +403,15 @@ void load_chunk_row(const BwdCall& pr, const Chunk& ch, std::int64_t t, float* o
         delta = dot_row_bf16(pr.d16 / 2, do16, o16);
     } else
 #endif
-    for (std::int64_t d = 0; d < pr.D; ++d) {
+    {
+        load_row(p.o.data, p.o.dtype, p.o.offset(b, i, h, 0), pr.D, 1.0f, orow);
+        for (std::int64_t d = 0; d < pr.D; ++d) {
 #if LONGATTN_ISA_FMA
-        delta = std::fma(dod[d], orow[d], delta);
+            delta = std::fma(dod[d], orow[d], delta);
 #else
-        delta += dod[d] * orow[d];
+            delta += dod[d] * orow[d];
 #endif
+        }
     }
     const float lse = p.lse[(b * pr.Hq + h) * pr.Sq + i];
     // A row without keys has lse = -inf: +inf in the exponent's offset makes its P exactly 0. Scores are

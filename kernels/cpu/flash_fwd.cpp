@@ -423,17 +423,11 @@ public:
     }
 
 private:
-    // Q rows in fp32 (zero padding rows), and the running state: fresh, or continued from the partial.
+    // Q rows (zero padding rows): as bf16 pairs where the scores are bf16 dot products, else in fp32;
+    // and the running state: fresh, or continued from the partial.
     void begin() {
         const std::int64_t D = pr_.D, ldo = pr_.Dp;
-        float* Q = sc_.q.get();
         float* O = sc_.o.get();
-        for (std::int64_t r = 0; r < nq_pad_; ++r) {
-            if (r < nq_)
-                load_row(p_.q.data, p_.q.dtype, p_.q.offset(b_, i0_ + r, h_, 0), D, 1.0f, Q + r * D);
-            else
-                std::fill(Q + r * D, Q + (r + 1) * D, 0.0f);
-        }
 #if LONGATTN_BF16_TILES
         if (pr_.amx || pr_.bf16k) {
             auto* q16 = reinterpret_cast<std::uint16_t*>(sc_.q16.get());
@@ -443,8 +437,17 @@ private:
                 const std::uint16_t* row = q + p_.q.offset(b_, i0_ + r, h_, 0);
                 std::copy(row, row + D, q16 + r * pr_.dq);
             }
-        }
+        } else
 #endif
+        {
+            float* Q = sc_.q.get();
+            for (std::int64_t r = 0; r < nq_pad_; ++r) {
+                if (r < nq_)
+                    load_row(p_.q.data, p_.q.dtype, p_.q.offset(b_, i0_ + r, h_, 0), D, 1.0f, Q + r * D);
+                else
+                    std::fill(Q + r * D, Q + (r + 1) * D, 0.0f);
+            }
+        }
         std::fill(O, O + nq_pad_ * ldo, 0.0f);
         std::fill(sc_.m.begin(), sc_.m.end(), kNegInf);
         std::fill(sc_.l.begin(), sc_.l.end(), 0.0f);
