@@ -13,7 +13,7 @@
 
 namespace longattn::bench {
 
-enum class Mode { fwd, bwd, fwd_bwd, decode, calibrate };
+enum class Mode { fwd, bwd, fwd_bwd, decode, calibrate, predict };
 const char* mode_name(Mode m);
 
 // How packed documents are laid out over a sequence of any length.
@@ -58,6 +58,7 @@ struct Execution {
     bool distributed = false;            // a strategy other than "kernel"
     bool auto_strategy = false;          // --strategy auto: dist and layout picked by the cost model
     std::string cluster;                 // the cost model's cluster file ("": no prediction)
+    int model_ranks = 0;                 // --mode predict: the ranks modelled (0: the cluster's devices)
     int progress = 0;                    // progress lines: -1 never, 0 when stderr is a terminal, 1 always
     DistOptions dist;
     LayoutKind layout = LayoutKind::zigzag;
@@ -149,6 +150,9 @@ int run_kernel_bench(const Job& job);
 // and backward throughput at the job's largest length, shape, pattern and threads, measured on rank 0, and
 // (comm with 2 ranks or more) the latency and bandwidth between ranks 0 and 1 by ping-pong.
 int run_calibrate(const Job& job, comm::Communicator* comm);
+// --mode predict: in one process, nothing run, the cost model's time of the job on --ranks devices of the
+// cluster file for every strategy (or the one --strategy names, on --layout), fastest first, per length.
+int run_predict(const Job& job);
 
 }  // namespace longattn::bench
 

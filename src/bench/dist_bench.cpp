@@ -201,6 +201,46 @@ void pick_strategy(Job& job, int P, bool root) {
 
 }  // namespace
 
+int run_predict(const Job& job) {
+    const ClusterSpec cl = load_cluster(job.exec.cluster);
+    const int P = job.exec.model_ranks;
+    for (std::int64_t L : job.sweep.lengths) {
+        const std::int64_t N = total_tokens(job, L, P);
+        const Pattern pat(spec_for_length(job, N));
+        const ModelJob mj = model_job(job, N, P, &cl);
+        std::vector<StrategyChoice> opts;
+        if (job.exec.distributed && !job.exec.auto_strategy) {
+            const Prediction p = predict(cl, mj, model_costs(mj, pat));
+            opts.push_back({mj.dist, mj.layout, p, p.fwd_s + p.bwd_s});
+        } else {
+            opts = rank_strategies(cl, mj, pat, true);
+        }
+        std::printf("# cost model on %s: %lld tokens, %d rank%s, batch %lld, heads %lld over %lld kv heads, D=%lld, %s, "
+                    "pattern %s\n",
+                    cl.name.c_str(), static_cast<long long>(N), P, P == 1 ? "" : "s", static_cast<long long>(mj.batch),
+                    static_cast<long long>(mj.heads), static_cast<long long>(mj.kv_heads),
+                    static_cast<long long>(mj.head_dim), std::string(dtype_name(mj.dtype)).c_str(), pat.describe().c_str());
+        std::printf("# kernels: the critical path's; exposed: communication not hidden behind them; efficiency: the "
+                    "ideal time (every pair's FLOPs spread evenly, no communication) over fwd+bwd; imbalance: the "
+                    "busiest rank's kernel time over the mean; MB_sent: the most one rank sends in a forward and a "
+                    "backward call\n");
+        std::printf("%-22s %10s %10s %10s %10s %10s %10s %9s %10s\n", "strategy", "fwd_ms", "bwd_ms", "total_ms",
+                    "kernels_ms", "exposed_ms", "efficiency", "imbalance", "MB_sent");
+        for (const StrategyChoice& o : opts) {
+            double busiest = 0, mean = 0;
+            for (std::size_t r = 0; r < o.p.rank_fwd_kernel_s.size(); ++r) {
+                const double k = o.p.rank_fwd_kernel_s[r] + o.p.rank_bwd_kernel_s[r];
+                busiest = std::max(busiest, k), mean += k / static_cast<double>(P);
+            }
+            std::printf("%-22s %10.3f %10.3f %10.3f %10.3f %10.3f %9.1f%% %9.3f %10.1f\n",
+                        strategy_label(o.dist, o.layout).c_str(), o.p.fwd_s * 1e3, o.p.bwd_s * 1e3,
+                        (o.p.fwd_s + o.p.bwd_s) * 1e3, o.p.compute_s * 1e3, o.p.exposed_s * 1e3,
+                        100 * o.p.efficiency(), mean > 0 ? busiest / mean : 1.0, static_cast<double>(o.p.max_bytes) / 1e6);
+        }
+    }
+    return 0;
+}
+
 int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
     const int P = comm.size(), me = comm.rank();
     Job job = job_in;

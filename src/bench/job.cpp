@@ -20,7 +20,12 @@
 namespace longattn::bench {
 
 const char* mode_name(Mode m) {
-    return m == Mode::fwd ? "fwd" : m == Mode::bwd ? "bwd" : m == Mode::fwd_bwd ? "fwd+bwd" : m == Mode::decode ? "decode" : "calibrate";
+    return m == Mode::fwd       ? "fwd"
+           : m == Mode::bwd     ? "bwd"
+           : m == Mode::fwd_bwd ? "fwd+bwd"
+           : m == Mode::decode  ? "decode"
+           : m == Mode::calibrate ? "calibrate"
+                                  : "predict";
 }
 
 namespace {
@@ -133,7 +138,8 @@ void read_choices(const OptionValues& v, Job& j) {
     else if (v.mode == "fwd+bwd") j.sweep.mode = Mode::fwd_bwd;
     else if (v.mode == "decode") j.sweep.mode = Mode::decode;
     else if (v.mode == "calibrate") j.sweep.mode = Mode::calibrate;
-    else require(false, "mode", "must be fwd, bwd, fwd+bwd, decode or calibrate, got '", v.mode, "'");
+    else if (v.mode == "predict") j.sweep.mode = Mode::predict;
+    else require(false, "mode", "must be fwd, bwd, fwd+bwd, decode, calibrate or predict, got '", v.mode, "'");
     if (v.dtype == "fp32") j.shape.dtype = DType::f32;
     else if (v.dtype == "bf16") j.shape.dtype = DType::bf16;
     else if (v.dtype == "fp16") j.shape.dtype = DType::f16;
@@ -167,13 +173,20 @@ void read_choices(const OptionValues& v, Job& j) {
             quoted(v.progress));
     require(!v.quiet || v.progress != "on", "quiet", "contradicts --progress on");
     j.exec.progress = v.quiet || v.progress == "off" ? -1 : v.progress == "on" ? 1 : 0;
+    const bool predict = j.sweep.mode == Mode::predict;
     j.exec.distributed = v.strategy != "kernel";
     j.exec.auto_strategy = v.strategy == "auto";
     if (j.exec.distributed && !j.exec.auto_strategy) j.exec.dist.strategy = parse_strategy(v.strategy);
     j.exec.cluster = v.cluster;
     require(!j.exec.auto_strategy || !v.cluster.empty(), "strategy",
             "auto picks what the cost model predicts fastest on a cluster: give --cluster (configs/clusters/)");
-    require(v.cluster.empty() || j.exec.distributed, "cluster", "belongs to a distributed --strategy (under mpirun)");
+    require(!predict || !v.cluster.empty(), "cluster", "--mode predict models a cluster: give --cluster (configs/clusters/)");
+    require(v.cluster.empty() || j.exec.distributed || predict, "cluster",
+            "belongs to a distributed --strategy (under mpirun) or to --mode predict");
+    require(v.ranks >= 0 && v.ranks <= 4096, "ranks", "must be 0 (the cluster's devices) or 1 to 4096, got ", v.ranks);
+    require(v.ranks == 0 || predict, "ranks", "belongs to --mode predict (under mpirun the ranks are mpirun's)");
+    j.exec.model_ranks = predict && v.ranks == 0 ? load_cluster(v.cluster).devices() : v.ranks;
+    require(j.exec.model_ranks <= 4096, "ranks", "the cluster's ", j.exec.model_ranks, " devices are more than the 4096 modelled: give --ranks");
     require(v.cluster.empty() || j.sweep.mode != Mode::decode, "cluster",
             "the cost model does not cover --mode decode yet: drop --cluster");
     if (!v.cluster.empty()) (void)load_cluster(v.cluster);  // its errors before anything runs
@@ -422,7 +435,12 @@ void validate_for_ranks(const Job& job, int ranks) {
                 "mode", "calibrate prints a cluster file on synthetic inputs: drop --json, --csv, --save and --load");
     }
 
-    require(job.exec.distributed || ranks == 1 || job.sweep.mode == Mode::calibrate, "strategy",
+    if (job.sweep.mode == Mode::predict) {
+        require(job.exec.device == Device::cpu, "device", "--mode predict runs nothing (the cluster file describes the devices): drop --device");
+        require(job.io.json_path.empty() && job.io.csv_path.empty() && job.io.save_dir.empty() && job.io.load_dir.empty(),
+                "mode", "predict prints its table and runs nothing: drop --json, --csv, --save and --load");
+    }
+    require(job.exec.distributed || ranks == 1 || job.sweep.mode == Mode::calibrate || job.sweep.mode == Mode::predict, "strategy",
             "'kernel' runs in one process; under mpirun choose ring, ulysses, hybrid or allgather");
     if (job.exec.distributed && dist.strategy == StrategyKind::hybrid)
         require(ranks % dist.ulysses_degree == 0, "ulysses-degree", "must divide the number of ranks (", ranks,

@@ -61,7 +61,9 @@ int main(int argc, char** argv) {
             if (rank == 0) std::cout << help;
             return finish(0);
         }
-        bench::validate_for_ranks(job, size);
+        const bool predict = job.sweep.mode == bench::Mode::predict;
+        require(!predict || size == 1, "mode", "predict runs in one process (--ranks says how many it models): drop mpirun");
+        bench::validate_for_ranks(job, predict ? job.exec.model_ranks : size);
 #if !LONGATTN_HAVE_NCCL
         require(!job.exec.nccl, "comm", "this build has no NCCL communicator (it needs CUDA, NCCL and MPI)");
 #endif
@@ -86,7 +88,9 @@ int main(int argc, char** argv) {
 #if LONGATTN_HAVE_CUDA && LONGATTN_HAVE_MPI
         if (job.exec.device == Device::cuda) comm::select_device(MPI_COMM_WORLD);  // one GPU per rank
 #endif
-        if (job.sweep.mode == bench::Mode::calibrate) {
+        if (job.sweep.mode == bench::Mode::predict) {
+            rc = bench::run_predict(job);
+        } else if (job.sweep.mode == bench::Mode::calibrate) {
 #if LONGATTN_HAVE_MPI
             comm::MpiCommunicator comm(MPI_COMM_WORLD, job.exec.timeout_s);
             rc = bench::run_calibrate(job, &comm);

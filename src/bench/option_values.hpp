@@ -16,6 +16,7 @@ namespace longattn::bench {
 struct OptionValues {
     std::string mode, device, threads, seed, max_memory, cpu_isa, progress;    // [run]
     bool quiet = false;
+    int ranks = 0;  // [dist] --ranks (predict)
     std::string minlen, maxlen, scaling;                              // [sweep]
     double factor = 2;
     std::string dtype;                                                // [shape]

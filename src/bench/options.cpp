@@ -105,7 +105,9 @@ private:
 po::options_description run_options(OptionValues& v, SectionOf& section_of) {
     OptionGroup g("Run [run]", "run", section_of);
     g("mode", po::value(&v.mode)->default_value("fwd"), "fwd | bwd | fwd+bwd | decode (see [decode]) | calibrate (a cluster file of this machine for the cost model: the "
-      "kernels' throughput at this shape and pattern, and the link between ranks 0 and 1 under mpirun)")
+      "kernels' throughput at this shape and pattern, and the link between ranks 0 and 1 under mpirun) | predict (in one "
+      "process, nothing run: the cost model's forward and backward time on --ranks devices of --cluster, for every "
+      "strategy and layout fastest first, or for the one --strategy names on --layout)")
      ("device", po::value(&v.device)->default_value("cpu"),
       "cpu | cuda (the CUDA kernels; one GPU per rank by local rank)")
      ("cpu-isa", po::value(&v.cpu_isa)->default_value("auto"),
@@ -158,6 +160,8 @@ po::options_description dist_options(Execution& x, OptionValues& v, SectionOf& s
      ("cluster", po::value(&v.cluster)->default_value(""),
       "a cluster file (configs/clusters/): the cost model then predicts each length's time next to the measured one")
      ("layout", po::value(&v.layout)->default_value("zigzag"), "contiguous | zigzag | striped")
+     ("ranks", po::value(&v.ranks)->default_value(0),
+      "--mode predict: the ranks (devices) modelled, 1 to 4096 (0 = the cluster's devices)")
      ("comm", po::value(&v.comm)->default_value("mpi"), "mpi | nccl (with --device cuda)")
      ("plan", po::value(&v.plan)->default_value("reuse"),
       "reuse: one plan per length for every call, as a training loop | per-call: a one-shot plan each call")
