@@ -196,6 +196,9 @@ void pick_strategy(Job& job, int P, bool root) {
         std::printf("%s %s %.3f ms (kernels %.3f, exposed %.3f, efficiency %.1f%%)", i ? "," : "",
                     strategy_label(opts[i].dist, opts[i].layout).c_str(), opts[i].time_s * 1e3, opts[i].p.compute_s * 1e3,
                     opts[i].p.exposed_s * 1e3, 100 * opts[i].p.efficiency());
+    if (!opts.front().fits)
+        std::printf("; none fits the cluster's %.1f GiB per device (the first needs %.2f GiB)", cl.memory / 1073741824.0,
+                    opts.front().p.device_memory(job.sweep.mode != Mode::fwd) / 1073741824.0);
     std::printf("; running %s\n", strategy_label(job.exec.dist, job.exec.layout).c_str());
 }
 
@@ -211,7 +214,7 @@ int run_predict(const Job& job) {
         std::vector<StrategyChoice> opts;
         if (job.exec.distributed && !job.exec.auto_strategy) {
             const Prediction p = predict(cl, mj, model_costs(mj, pat));
-            opts.push_back({mj.dist, mj.layout, p, p.fwd_s + p.bwd_s});
+            opts.push_back({mj.dist, mj.layout, p, p.fwd_s + p.bwd_s, cl.memory <= 0 || p.device_memory(true) <= cl.memory});
         } else {
             opts = rank_strategies(cl, mj, pat, true);
         }
@@ -223,19 +226,23 @@ int run_predict(const Job& job) {
         std::printf("# kernels: the critical path's; exposed: communication not hidden behind them; efficiency: the "
                     "ideal time (every pair's FLOPs spread evenly, no communication) over fwd+bwd; imbalance: the "
                     "busiest rank's kernel time over the mean; MB_sent: the most one rank sends in a forward and a "
-                    "backward call\n");
-        std::printf("%-22s %10s %10s %10s %10s %10s %10s %9s %10s\n", "strategy", "fwd_ms", "bwd_ms", "total_ms",
-                    "kernels_ms", "exposed_ms", "efficiency", "imbalance", "MB_sent");
+                    "backward call; GiB: the most one device holds for the attention in a backward call (Q, K, V, O, "
+                    "LSE, dO, dQ, dK, dV and the strategy's scratch)");
+        if (cl.memory > 0) std::printf("; fits: within the device's %.1f GiB (those that fit come first)", cl.memory / 1073741824.0);
+        std::printf("\n");
+        std::printf("%-22s %10s %10s %10s %10s %10s %10s %9s %10s %8s%s\n", "strategy", "fwd_ms", "bwd_ms", "total_ms",
+                    "kernels_ms", "exposed_ms", "efficiency", "imbalance", "MB_sent", "GiB", cl.memory > 0 ? "  fits" : "");
         for (const StrategyChoice& o : opts) {
             double busiest = 0, mean = 0;
             for (std::size_t r = 0; r < o.p.rank_fwd_kernel_s.size(); ++r) {
                 const double k = o.p.rank_fwd_kernel_s[r] + o.p.rank_bwd_kernel_s[r];
                 busiest = std::max(busiest, k), mean += k / static_cast<double>(P);
             }
-            std::printf("%-22s %10.3f %10.3f %10.3f %10.3f %10.3f %9.1f%% %9.3f %10.1f\n",
+            std::printf("%-22s %10.3f %10.3f %10.3f %10.3f %10.3f %9.1f%% %9.3f %10.1f %8.2f%s\n",
                         strategy_label(o.dist, o.layout).c_str(), o.p.fwd_s * 1e3, o.p.bwd_s * 1e3,
                         (o.p.fwd_s + o.p.bwd_s) * 1e3, o.p.compute_s * 1e3, o.p.exposed_s * 1e3,
-                        100 * o.p.efficiency(), mean > 0 ? busiest / mean : 1.0, static_cast<double>(o.p.max_bytes) / 1e6);
+                        100 * o.p.efficiency(), mean > 0 ? busiest / mean : 1.0, static_cast<double>(o.p.max_bytes) / 1e6,
+                        o.p.device_memory(true) / 1073741824.0, cl.memory <= 0 ? "" : o.fits ? "   yes" : "    no");
         }
     }
     return 0;
@@ -383,6 +390,16 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
             std::printf("#  rank %d sent %llu bytes forward and %llu backward; the cost model counts %llu and %llu\n", me,
                         static_cast<unsigned long long>(sent_f), static_cast<unsigned long long>(sent_b),
                         static_cast<unsigned long long>(model.fwd_bytes), static_cast<unsigned long long>(grads ? model.bwd_bytes : 0));
+        // The plan's scratch estimate (what the run is refused by, checked by the in-process tests against
+        // the measured peak) against the model's, which has no plan.
+        if (model.fwd_scratch != wf.scratch || (grads && model.bwd_scratch != wb.scratch)) {
+            model_off = 1;
+            std::printf("#  rank %d: the plan's scratch is %llu bytes forward and %llu backward; the cost model counts %llu "
+                        "and %llu\n",
+                        me, static_cast<unsigned long long>(wf.scratch), static_cast<unsigned long long>(wb.scratch),
+                        static_cast<unsigned long long>(model.fwd_scratch),
+                        static_cast<unsigned long long>(grads ? model.bwd_scratch : 0));
+        }
         comm.all_reduce_sum(&model_off, 1);
 
         const double total = f.total_s + b.total_s, wait = f.wait_s + b.wait_s, kern = f.kernel_s + b.kernel_s;
@@ -456,11 +473,11 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
             rep.note(line);
         }
         if (model_off) {
-            std::snprintf(line, sizeof(line), "  bytes sent: %lld ranks differ from the cost model (counted as wrong)",
+            std::snprintf(line, sizeof(line), "  bytes sent and scratch: %lld ranks differ from the cost model (counted as wrong)",
                           static_cast<long long>(model_off));
             wrong_total += model_off;
         } else {
-            std::snprintf(line, sizeof(line), "  bytes sent: every rank's equal the cost model's");
+            std::snprintf(line, sizeof(line), "  bytes sent and scratch: every rank's equal the cost model's");
         }
         rep.note(line);
         if (plan) {

@@ -12,6 +12,7 @@
 // needs nothing of rank 1's keys; rank 1 needs all of rank 0's. So the ring's forward sends
 // 2 * (N/2) * D * 4 bytes (K and V of rank 0's rows) from rank 0 and nothing from rank 1; the backward
 // sends the same K/V again, and rank 1 sends dK and dV of those rows home: 2 * (N/2) * D * 4 bytes.
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -49,6 +50,15 @@ struct RankCost {
     // Of fwd_bytes and bwd_bytes, what the all-to-alls send (Ulysses, all-gather), and how many there are.
     std::uint64_t a2a_fwd_bytes = 0, a2a_bwd_bytes = 0;
     int a2a_fwd_calls = 0, a2a_bwd_calls = 0;
+    // Memory: the rank's shards of Q, K, V, O (storage type) and LSE, and for the backward also dO
+    // (storage) and dQ, dK, dV (fp32); the strategy's scratch at its peak in a forward and in a backward
+    // call, as Plan::memory_estimate counts it (the CPU kernels' own buffers and the plan's tables apart).
+    std::uint64_t fwd_tensors = 0, bwd_tensors = 0, fwd_scratch = 0, bwd_scratch = 0;
+    // What the rank holds at its peak: the forward's tensors and scratch, or in the backward all of them.
+    std::uint64_t peak(bool backward) const {
+        return backward ? std::max(fwd_tensors + fwd_scratch, fwd_tensors + bwd_tensors + bwd_scratch)
+                        : fwd_tensors + fwd_scratch;
+    }
 };
 
 // Every rank's cost. count_pairs: also the pairs and the work (counts over runs of consecutive positions
@@ -95,6 +105,11 @@ struct Prediction {
     double ideal_s = 0;           // every pair's FLOPs spread evenly over the ranks, no communication
     double ideal_fwd_s = 0;       // of ideal_s, the forward's
     std::uint64_t max_bytes = 0;  // the most one rank sends in a forward and a backward call
+    // The most one rank holds (RankCost::peak) in a forward call, and in a backward one; per device: times
+    // the ranks a device serves.
+    std::uint64_t max_memory_fwd = 0, max_memory = 0;
+    double device_memory(bool backward) const { return double(backward ? max_memory : max_memory_fwd) * ranks_per_device; }
+    double ranks_per_device = 1;
     std::vector<double> rank_fwd_kernel_s, rank_bwd_kernel_s;  // each rank's kernels over one call
     double efficiency() const { return fwd_s + bwd_s > 0 ? ideal_s / (fwd_s + bwd_s) : 1.0; }
 };
@@ -106,13 +121,14 @@ Prediction predict(const ClusterSpec& cluster, const ModelJob& job, const std::v
 
 // What --strategy auto weighs: every strategy (the hybrid at each Ulysses degree strictly between 1 and
 // the ranks that divides them) on the zigzag and contiguous layouts, job.dist's other options kept (and
-// the cluster's tiles where it gives them), fastest first by the predicted forward time (with backward:
-// forward plus backward).
+// the cluster's tiles where it gives them): those that fit the cluster's memory first, then fastest first
+// by the predicted forward time (with backward: forward plus backward).
 struct StrategyChoice {
     DistOptions dist;
     LayoutKind layout;
     Prediction p;
     double time_s;
+    bool fits;  // within the cluster's memory per device (always, when the cluster gives none)
 };
 std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cluster, const ModelJob& job, const Pattern& pattern,
                                             bool backward);

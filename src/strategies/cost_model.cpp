@@ -71,13 +71,12 @@ dist::Shards shards_of(const std::vector<Positions>& pos) {
     return sh;
 }
 
-// The ring over members with positions pos[m]: hq query heads and hkv kv heads on each, es bytes per
+// The ring rp over members with positions pos[m]: hq query heads and hkv kv heads on each, es bytes per
 // K/V element. Adds into cost[m] (the world ranks of the members: at[m]).
-void ring_cost(const std::vector<Positions>& pos, const std::vector<int>& at, const Pattern& pat, std::int64_t B,
-               std::int64_t hq, std::int64_t hkv, std::int64_t D, std::size_t es, bool count, const Tiles& tl,
-               std::vector<RankCost>& cost) {
+void ring_cost(const dist::RingPlan& rp, const std::vector<Positions>& pos, const std::vector<int>& at, const Pattern& pat,
+               std::int64_t B, std::int64_t hq, std::int64_t hkv, std::int64_t D, std::size_t es, bool count,
+               const Tiles& tl, std::vector<RankCost>& cost) {
     const int P = static_cast<int>(pos.size());
-    const dist::RingPlan rp(shards_of(pos), 0, pat);
     const u64 kv_row = static_cast<u64>(B * hkv * D) * 2 * es, grad_row = static_cast<u64>(B * hkv * D) * 2 * 4;
     for (int r = 0; r < P; ++r) {
         RankCost& c = cost[static_cast<std::size_t>(at[static_cast<std::size_t>(r)])];
@@ -191,10 +190,37 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
     }
     std::vector<int> world(static_cast<std::size_t>(P));
     for (int r = 0; r < P; ++r) world[static_cast<std::size_t>(r)] = r;
+    const bool f32 = job.dtype == DType::f32;  // O is its own accumulator
+    const int chunks = job.dist.progress_chunks;
+    for (int r = 0; r < P; ++r) {
+        RankCost& c = cost[static_cast<std::size_t>(r)];
+        const u64 S = pos[static_cast<std::size_t>(r)].size(), b = static_cast<u64>(B), d = static_cast<u64>(D);
+        c.fwd_tensors = b * S * (2 * static_cast<u64>(Hq + Hkv)) * d * es + b * static_cast<u64>(Hq) * S * 4;
+        c.bwd_tensors = b * S * static_cast<u64>(Hq) * d * es + b * S * static_cast<u64>(Hq + 2 * Hkv) * d * 4;
+    }
     switch (job.dist.strategy) {
-        case StrategyKind::ring: ring_cost(pos, world, pat, B, Hq, Hkv, D, es, count, tl, cost); break;
+        case StrategyKind::ring: {
+            const dist::RingPlan rp(shards_of(pos), 0, pat);
+            ring_cost(rp, pos, world, pat, B, Hq, Hkv, D, es, count, tl, cost);
+            for (int r = 0; r < P; ++r) {
+                const dist::Dims d{B, static_cast<std::int64_t>(pos[static_cast<std::size_t>(r)].size()), Hq, Hkv, D};
+                for (bool bwd : {false, true})
+                    (bwd ? cost[static_cast<std::size_t>(r)].bwd_scratch : cost[static_cast<std::size_t>(r)].fwd_scratch) =
+                        dist::ring_scratch(d, rp.max_sent(), rp.sent_rows(r), es, f32, chunks, bwd);
+            }
+            break;
+        }
         case StrategyKind::ulysses: {
             const auto heads = ulysses_cost(pos, world, B, Hq, Hkv, D, es, cost);
+            std::int64_t kv_sent = 0;
+            for (const auto& hk : heads) kv_sent += hk.second.len;
+            for (int r = 0; r < P; ++r) {
+                const auto& [qh, kh] = heads[static_cast<std::size_t>(r)];
+                const dist::Dims d{B, static_cast<std::int64_t>(pos[static_cast<std::size_t>(r)].size()), Hq, Hkv, D};
+                for (bool bwd : {false, true})
+                    (bwd ? cost[static_cast<std::size_t>(r)].bwd_scratch : cost[static_cast<std::size_t>(r)].fwd_scratch) =
+                        dist::ulysses_scratch(d, N, qh.len, kh.len, kv_sent, es, bwd, 0);
+            }
             if (count) {
                 const double n = static_cast<double>(pat.count_allowed(0, N, 0, N));
                 const auto [wf, pf] = tile_work(pat, all.data(), N, all.data(), N, tl.fq, tl.fk);
@@ -224,13 +250,26 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
             std::vector<RankCost> unit(static_cast<std::size_t>(P / u));
             std::vector<int> at(static_cast<std::size_t>(P / u));
             for (int g = 0; g < P / u; ++g) at[static_cast<std::size_t>(g)] = g;
-            ring_cost(gathered, at, pat, 1, 1, 1, D, es, count, tl, unit);
+            const dist::RingPlan rp(shards_of(gathered), 0, pat);
+            ring_cost(rp, gathered, at, pat, 1, 1, 1, D, es, count, tl, unit);
+            std::int64_t kv_sent = 0;  // a kv head goes to every member holding one of its query heads
+            for (const auto& hk : heads) kv_sent += hk.second.len;
             for (int i = 0; i < u; ++i) {
                 const auto& [qh, kh] = heads[static_cast<std::size_t>(i)];
-                if (qh.len == 0) continue;
-                for (int g = 0; g < P / u; ++g)
-                    add_scaled(cost[static_cast<std::size_t>(g * u + i)], unit[static_cast<std::size_t>(g)],
-                               static_cast<double>(B * qh.len), static_cast<std::uint64_t>(B * kh.len));
+                for (int g = 0; g < P / u; ++g) {
+                    RankCost& c = cost[static_cast<std::size_t>(g * u + i)];
+                    if (qh.len > 0)
+                        add_scaled(c, unit[static_cast<std::size_t>(g)], static_cast<double>(B * qh.len),
+                                   static_cast<std::uint64_t>(B * kh.len));
+                    const std::int64_t Ng = static_cast<std::int64_t>(gathered[static_cast<std::size_t>(g)].size());
+                    const dist::Dims d{B, static_cast<std::int64_t>(pos[static_cast<std::size_t>(g * u + i)].size()), Hq, Hkv, D};
+                    const dist::Dims call{B, Ng, qh.len, kh.len, D};
+                    for (bool bwd : {false, true}) {
+                        const u64 inner = dist::ring_scratch(call, rp.max_sent(), rp.sent_rows(g), es, f32, chunks, bwd);
+                        (bwd ? c.bwd_scratch : c.fwd_scratch) =
+                            dist::ulysses_scratch(d, Ng, qh.len, kh.len, kv_sent, es, bwd, inner);
+                    }
+                }
             }
             break;
         }
@@ -242,9 +281,12 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
                 c.bwd_bytes = c.fwd_bytes + 2 * (static_cast<u64>(N) - S) * row * 4;  // dK, dV back to their owners
                 c.a2a_fwd_bytes = c.fwd_bytes, c.a2a_bwd_bytes = c.bwd_bytes;
                 const std::int64_t chunk = job.dist.kv_head_chunk > 0 ? std::min(job.dist.kv_head_chunk, Hkv) : Hkv;
-                const int chunks = static_cast<int>((Hkv + chunk - 1) / chunk);
-                c.a2a_fwd_calls = 2 * chunks;  // K, V per chunk of kv heads
-                c.a2a_bwd_calls = 4 * chunks;  // K, V, and dK, dV back
+                const int gathers = static_cast<int>((Hkv + chunk - 1) / chunk);
+                c.a2a_fwd_calls = 2 * gathers;  // K, V per chunk of kv heads
+                c.a2a_bwd_calls = 4 * gathers;  // K, V, and dK, dV back
+                const dist::Dims d{B, static_cast<std::int64_t>(S), Hq, Hkv, D};
+                c.fwd_scratch = dist::allgather_scratch(d, N, P, es, job.dist.kv_head_chunk, false);
+                c.bwd_scratch = dist::allgather_scratch(d, N, P, es, job.dist.kv_head_chunk, true);
                 if (count) {
                     const Positions& mine = pos[static_cast<std::size_t>(r)];
                     const double h = static_cast<double>(B * Hq);
@@ -372,6 +414,8 @@ Prediction predict(const ClusterSpec& cl, const ModelJob& job, const std::vector
         a2a_b = std::max(a2a_b, a2a(r, double(c.a2a_bwd_bytes), c.a2a_bwd_calls));
         pairs += c.pairs;
         pr.max_bytes = std::max(pr.max_bytes, c.fwd_bytes + c.bwd_bytes);
+        pr.max_memory = std::max(pr.max_memory, c.peak(true));
+        pr.max_memory_fwd = std::max(pr.max_memory_fwd, c.peak(false));
         if (c.step_pairs.empty()) {  // no ring: the kernels run once on the rank's pairs
             kern_f = std::max(kern_f, pr.rank_fwd_kernel_s.back());
             kern_b = std::max(kern_b, pr.rank_bwd_kernel_s.back());
@@ -402,6 +446,7 @@ Prediction predict(const ClusterSpec& cl, const ModelJob& job, const std::vector
     pr.exposed_s = pr.fwd_s + pr.bwd_s - pr.compute_s;
     pr.ideal_s = pairs * (per_fwd + per_bwd) / P;
     pr.ideal_fwd_s = pairs * per_fwd / P;
+    pr.ranks_per_device = share;
     return pr;
 }
 
@@ -425,9 +470,11 @@ std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cl, const ModelJo
             j.dist = d, j.layout = l;
             if (cl.tile_q > 0) j.fwd_tile_q = j.bwd_tile_q = cl.tile_q, j.fwd_tile_k = j.bwd_tile_k = cl.tile_k;
             const Prediction p = predict(cl, j, model_costs(j, pat));
-            out.push_back({d, l, p, backward ? p.fwd_s + p.bwd_s : p.fwd_s});
+            out.push_back({d, l, p, backward ? p.fwd_s + p.bwd_s : p.fwd_s, cl.memory <= 0 || p.device_memory(backward) <= cl.memory});
         }
-    std::stable_sort(out.begin(), out.end(), [](const StrategyChoice& a, const StrategyChoice& b) { return a.time_s < b.time_s; });
+    std::stable_sort(out.begin(), out.end(), [](const StrategyChoice& a, const StrategyChoice& b) {
+        return a.fits != b.fits ? a.fits : a.time_s < b.time_s;
+    });
     return out;
 }
 

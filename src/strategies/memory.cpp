@@ -14,11 +14,6 @@ using u64 = std::uint64_t;
 
 u64 n(std::int64_t x) { return static_cast<u64>(std::max<std::int64_t>(x, 0)); }
 
-// One call's shapes at the kernel: S query rows, Hq/Hkv heads.
-struct Dims {
-    std::int64_t B, S, Hq, Hkv, D;
-};
-
 // forward_chunked / backward_chunked: a chunk's LSE rows (and, forward, residuals) in contiguous buffers.
 u64 chunk_part(const Dims& d, int chunks, bool forward) {
     chunks = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(chunks, d.S)));
@@ -27,32 +22,18 @@ u64 chunk_part(const Dims& d, int chunks, bool forward) {
     return (forward ? 2 : 1) * floats * 4;
 }
 
-u64 ring_scratch(const Dims& d, const RingPlan& rp, std::size_t es, bool o_fp32, int chunks, bool backward) {
-    const std::int64_t M = rp.max_sent();
+}  // namespace
+
+u64 ring_scratch(const Dims& d, std::int64_t M, std::int64_t own_sent, std::size_t es, bool o_fp32, int chunks,
+                 bool backward) {
     const u64 kv = 2 * n(d.B * M * d.Hkv * d.D) * 2 * es;  // two K/V buffers
     if (!backward) return kv + (o_fp32 ? 0 : n(d.B * d.S * d.Hq * d.D) * 4) + n(d.B * d.Hq * d.S) * 4 + chunk_part(d, chunks, true);
     const u64 grad_row = 2 * n(d.B * d.Hkv * d.D) * 4;  // dK and dV of one row, fp32
-    return kv + grad_row * (n(d.S) + n(M) + n(rp.sent_rows(rp.r)) + 2 * n(M)) + chunk_part(d, chunks, false);
+    return kv + grad_row * (n(d.S) + n(M) + n(own_sent) + 2 * n(M)) + chunk_part(d, chunks, false);
 }
 
-// What the CPU kernels keep of their own: the forward's packed fp32 K/V (a group of heads up to 32 MiB,
-// at least one head; kept between calls up to 256 MiB) and the backward's row chunks (up to 64 MiB).
-u64 kernel_forward(std::int64_t keys, std::int64_t heads, std::int64_t D) {
-    const u64 head = n(keys) * n(D + (D + 15) / 16 * 16) * 4;
-    return std::min(n(heads) * head, std::max(head, u64{32} << 20));
-}
-u64 kernel_backward(const Dims& d) {
-    const u64 rows = n(d.B * d.Hq * d.S);
-    return std::min(rows * n(d.D) * 4 * 6, u64{64} << 20) + rows * 3 * 4;
-}
-
-// Ulysses over its group: the gathered tensors, the all-to-all staging (send + receive) of each
-// exchange, and the inner attention's own scratch.
-u64 ulysses_scratch(const Dims& d, const UlyssesPlan& hp, int me, std::size_t es, bool backward, u64 inner) {
-    const std::int64_t N = hp.sh.total(), ql = hp.q[static_cast<std::size_t>(me)].len,
-                       kl = hp.kv[static_cast<std::size_t>(me)].len;
-    std::int64_t kv_sent = 0;  // a kv head goes to every rank holding one of its query heads
-    for (const Range& r : hp.kv) kv_sent += r.len;
+u64 ulysses_scratch(const Dims& d, std::int64_t N, std::int64_t ql, std::int64_t kl, std::int64_t kv_sent,
+                    std::size_t es, bool backward, u64 inner) {
     const u64 q_all = n(d.B * N * ql * d.D), kv_all = n(d.B * N * kl * d.D), lse = n(d.B * ql * N) * 4;
     // Staging of an exchange between [B, S, heads, D] shards and [B, N, my heads, D] (either way).
     const u64 ex_q = (n(d.B * d.S * d.Hq * d.D) + q_all) * es, ex_kv = (n(d.B * d.S * kv_sent * d.D) + kv_all) * es;
@@ -68,8 +49,8 @@ u64 ulysses_scratch(const Dims& d, const UlyssesPlan& hp, int me, std::size_t es
                      gathered + 2 * lse + grads + std::max({inner, ex_dq, ex_dkv})});
 }
 
-u64 allgather_scratch(const Dims& d, const Shards& sh, int P, std::size_t es, std::int64_t chunk, bool backward) {
-    const std::int64_t N = sh.total(), step = chunk > 0 ? std::min(chunk, d.Hkv) : d.Hkv, G = d.Hkv > 0 ? d.Hq / d.Hkv : 1;
+u64 allgather_scratch(const Dims& d, std::int64_t N, int P, std::size_t es, std::int64_t chunk, bool backward) {
+    const std::int64_t step = chunk > 0 ? std::min(chunk, d.Hkv) : d.Hkv, G = d.Hkv > 0 ? d.Hq / d.Hkv : 1;
     const u64 full = n(d.B * N * step * d.D);
     const u64 gather = n(d.B * d.S * step * d.D) * es + (d.B == 1 ? 0 : full * es);  // own heads, batch-major staging
     const u64 lse = n(d.B * step * G * d.S) * 4;
@@ -77,6 +58,19 @@ u64 allgather_scratch(const Dims& d, const Shards& sh, int P, std::size_t es, st
     // The reduce-scatter sends the whole sequence's dK (or dV) and receives every rank's for the own rows.
     const u64 scatter = full * 4 + n(P) * n(d.B * d.S * step * d.D) * 4;
     return 2 * full * es + 2 * full * 4 + lse + std::max(gather, scatter);
+}
+
+namespace {
+
+// What the CPU kernels keep of their own: the forward's packed fp32 K/V (a group of heads up to 32 MiB,
+// at least one head; kept between calls up to 256 MiB) and the backward's row chunks (up to 64 MiB).
+u64 kernel_forward(std::int64_t keys, std::int64_t heads, std::int64_t D) {
+    const u64 head = n(keys) * n(D + (D + 15) / 16 * 16) * 4;
+    return std::min(n(heads) * head, std::max(head, u64{32} << 20));
+}
+u64 kernel_backward(const Dims& d) {
+    const u64 rows = n(d.B * d.Hq * d.S);
+    return std::min(rows * n(d.D) * 4 * 6, u64{64} << 20) + rows * 3 * 4;
 }
 
 }  // namespace
@@ -91,7 +85,8 @@ MemoryEstimate working_memory(const PlanState& s, bool backward, DType storage) 
     Dims call = d;
     switch (s.opt.strategy) {
         case StrategyKind::ring:
-            m.scratch = ring_scratch(d, *s.ring, es, storage == DType::f32, chunks, backward);
+            m.scratch = ring_scratch(d, s.ring->max_sent(), s.ring->sent_rows(s.ring->r), es, storage == DType::f32, chunks,
+                                     backward);
             keys = std::max(p.rows, s.ring->max_sent());
             break;
         case StrategyKind::ulysses:
@@ -103,15 +98,18 @@ MemoryEstimate working_memory(const PlanState& s, bool backward, DType storage) 
             u64 inner = 0;
             keys = call.S;
             if (s.opt.strategy == StrategyKind::hybrid) {
-                inner = ring_scratch(call, *s.ring, es, storage == DType::f32, chunks, backward);
+                inner = ring_scratch(call, s.ring->max_sent(), s.ring->sent_rows(s.ring->r), es, storage == DType::f32,
+                                     chunks, backward);
                 keys = std::max(call.S, s.ring->max_sent());
             }
             kv_heads = call.Hkv;
-            m.scratch = ulysses_scratch(d, hp, me, es, backward, inner);
+            std::int64_t kv_sent = 0;  // a kv head goes to every rank holding one of its query heads
+            for (const Range& r : hp.kv) kv_sent += r.len;
+            m.scratch = ulysses_scratch(d, hp.sh.total(), call.Hq, call.Hkv, kv_sent, es, backward, inner);
             break;
         }
         case StrategyKind::allgather:
-            m.scratch = allgather_scratch(d, *s.shards, s.mesh.world.size(), es, s.opt.kv_head_chunk, backward);
+            m.scratch = allgather_scratch(d, s.shards->total(), s.mesh.world.size(), es, s.opt.kv_head_chunk, backward);
             keys = s.shards->total();
             if (s.opt.kv_head_chunk > 0) kv_heads = std::min(s.opt.kv_head_chunk, p.kv_heads);
             break;

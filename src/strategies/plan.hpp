@@ -70,4 +70,21 @@ struct PlanState {
 // Plan::memory_estimate on the host (strategies/memory.cpp).
 MemoryEstimate working_memory(const PlanState& s, bool backward, DType storage);
 
+// The strategies' scratch at its peak in one call (what DistStats::scratch_peak_bytes measures), from
+// what the plans hold; the cost model calls them with its own replay of the plans. d: the call at the
+// rank, S its query rows.
+struct Dims {
+    std::int64_t B, S, Hq, Hkv, D;
+};
+// The ring: M rows at most of a shard travel, own_sent of this rank's; o_fp32: O is stored in fp32 (no
+// accumulator copy); chunks: kernel calls per step.
+std::uint64_t ring_scratch(const Dims& d, std::int64_t M, std::int64_t own_sent, std::size_t es, bool o_fp32, int chunks,
+                           bool backward);
+// Ulysses over a group holding N rows: this rank's ql query and kl kv heads, kv_sent the kv heads of all
+// members together; inner: the attention inside's scratch (the hybrid's ring).
+std::uint64_t ulysses_scratch(const Dims& d, std::int64_t N, std::int64_t ql, std::int64_t kl, std::int64_t kv_sent,
+                              std::size_t es, bool backward, std::uint64_t inner);
+// The all-gather of N rows over P ranks, chunk kv heads at a time (0: all).
+std::uint64_t allgather_scratch(const Dims& d, std::int64_t N, int P, std::size_t es, std::int64_t chunk, bool backward);
+
 }  // namespace longattn::dist

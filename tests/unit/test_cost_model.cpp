@@ -41,6 +41,21 @@ TEST(CostModel, TwoRankCausalRingByHand) {
     EXPECT_EQ(c[0].pairs, 2.0 * 528);
     EXPECT_EQ(c[1].step_pairs, (std::vector<double>{2.0 * 528, 2.0 * 1024}));
     EXPECT_EQ(c[0].step_bytes, (std::vector<std::uint64_t>{32u * 64, 0}));
+    // Memory of each rank's 32 rows: Q, O (2 heads) and K, V (1) of 8 fp32 dims and the LSE; the
+    // backward's dO, dQ (2 heads), dK, dV (1).
+    for (const RankCost& r : c) {
+        EXPECT_EQ(r.fwd_tensors, 32u * 6 * 8 * 4 + 2 * 32 * 4);
+        EXPECT_EQ(r.bwd_tensors, 32u * 2 * 8 * 4 + 32 * 4 * 8 * 4);
+    }
+    // Scratch: two K/V buffers of the 32 rows that travel (4096 bytes), the LSE's residual (256) and, in 4
+    // progress chunks, 2 x 9 rows x 2 heads of floats (144); O is fp32, its own accumulator. Backward: the
+    // K/V buffers, dK/dV rows (64 bytes each) of the own 32, the held 32, the 2 x 32 running sums and
+    // what comes home (rank 0: 32 rows, rank 1: none), and a chunk's 9 x 2 LSE floats.
+    EXPECT_EQ(c[0].fwd_scratch, 4096u + 256 + 144);
+    EXPECT_EQ(c[1].fwd_scratch, 4096u + 256 + 144);
+    EXPECT_EQ(c[0].bwd_scratch, 4096u + 64 * (32 + 32 + 64 + 32) + 72);
+    EXPECT_EQ(c[1].bwd_scratch, 4096u + 64 * (32 + 32 + 64) + 72);
+    EXPECT_EQ(c[0].peak(true), 6400u + 6144 + 14408);
 }
 
 // 4 ranks of 16 contiguous tokens, a causal window of 8 keys: each rank needs only its predecessor's
@@ -188,6 +203,28 @@ TEST(CostModel, AutoPicksTheRingOnZigzagWithinAnNvlinkNode) {
     });
     ASSERT_NE(contiguous, ranked.end());
     EXPECT_GT(contiguous->time_s, 1.7 * ranked.front().time_s);
+}
+
+// The same job on devices of 3 GiB: the ring (2.82 GiB a device at 4 ranks of 64K tokens, 96 query
+// heads) fits, Ulysses and the hybrid (5.64 GiB: the whole sequence of their heads, gathered) do not,
+// and come after every choice that fits, however fast.
+TEST(CostModel, AutoPutsWhatDoesNotFitLast) {
+    ClusterSpec small = load_cluster(LONGATTN_SOURCE_DIR "/configs/clusters/h200-node.ini");
+    small.memory = 3.0 * 1073741824.0;
+    const auto ranked = rank_strategies(small, job(StrategyKind::ring, 4, 65536, 96, 8, 128, DType::bf16), Pattern(causal()), true);
+    ASSERT_FALSE(ranked.empty());
+    EXPECT_TRUE(ranked.front().fits);
+    EXPECT_EQ(ranked.front().dist.strategy, StrategyKind::ring);
+    bool seen_misfit = false;
+    for (const StrategyChoice& c : ranked) {
+        EXPECT_EQ(c.fits, c.p.device_memory(true) <= small.memory);
+        if (c.dist.strategy == StrategyKind::ulysses || c.dist.strategy == StrategyKind::hybrid) {
+            EXPECT_FALSE(c.fits);
+        }
+        EXPECT_FALSE(seen_misfit && c.fits) << "a fitting choice after one that does not fit";
+        seen_misfit = seen_misfit || !c.fits;
+    }
+    EXPECT_TRUE(seen_misfit);
 }
 
 // Eight nodes of one device behind 100 us links, 2K tokens of one head, forward only: the kernels take
