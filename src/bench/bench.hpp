@@ -150,6 +150,9 @@ int run_kernel_bench(const Job& job);
 // and backward throughput at the job's largest length, shape, pattern and threads, measured on rank 0, and
 // (comm with 2 ranks or more) the latency and bandwidth between ranks 0 and 1 by ping-pong.
 int run_calibrate(const Job& job, comm::Communicator* comm);
+// STREAM's triad a = b + s c over arrays of `bytes` in all, best of 5, at `threads` threads: 24 bytes
+// per element counted, as STREAM does. With comm, every rank at once (a barrier before each pass).
+double triad_bytes_per_s(int threads, double bytes, comm::Communicator* comm = nullptr);
 // --mode predict: in one process, nothing run, the cost model's time of the job on --ranks devices of the
 // cluster file for every strategy (or the one --strategy names, on --layout), fastest first, per length.
 int run_predict(const Job& job);

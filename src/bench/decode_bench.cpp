@@ -24,6 +24,7 @@
 #include "bench/report.hpp"
 #include "comm/communicator.hpp"
 #include "kernels/attention.hpp"
+#include "longattn/cost_model.hpp"
 #include "longattn/cpu_isa.hpp"
 #include "longattn/kv_cache.hpp"
 
@@ -44,27 +45,6 @@ double p99(std::vector<double> v) {
     return v[std::min(v.size() - 1, static_cast<std::size_t>(std::ceil(0.99 * static_cast<double>(v.size()))) - 1)];
 }
 
-// STREAM's triad a = b + s c over arrays of `bytes` in all, best of 5, at `threads` threads: 24 bytes
-// per element counted, as STREAM does.
-double triad_bytes_per_s(int threads, double bytes) {
-    const std::size_t n = static_cast<std::size_t>(std::max(bytes, 3.0 * (64 << 20)) / 24.0);
-    std::vector<double> av(n), bv(n), cv(n);
-    double* a = av.data();
-    const double* b = bv.data();
-    const double* c = cv.data();
-    const std::int64_t N = static_cast<std::int64_t>(n);
-    std::fill(bv.begin(), bv.end(), 1.0);
-    std::fill(cv.begin(), cv.end(), 2.0);
-    double best = std::numeric_limits<double>::infinity();
-    for (int rep = 0; rep < 5; ++rep) {
-        const auto t0 = Clock::now();
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (std::int64_t i = 0; i < N; ++i) a[i] = b[i] + 3.0 * c[i];
-        best = std::min(best, since(t0));
-    }
-    if (a[N / 2] != 7.0) throw Error("triad: wrong result");
-    return 24.0 * static_cast<double>(n) / best;
-}
 
 struct Setup {
     std::int64_t B = 1, T = 1, Hq = 1, Hkv = 1, D = 64, L = 0, cap = 0;
@@ -112,11 +92,15 @@ struct Row {
     std::string method;
     std::vector<double> total, kernel, combine;
     std::uint64_t sent = 0, recv = 0;
-    double read_bytes = 0;  // cache bytes this rank read per step
+    double read_bytes = 0;    // cache bytes this rank read per step
+    std::int64_t blocks = 0;  // of the last timed step: the blocks read
+    std::int64_t context = 0; // and the positions before its new tokens
     std::string extra;
     // One timed call; communication is what the call spent outside the kernel but in the combine
     // (pass-Q: everything outside the kernel).
-    void add(const DecodeStats& st, double read) {
+    void add(const DecodeStats& st, double read, std::int64_t len = 0) {
+        blocks = st.blocks_read;
+        context = len;
         total.push_back(st.total_s);
         kernel.push_back(st.kernel_s);
         combine.push_back(st.combine_s > 0 ? st.combine_s : st.total_s - st.kernel_s - st.append_s);
@@ -144,6 +128,27 @@ double read_bytes(const KvCache& cache, const DecodeStats& st) {
 }
 
 }  // namespace
+
+double triad_bytes_per_s(int threads, double bytes, comm::Communicator* comm) {
+    const std::size_t n = static_cast<std::size_t>(std::max(bytes, 3.0 * (64 << 20)) / 24.0);
+    std::vector<double> av(n), bv(n), cv(n);
+    double* a = av.data();
+    const double* b = bv.data();
+    const double* c = cv.data();
+    const std::int64_t N = static_cast<std::int64_t>(n);
+    std::fill(bv.begin(), bv.end(), 1.0);
+    std::fill(cv.begin(), cv.end(), 2.0);
+    double best = std::numeric_limits<double>::infinity();
+    for (int rep = 0; rep < 5; ++rep) {
+        if (comm) comm->barrier();
+        const auto t0 = Clock::now();
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (std::int64_t i = 0; i < N; ++i) a[i] = b[i] + 3.0 * c[i];
+        best = std::min(best, since(t0));
+    }
+    if (a[N / 2] != 7.0) throw Error("triad: wrong result");
+    return 24.0 * static_cast<double>(n) / best;
+}
 
 int run_decode_bench(const Job& job, comm::Communicator* comm) {
     const Decode& dj = job.decode;
@@ -258,7 +263,7 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
                 if (comm) comm->barrier();
                 const DecodeStats st = decode_step(cache, a, dopt);
                 const bool timed = step >= job.sweep.warmup;
-                if (timed) rows[which].add(st, read_bytes(cache, st));
+                if (timed) rows[which].add(st, read_bytes(cache, st), len);
                 if (baselines) {
                     again.q = in.qv;
                     std::int64_t h0 = 0, h1 = 0;
@@ -312,6 +317,41 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
             if (comm) comm->all_reduce_sum(&bad, 1);
             if (bad) rc = 1;
             if (!comm) triad = std::max(triad, triad_bytes_per_s(nt, static_cast<double>(cache.bytes())));
+            // The cost model (--cluster): each combine's step against its prediction, and every rank's
+            // blocks read and combine bytes against the model's count (a mismatch is a wrong result).
+            std::vector<std::string> model_lines;
+            if (!job.exec.cluster.empty()) {
+                const ClusterSpec cl = load_cluster(job.exec.cluster);
+                for (std::size_t w = 0; w < dj.combines.size(); ++w) {
+                    const Row& r = rows[w];
+                    if (r.total.empty()) continue;
+                    DecodeModelJob mj;
+                    mj.batch = s.B, mj.context = r.context, mj.new_tokens = s.T, mj.heads = s.Hq, mj.kv_heads = s.Hkv;
+                    mj.head_dim = s.D, mj.page_tokens = co.page_tokens, mj.dtype = s.dtype, mj.placement = dj.placement;
+                    mj.layout = job.exec.layout, mj.capacity = s.cap, mj.combine = dj.combines[w], mj.ranks = s.P;
+                    const std::vector<DecodeRankCost> costs = decode_costs(mj, pat);
+                    const DecodeRankCost& mine = costs[static_cast<std::size_t>(s.rank)];
+                    std::int64_t off = mine.blocks != r.blocks || mine.sent != r.sent || mine.received != r.recv ? 1 : 0;
+                    if (off)
+                        std::printf("#  rank %d read %lld blocks and the combine sent %llu and received %llu bytes; the cost "
+                                    "model counts %lld, %llu and %llu\n",
+                                    s.rank, static_cast<long long>(r.blocks), static_cast<unsigned long long>(r.sent),
+                                    static_cast<unsigned long long>(r.recv), static_cast<long long>(mine.blocks),
+                                    static_cast<unsigned long long>(mine.sent), static_cast<unsigned long long>(mine.received));
+                    if (comm) comm->all_reduce_sum(&off, 1);
+                    if (off) rc = 1;
+                    const DecodePrediction pd = predict_decode(cl, mj, costs);
+                    char line[512];
+                    std::snprintf(line, sizeof(line),
+                                  "# cost model on %s: %s %.3f ms a step predicted (kernel %.3f, combine %.3f), %.3f "
+                                  "measured (kernel %.3f): measured / predicted %.3f; blocks and combine bytes: %s",
+                                  cl.name.c_str(), r.method.c_str(), 1e3 * pd.step_s(), 1e3 * pd.kernel_s,
+                                  1e3 * pd.combine_s, 1e3 * median(r.total), 1e3 * median(r.kernel),
+                                  median(r.total) / pd.step_s(),
+                                  off ? "ranks differ from the model (counted as wrong)" : "every rank's equal the model's");
+                    model_lines.emplace_back(line);
+                }
+            }
             if (!root) continue;
             std::printf("# longattn-bench decode ranks=%d fill=%s%s placement=%s dtype=%s batch=%lld heads=%lld kv_heads=%lld "
                         "head_dim=%lld page_tokens=%lld threads=%d cpu_isa=%s\n",
@@ -329,6 +369,7 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
             std::printf("#   %-18s %10s %9s %10s %10s %11s %12s %12s %10s\n", "method", "step_ms", "p99_ms", "kernel_ms",
                         "comm_ms", "tokens/s", "sent_B", "recv_B", "read_GB/s");
             for (const Row& r : rows) print_row(r, s);
+            for (const std::string& l : model_lines) std::printf("%s\n", l.c_str());
             if (!comm)
                 std::printf("# triad (STREAM, %d threads, same run): %.2f GB/s; the decode kernel read the cache at %.0f%% of it\n",
                             nt, triad / 1e9,

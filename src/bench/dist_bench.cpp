@@ -244,6 +244,25 @@ int run_predict(const Job& job) {
                         100 * o.p.efficiency(), mean > 0 ? busiest / mean : 1.0, static_cast<double>(o.p.max_bytes) / 1e6,
                         o.p.device_memory(true) / 1073741824.0, cl.memory <= 0 ? "" : o.fits ? "   yes" : "    no");
         }
+        if (cl.memory_bandwidth <= 0) continue;
+        // A decode step after this length's prefill: the cache held as --kv-placement places it.
+        DecodeModelJob dm;
+        dm.batch = mj.batch, dm.context = N, dm.new_tokens = job.decode.new_tokens, dm.heads = mj.heads;
+        dm.kv_heads = mj.kv_heads, dm.head_dim = mj.head_dim, dm.page_tokens = job.decode.page_tokens, dm.dtype = mj.dtype;
+        dm.placement = job.decode.placement, dm.layout = mj.layout, dm.ranks = P;
+        std::printf("# a decode step of %lld new token%s per sequence over this cache (%s, pages of %lld):", static_cast<long long>(dm.new_tokens),
+                    dm.new_tokens == 1 ? "" : "s", kv_placement_name(dm.placement), static_cast<long long>(dm.page_tokens));
+        for (DecodeCombine c : {DecodeCombine::allgather, DecodeCombine::allreduce}) {
+            dm.combine = c;
+            const std::vector<DecodeRankCost> dc = decode_costs(dm, Pattern(spec_for_length(job, N + dm.new_tokens)));
+            const DecodePrediction pd = predict_decode(cl, dm, dc);
+            std::uint64_t most = 0;
+            for (const DecodeRankCost& r : dc) most = std::max(most, r.read_bytes);
+            std::printf("%s %s %.3f ms (kernel %.3f, combine %.3f; %.1f MB of cache read by the busiest rank)",
+                        c == DecodeCombine::allgather ? "" : ",", decode_combine_name(c), pd.step_s() * 1e3,
+                        pd.kernel_s * 1e3, pd.combine_s * 1e3, static_cast<double>(most) / 1e6);
+        }
+        std::printf("\n");
     }
     return 0;
 }

@@ -181,15 +181,18 @@ void read_choices(const OptionValues& v, Job& j) {
     require(!j.exec.auto_strategy || !v.cluster.empty(), "strategy",
             "auto picks what the cost model predicts fastest on a cluster: give --cluster (configs/clusters/)");
     require(!predict || !v.cluster.empty(), "cluster", "--mode predict models a cluster: give --cluster (configs/clusters/)");
-    require(v.cluster.empty() || j.exec.distributed || predict, "cluster",
-            "belongs to a distributed --strategy (under mpirun) or to --mode predict");
+    require(v.cluster.empty() || j.exec.distributed || predict || j.sweep.mode == Mode::decode, "cluster",
+            "belongs to a distributed --strategy (under mpirun), --mode decode or --mode predict");
     require(v.ranks >= 0 && v.ranks <= 4096, "ranks", "must be 0 (the cluster's devices) or 1 to 4096, got ", v.ranks);
     require(v.ranks == 0 || predict, "ranks", "belongs to --mode predict (under mpirun the ranks are mpirun's)");
     j.exec.model_ranks = predict && v.ranks == 0 ? load_cluster(v.cluster).devices() : v.ranks;
     require(j.exec.model_ranks <= 4096, "ranks", "the cluster's ", j.exec.model_ranks, " devices are more than the 4096 modelled: give --ranks");
-    require(v.cluster.empty() || j.sweep.mode != Mode::decode, "cluster",
-            "the cost model does not cover --mode decode yet: drop --cluster");
-    if (!v.cluster.empty()) (void)load_cluster(v.cluster);  // its errors before anything runs
+
+    if (!v.cluster.empty()) {  // its errors before anything runs
+        const ClusterSpec cl = load_cluster(v.cluster);
+        require(j.sweep.mode != Mode::decode || cl.memory_bandwidth > 0, "cluster", v.cluster,
+                ": the decode model needs [device] memory_bandwidth_GBps");
+    }
     require(!j.exec.nccl || (j.exec.distributed && j.exec.device == Device::cuda), "comm",
             "nccl needs a distributed strategy and --device cuda");
     j.exec.layout = parse_layout(v.layout);
@@ -435,6 +438,8 @@ void validate_for_ranks(const Job& job, int ranks) {
                 "mode", "calibrate prints a cluster file on synthetic inputs: drop --json, --csv, --save and --load");
     }
 
+    require(job.exec.cluster.empty() || job.sweep.mode != Mode::decode || !job.decode.prefill, "cluster",
+            "the decode model places the cache as the synthetic fill does: drop --fill prefill or --cluster");
     if (job.sweep.mode == Mode::predict) {
         require(job.exec.device == Device::cpu, "device", "--mode predict runs nothing (the cluster file describes the devices): drop --device");
         require(job.io.json_path.empty() && job.io.csv_path.empty() && job.io.save_dir.empty() && job.io.load_dir.empty(),

@@ -276,6 +276,52 @@ int run_calibrate(const Job& job, comm::Communicator* comm) {
         lat = half_trip(8, 50);
         bw = static_cast<double>(buf.size()) / (half_trip(buf.size(), 5) - lat);
     }
+    // Memory bandwidth: the triad on every rank at once over 512 MiB each (far past the caches), the
+    // slowest rank's (what the decode model reads a cache at).
+    double mem_bw = triad_bytes_per_s(t, 512.0 * 1048576.0, comm);
+    if (comm) {
+        double neg = -mem_bw;
+        comm->all_reduce_max(&neg, 1);
+        mem_bw = -neg;
+    }
+    // The decode kernel on every rank at once (as the ranks of a decode step run it), the slowest rank's
+    // median: one new token per sequence attending a cache of the job's shape of at least 256 MiB per
+    // rank (a stream from memory, as a long context is), causal.
+    double dec_s = 0, dec_work = 0, dec_bytes = 0;
+    {
+        const std::int64_t Hkv = job.shape.kv_heads ? job.shape.kv_heads : job.shape.heads, D = job.shape.head_dim;
+        const double per_token = double(job.shape.batch * kernels::kv_page_elems(Hkv, D, 1)) * double(dtype_size(job.shape.dtype));
+        const std::int64_t ctx = std::max<std::int64_t>(L, static_cast<std::int64_t>(256.0 * 1048576.0 / per_token));
+        KvCacheOptions co;
+        co.batch = job.shape.batch, co.capacity = ctx, co.kv_heads = Hkv, co.head_dim = D, co.dtype = job.shape.dtype;
+        KvCache cache(nullptr, co);
+        for (std::int64_t b = 0; b < co.batch; ++b) cache.fill_synth(job.shape.seed, b, ctx, t);
+        std::vector<float> q(static_cast<std::size_t>(co.batch * job.shape.heads * D), 0.01f), o(q.size()),
+            lse(static_cast<std::size_t>(co.batch * job.shape.heads));
+        PatternSpec spec;
+        spec.causal = true;
+        const Pattern pat(spec);
+        DecodeArgs a;
+        a.q = contiguous_view(q.data(), DType::f32, co.batch, 1, job.shape.heads, D);
+        a.pattern = &pat, a.o = o.data(), a.lse = lse.data();
+        DecodeOptions dopt;
+        dopt.threads = t;
+        std::vector<double> times;
+        for (int i = 0; i < job.sweep.warmup + job.sweep.iters; ++i) {
+            if (comm) comm->barrier();
+            const auto t0 = Clock::now();
+            (void)decode_step(cache, a, dopt);
+            if (i >= job.sweep.warmup) times.push_back(seconds_since(t0));
+        }
+        std::sort(times.begin(), times.end());
+        dec_s = times[times.size() / 2];
+        if (comm) comm->all_reduce_max(&dec_s, 1);
+        DecodeModelJob dm;
+        dm.batch = co.batch, dm.context = ctx - 1, dm.new_tokens = 1, dm.heads = job.shape.heads, dm.kv_heads = Hkv;
+        dm.head_dim = D, dm.page_tokens = co.page_tokens, dm.dtype = co.dtype;
+        const DecodeRankCost dc = decode_costs(dm, pat).front();
+        dec_work = dc.work * 4.0 * double(D), dec_bytes = double(dc.read_bytes);
+    }
     if (comm) comm->barrier();
     if (me != 0) return 0;
     const double D = static_cast<double>(job.shape.head_dim);
@@ -292,8 +338,12 @@ int run_calibrate(const Job& job, comm::Communicator* comm) {
     std::printf("[cluster]\nname = this machine, %d rank%s of %d thread%s\nnodes = 1\ndevices_per_node = %d\n\n", P,
                 P > 1 ? "s" : "", t, t > 1 ? "s" : "", P);
     if (P > 1) std::printf("[intra]\nbandwidth_GBps = %.3f\nlatency_us = %.2f\n\n", bw * 1e-9, lat * 1e6);
-    std::printf("[device]\nfwd_tflops = %.5f\nbwd_tflops = %.5f\nfwd_partial_extra = %.4f\nbwd_partial_extra = %.4f\n",
-                4 * D / kf * 1e-12, 10 * D / kb * 1e-12, xf, xb);
+    std::printf("[device]\nfwd_tflops = %.5f\nbwd_tflops = %.5f\nfwd_partial_extra = %.4f\nbwd_partial_extra = %.4f\n"
+                "# STREAM triad, every rank at once, the slowest\nmemory_bandwidth_GBps = %.2f\n"
+                "# the decode kernel, every rank at once, the slowest: %.0f MB of cache in %.3f ms (%.1f GB/s)\n"
+                "decode_tflops = %.5f\n",
+                4 * D / kf * 1e-12, 10 * D / kb * 1e-12, xf, xb, mem_bw * 1e-9, dec_bytes / 1e6, dec_s * 1e3,
+                dec_bytes / dec_s * 1e-9, dec_work / dec_s * 1e-12);
     std::fflush(stdout);
     return 0;
 }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "longattn/distributed.hpp"
+#include "longattn/kv_cache.hpp"
 #include "longattn/layout.hpp"
 #include "longattn/pattern.hpp"
 
@@ -82,6 +83,8 @@ struct ClusterSpec {
     double inter_bandwidth = 0, inter_latency = 0;
     double fwd_flops = 0, bwd_flops = 0;  // the attention kernels' FLOP/s per device (pairs of FULL tiles)
     double fwd_partial_extra = 0, bwd_partial_extra = 0;  // a pair of a PARTIAL tile costs 1 + this
+    double memory_bandwidth = 0;  // bytes/s a device (a rank's share of it) reads its memory at (0: not given)
+    double decode_flops = 0;      // the decode kernel's FLOP/s where memory does not bound it (0: fwd_flops)
     std::int64_t tile_q = 0, tile_k = 0;  // the device kernels' tiles (0: the CPU kernels', ModelJob)
     double memory = 0;                    // bytes per device (0: not given)
     int devices() const { return nodes * devices_per_node; }
@@ -94,6 +97,7 @@ struct ClusterSpec {
 //   [device] fwd_tflops = ..., bwd_tflops = ..., memory_GiB = ...   (FLOPs of the pairs computed)
 //            fwd_partial_extra = ..., bwd_partial_extra = ...      (optional, 0: masked pairs cost the same)
 //            tile_q = ..., tile_k = ...    (optional: the kernels' tiles, forward and backward; 0: the CPU's)
+//            memory_bandwidth_GBps = ..., decode_tflops = ...   (optional; the decode model needs the first)
 // Unknown keys, missing ones, bad numbers: an Error naming the file, the line and the key.
 ClusterSpec load_cluster(const std::string& path);
 
@@ -132,5 +136,43 @@ struct StrategyChoice {
 };
 std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cluster, const ModelJob& job, const Pattern& pattern,
                                             bool backward);
+
+// The decode step (longattn/kv_cache.hpp): every rank reads the (page, kv head) blocks of its pages
+// that the step's queries attend, then one collective combines the partials. Counted exactly as the
+// kernel and the combine do (DecodeStats::blocks_read, bytes_sent, bytes_received); timed as the roofline
+// of the blocks' bytes at the device's memory bandwidth and the pages' pairs at its decode throughput,
+// then the combine: an all-gather of every partial (log2 P latencies plus the others' partials over the
+// link, then P - 1 merges at memory speed) or two all-reduces (2 log2 P latencies, a ring's 2 (P - 1) / P
+// of their doubles each way); over the inter-node link when the ranks span nodes.
+struct DecodeModelJob {
+    std::int64_t batch = 1, context = 0, new_tokens = 1;  // sequences of `context` positions, then T new each
+    std::int64_t heads = 1, kv_heads = 1, head_dim = 64, page_tokens = 64;
+    DType dtype = DType::bf16;  // the cache's storage
+    KvPlacement placement = KvPlacement::round_robin;
+    LayoutKind layout = LayoutKind::zigzag;  // placement layout: the layout over the capacity
+    std::int64_t capacity = 0;               // 0: context + new_tokens
+    DecodeCombine combine = DecodeCombine::allgather;
+    int ranks = 1;
+};
+
+struct DecodeRankCost {
+    std::int64_t blocks = 0;       // (page, kv head) blocks read
+    std::uint64_t read_bytes = 0;  // their bytes
+    double work = 0;               // (query, key) pairs of the pages read, over the query heads (masked ones too)
+    std::uint64_t sent = 0, received = 0;  // the combine's, as DecodeStats counts them
+};
+
+struct DecodePrediction {
+    double kernel_s = 0, combine_s = 0;  // the slowest rank's kernel; the combine after it
+    double step_s() const { return kernel_s + combine_s; }
+    std::vector<double> rank_kernel_s;
+};
+
+// Each rank's cost of one step over context + new_tokens positions per sequence, every rank holding the
+// positions its placement gives it in increasing order, page_tokens to a page (as KvCache::fill_synth
+// and the appends place them; a prefill's rows lie where its layout put them instead).
+std::vector<DecodeRankCost> decode_costs(const DecodeModelJob& job, const Pattern& pattern);
+// Throws an Error naming the cluster file's key when it gives no memory bandwidth.
+DecodePrediction predict_decode(const ClusterSpec& cluster, const DecodeModelJob& job, const std::vector<DecodeRankCost>& cost);
 
 }  // namespace longattn

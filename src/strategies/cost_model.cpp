@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 
+#include "kernels/attention.hpp"
 #include "longattn/block_plan.hpp"
 #include "longattn/error.hpp"
 #include "strategies/plan.hpp"
@@ -335,7 +336,8 @@ ClusterSpec load_cluster(const std::string& path) {
     static const char* known[] = {"cluster.name", "cluster.nodes", "cluster.devices_per_node", "intra.bandwidth_GBps",
                                   "intra.latency_us", "inter.bandwidth_GBps", "inter.latency_us", "device.fwd_tflops",
                                   "device.bwd_tflops", "device.memory_GiB", "device.fwd_partial_extra",
-                                  "device.bwd_partial_extra", "device.tile_q", "device.tile_k"};
+                                  "device.bwd_partial_extra", "device.tile_q", "device.tile_k",
+                                  "device.memory_bandwidth_GBps", "device.decode_tflops"};
     for (const auto& [k, v] : kv)
         require(std::find(std::begin(known), std::end(known), k) != std::end(known), "cluster", path, ":", v.second,
                 ": unknown key '", k.substr(k.find('.') + 1), "' in [", k.substr(0, k.find('.')), "]");
@@ -368,6 +370,8 @@ ClusterSpec load_cluster(const std::string& path) {
     c.memory = number("device.memory_GiB", false, 0) * 1073741824.0;
     c.fwd_partial_extra = number("device.fwd_partial_extra", false, 0);
     c.bwd_partial_extra = number("device.bwd_partial_extra", false, 0);
+    c.memory_bandwidth = number("device.memory_bandwidth_GBps", false, 0) * 1e9;
+    c.decode_flops = number("device.decode_tflops", false, 0) * 1e12;
     c.tile_q = static_cast<std::int64_t>(number("device.tile_q", false, 0));
     c.tile_k = static_cast<std::int64_t>(number("device.tile_k", false, 0));
     require((c.tile_q > 0) == (c.tile_k > 0), "cluster", path, ": [device] tile_q and tile_k go together");
@@ -476,6 +480,89 @@ std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cl, const ModelJo
         return a.fits != b.fits ? a.fits : a.time_s < b.time_s;
     });
     return out;
+}
+
+std::vector<DecodeRankCost> decode_costs(const DecodeModelJob& job, const Pattern& pat) {
+    const int P = job.ranks;
+    require(P >= 1, "ranks", "must be >= 1, got ", P);
+    require(job.heads >= 1 && job.kv_heads >= 1 && job.heads % job.kv_heads == 0, "heads",
+            "must be a positive multiple of the kv heads, got ", job.heads, " and ", job.kv_heads);
+    require(job.page_tokens >= 1 && job.new_tokens >= 1 && job.context >= 0, "page_tokens",
+            "page_tokens and new_tokens must be >= 1 and the context >= 0");
+    const std::int64_t T = job.new_tokens, len = job.context + T, pt = job.page_tokens;
+    const std::int64_t cap = job.capacity > 0 ? job.capacity : len;
+    require(cap >= len, "capacity", "must hold the context and the new tokens (", len, "), got ", cap);
+    const double block_bytes = double(kernels::kv_page_elems(1, job.head_dim, pt)) * double(dtype_size(job.dtype));
+    std::vector<DecodeRankCost> cost(static_cast<std::size_t>(P));
+    std::vector<std::int64_t> qpos(static_cast<std::size_t>(T));
+    for (std::int64_t i = 0; i < T; ++i) qpos[static_cast<std::size_t>(i)] = len - T + i;
+    // One page of n positions at kp on rank r.
+    auto page = [&](int r, const std::int64_t* kp, std::int64_t n) {
+        if (n == 0 || pat.classify_positions(qpos.data(), T, kp, n) == BlockClass::empty) return;
+        DecodeRankCost& c = cost[static_cast<std::size_t>(r)];
+        c.blocks += job.kv_heads;
+        c.work += double(n) * double(T) * double(job.heads);
+    };
+    for (std::int64_t b = 0; b < job.batch; ++b) {
+        if (job.placement == KvPlacement::round_robin) {  // page j of sequence b on rank (j + b) % P
+            std::vector<std::int64_t> kp(static_cast<std::size_t>(pt));
+            for (std::int64_t j = 0; j * pt < len; ++j) {
+                const std::int64_t n = std::min(pt, len - j * pt);
+                for (std::int64_t k = 0; k < n; ++k) kp[static_cast<std::size_t>(k)] = j * pt + k;
+                page(static_cast<int>((j + b) % P), kp.data(), n);
+            }
+        } else {  // the rank's positions of the layout over the capacity, in its local order, pt to a page
+            const Layout lay(job.layout, cap, P);
+            for (int r = 0; r < P; ++r) {
+                std::vector<std::int64_t> mine;  // in the order they are written: increasing
+                for (std::int64_t x : lay.positions(r))
+                    if (x < len) mine.push_back(x);
+                std::sort(mine.begin(), mine.end());
+                for (std::size_t a = 0; a < mine.size(); a += static_cast<std::size_t>(pt))
+                    page(r, mine.data() + a, std::min<std::int64_t>(pt, static_cast<std::int64_t>(mine.size() - a)));
+            }
+        }
+    }
+    const u64 nl = static_cast<u64>(job.batch * job.heads * T), no = nl * static_cast<u64>(job.head_dim);
+    for (DecodeRankCost& c : cost) {
+        c.read_bytes = static_cast<u64>(double(c.blocks) * block_bytes);
+        if (P == 1) continue;
+        if (job.combine == DecodeCombine::allgather) {
+            c.sent = (1 + nl + no) * 4;
+            c.received = static_cast<u64>(P - 1) * c.sent;
+        } else {
+            c.sent = c.received = (1 + nl) * 8 + (nl + no) * 8;
+        }
+    }
+    return cost;
+}
+
+DecodePrediction predict_decode(const ClusterSpec& cl, const DecodeModelJob& job, const std::vector<DecodeRankCost>& cost) {
+    require(cl.memory_bandwidth > 0, "cluster", cl.name, ": the decode model needs [device] memory_bandwidth_GBps");
+    const int P = job.ranks;
+    require(static_cast<int>(cost.size()) == P, "cost", "must hold one entry per rank");
+    const double share = std::max(1.0, double(P) / double(cl.devices()));
+    const double flops = cl.decode_flops > 0 ? cl.decode_flops : cl.fwd_flops;
+    const double per_pair = 4.0 * double(job.head_dim) / flops * share, per_byte = share / cl.memory_bandwidth;
+    DecodePrediction pr;
+    for (const DecodeRankCost& c : cost) {
+        pr.rank_kernel_s.push_back(std::max(double(c.read_bytes) * per_byte, c.work * per_pair));
+        pr.kernel_s = std::max(pr.kernel_s, pr.rank_kernel_s.back());
+    }
+    if (P > 1) {
+        // The combine's peers are every rank: over the inter-node link when they span nodes.
+        const bool across = cl.nodes > 1 && P > cl.devices_per_node;
+        const double lat = across ? cl.inter_latency : cl.intra_latency;
+        const double bw = across ? cl.inter_bandwidth : cl.intra_bandwidth;
+        const double elems = double(job.batch * job.heads * job.new_tokens) * double(job.head_dim + 1);
+        const double rounds = std::ceil(std::log2(double(P)));  // a collective's latency: a tree's depth
+        if (job.combine == DecodeCombine::allgather)
+            pr.combine_s = rounds * lat + double(cost.front().received) / bw + double(P - 1) * elems * 12 * per_byte;
+        else
+            pr.combine_s = 2 * rounds * lat + 2.0 * double(P - 1) / double(P) * double(cost.front().sent) / bw +
+                           elems * 24 * per_byte;
+    }
+    return pr;
 }
 
 }  // namespace longattn

@@ -251,5 +251,40 @@ TEST(CostModel, BadJobsAreErrors) {
     EXPECT_THROW(model_costs(j, Pattern(causal())), Error);
 }
 
+// A decode step on 2 ranks, pages of 16, round-robin from rank 0: 40 cached positions and 1 new (41 in
+// all) make pages [0, 16) on rank 0, [16, 32) on rank 1, [32, 41) on rank 0. Causal: every page is read,
+// 2 kv heads of each; with a window of 10 keys the new token at 40 reaches back to 30 only.
+TEST(CostModel, DecodeStepByHand) {
+    DecodeModelJob j;
+    j.context = 40, j.new_tokens = 1, j.heads = 4, j.kv_heads = 2, j.head_dim = 8, j.page_tokens = 16;
+    j.dtype = DType::bf16, j.ranks = 2;
+    const auto c = decode_costs(j, Pattern(causal()));
+    const std::uint64_t block = 16u * (8 + 16) * 2;  // a page of one kv head: K and V padded to 16 dims, bf16
+    EXPECT_EQ(c[0].blocks, 4);
+    EXPECT_EQ(c[1].blocks, 2);
+    EXPECT_EQ(c[0].read_bytes, 4 * block);
+    EXPECT_EQ(c[0].work, (16.0 + 9) * 4);  // the pages' positions over the 4 query heads
+    EXPECT_EQ(c[1].work, 16.0 * 4);
+    // All-gather: the partial's status, 4 LSEs and 4 x 8 outputs in fp32 to the other rank.
+    EXPECT_EQ(c[0].sent, (1u + 4 + 32) * 4);
+    EXPECT_EQ(c[0].received, (1u + 4 + 32) * 4);
+    const auto w = decode_costs(j, Pattern(causal(10)));
+    EXPECT_EQ(w[0].blocks, 2);  // page [32, 41)
+    EXPECT_EQ(w[1].blocks, 2);  // page [16, 32), which holds 30 and 31
+    // All-reduce: the status and LSEs as doubles, then the weights and weighted outputs.
+    j.combine = DecodeCombine::allreduce;
+    EXPECT_EQ(decode_costs(j, Pattern(causal()))[1].sent, (1u + 4) * 8 + (4 + 32) * 8);
+    // 1 GB/s of memory, 1 GFLOP/s: rank 0's 4 blocks (3072 bytes) against 100 pairs of 32 FLOPs.
+    ClusterSpec cl;
+    cl.nodes = 1, cl.devices_per_node = 2, cl.intra_bandwidth = 1e9, cl.intra_latency = 0;
+    cl.fwd_flops = cl.bwd_flops = 1e9, cl.memory_bandwidth = 1e9;
+    j.combine = DecodeCombine::allgather;
+    const DecodePrediction p = predict_decode(cl, j, c);
+    EXPECT_DOUBLE_EQ(p.kernel_s, std::max(4.0 * double(block) / 1e9, 100.0 * 32 / 1e9));
+    EXPECT_DOUBLE_EQ(p.combine_s, 148.0 / 1e9 + 36.0 * 12 / 1e9);  // rank 1's partial in, one merge of 4 x (8 + 1)
+    cl.memory_bandwidth = 0;
+    EXPECT_THROW(predict_decode(cl, j, c), Error);
+}
+
 }  // namespace
 }  // namespace longattn::test
