@@ -67,6 +67,7 @@ private:
     void call(const Args& args, DistStats* stats, void (Plan::*run)(const Args&, DistStats*));
     comm::Communicator& comm_;
     ContextOptions opt_;
+    DType call_dtype_ = DType::bf16;  // the storage of the call that may build a plan (DistOptions::choose)
     std::list<std::unique_ptr<Entry>> lru_;  // most recently used first; alike on every rank
     CacheStats stats_;
 };

@@ -34,6 +34,9 @@ struct ModelJob {
     // CPU kernels' (forward 96 x 128, or 48 x 64 for sparse parts that are not key intervals; backward
     // 64 x 64).
     std::int64_t fwd_tile_q = 0, fwd_tile_k = 0, bwd_tile_q = 64, bwd_tile_k = 64;
+    // Every rank's global positions in place of the layout's (a plan's shards as they are); tokens is
+    // then their total.
+    std::vector<std::vector<std::int64_t>> positions;
 };
 
 struct RankCost {
@@ -134,8 +137,22 @@ struct StrategyChoice {
     double time_s;
     bool fits;  // within the cluster's memory per device (always, when the cluster gives none)
 };
+// With job.positions given, the layout is theirs: only the strategies are weighed.
 std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cluster, const ModelJob& job, const Pattern& pattern,
                                             bool backward);
+
+// DistOptions::choose: the cluster a plan is modelled on, the storage type of its calls' tensors (what
+// the model's bytes count) and whether the backward is in the time that ranks the strategies.
+struct AutoChoice {
+    ClusterSpec cluster;
+    DType dtype = DType::bf16;
+    bool backward = true;
+};
+// The strategy and Ulysses degree that rank_strategies puts first for these shards (pos[r]: rank r's
+// global positions) of a plan's shape on choice.cluster; opt's other fields kept, choose dropped.
+DistOptions choose_strategy(const AutoChoice& choice, const std::vector<std::vector<std::int64_t>>& pos, const Pattern& pattern,
+                            std::int64_t batch, std::int64_t heads, std::int64_t kv_heads, std::int64_t head_dim,
+                            DistOptions opt);
 
 // The decode step (longattn/kv_cache.hpp): every rank reads the (page, kv head) blocks of its pages
 // that the step's queries attend, then one collective combines the partials. Counted exactly as the

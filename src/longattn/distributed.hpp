@@ -27,12 +27,18 @@ enum class StrategyKind { ring, ulysses, hybrid, allgather };
 StrategyKind parse_strategy(const std::string& name);  // throws Error naming "strategy"
 const char* strategy_name(StrategyKind k);
 
+struct AutoChoice;  // longattn/cost_model.hpp
+
 struct DistOptions {
     StrategyKind strategy = StrategyKind::ring;
     int ulysses_degree = 1;          // hybrid: ranks per Ulysses group; must divide the rank count
     std::int64_t kv_head_chunk = 0;  // allgather: kv heads gathered at a time (0 = all) to bound memory
     int threads = 0;                 // kernel threads per rank (0 = all)
     int progress_chunks = 4;         // ring: kernel calls per step, with transfer progress between them
+    // Set: a plan takes the strategy and Ulysses degree the cost model predicts fastest for its shards
+    // on this cluster (among those that fit its memory) in place of strategy and ulysses_degree; the
+    // plan's options() say which.
+    std::shared_ptr<const AutoChoice> choose;
 };
 
 struct DistStats {

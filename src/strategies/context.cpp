@@ -4,6 +4,7 @@
 #include <string>
 
 #include "comm/communicator.hpp"
+#include "longattn/cost_model.hpp"
 #include "longattn/error.hpp"
 
 namespace longattn {
@@ -76,8 +77,14 @@ Plan& Context::find(const std::int64_t* pos, const Pattern* pattern, const PlanS
     }
     // Built together on every rank; the caches stay alike because every rank decides alike.
     ++stats_.misses;
+    DistOptions dist = opt_.dist;
+    if (dist.choose && dist.choose->dtype != call_dtype_) {  // the model counts the call's bytes
+        auto c = std::make_shared<AutoChoice>(*dist.choose);
+        c->dtype = call_dtype_;
+        dist.choose = std::move(c);
+    }
     auto e = std::make_unique<Entry>(Entry{shape, pattern->spec(), std::vector<std::int64_t>(pos, pos + shape.rows),
-                                           Plan(comm_, pos, *pattern, shape, opt_.dist)});
+                                           Plan(comm_, pos, *pattern, shape, dist)});
     lru_.push_front(std::move(e));
     if (lru_.size() > opt_.max_plans) {
         lru_.pop_back();
@@ -103,6 +110,7 @@ template <class Args>
 void Context::call(const Args& args, DistStats* stats, void (Plan::*run)(const Args&, DistStats*)) {
     std::string bad;
     const PlanShape shape = shape_or(args.q, args.k, bad);
+    call_dtype_ = args.q.dtype;
     Plan& p = find(args.pos, args.pattern, shape, bad);
     Args a = args;
     a.pos = nullptr, a.pattern = nullptr;  // the plan's own

@@ -176,19 +176,29 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
     require(P >= 1, "ranks", "must be >= 1, got ", P);
     require(job.heads >= 1 && job.kv_heads >= 1 && job.heads % job.kv_heads == 0, "heads",
             "must be a positive multiple of the kv heads, got ", job.heads, " and ", job.kv_heads);
-    const Layout layout(job.layout, job.tokens, P);
     std::vector<Positions> pos(static_cast<std::size_t>(P));
-    for (int r = 0; r < P; ++r) pos[static_cast<std::size_t>(r)] = layout.positions(r);
+    std::int64_t N = job.tokens;
+    if (job.positions.empty()) {
+        const Layout layout(job.layout, job.tokens, P);
+        for (int r = 0; r < P; ++r) pos[static_cast<std::size_t>(r)] = layout.positions(r);
+    } else {
+        require(static_cast<int>(job.positions.size()) == P, "positions", "must hold one shard per rank (", P, "), got ",
+                job.positions.size());
+        pos = job.positions;
+        N = 0;
+        for (const Positions& p : pos) N += static_cast<std::int64_t>(p.size());
+    }
     std::vector<RankCost> cost(static_cast<std::size_t>(P));
-    const std::int64_t B = job.batch, Hq = job.heads, Hkv = job.kv_heads, D = job.head_dim, N = job.tokens;
+    const std::int64_t B = job.batch, Hq = job.heads, Hkv = job.kv_heads, D = job.head_dim;
     const std::size_t es = dtype_size(job.dtype);
     const Tiles tl = tiles_of(job, pat);
     // Every position, for the strategies whose kernels see the whole sequence (Ulysses, all-gather).
     std::vector<std::int64_t> all;
     if (count && (job.dist.strategy == StrategyKind::ulysses || job.dist.strategy == StrategyKind::allgather)) {
-        all.resize(static_cast<std::size_t>(N));
-        for (std::int64_t i = 0; i < N; ++i) all[static_cast<std::size_t>(i)] = i;
+        for (const Positions& p : pos) all.insert(all.end(), p.begin(), p.end());
+        std::sort(all.begin(), all.end());
     }
+    const PositionRuns all_runs = runs_of(all.data(), all.size());
     std::vector<int> world(static_cast<std::size_t>(P));
     for (int r = 0; r < P; ++r) world[static_cast<std::size_t>(r)] = r;
     const bool f32 = job.dtype == DType::f32;  // O is its own accumulator
@@ -223,7 +233,7 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
                         dist::ulysses_scratch(d, N, qh.len, kh.len, kv_sent, es, bwd, 0);
             }
             if (count) {
-                const double n = static_cast<double>(pat.count_allowed(0, N, 0, N));
+                const double n = pairs_between(pat, all_runs, all_runs);
                 const auto [wf, pf] = tile_work(pat, all.data(), N, all.data(), N, tl.fq, tl.fk);
                 const auto [wb, pb] = tile_work(pat, all.data(), N, all.data(), N, tl.bq, tl.bk);
                 for (int r = 0; r < P; ++r) {
@@ -291,7 +301,7 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pat, bool 
                 if (count) {
                     const Positions& mine = pos[static_cast<std::size_t>(r)];
                     const double h = static_cast<double>(B * Hq);
-                    c.pairs = pairs_between(pat, runs_of(mine.data(), S), PositionRuns{{0, N}}) * h;
+                    c.pairs = pairs_between(pat, runs_of(mine.data(), S), all_runs) * h;
                     const auto [wf, pf] = tile_work(pat, mine.data(), static_cast<std::int64_t>(S), all.data(), N, tl.fq, tl.fk);
                     const auto [wb, pb] = tile_work(pat, mine.data(), static_cast<std::int64_t>(S), all.data(), N, tl.bq, tl.bk);
                     c.fwd_work = wf * h, c.bwd_work = wb * h, c.fwd_partial = pf * h, c.bwd_partial = pb * h;
@@ -468,8 +478,10 @@ std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cl, const ModelJo
             cands.push_back(d);
         }
     std::vector<StrategyChoice> out;
+    const std::vector<LayoutKind> layouts = job.positions.empty() ? std::vector<LayoutKind>{LayoutKind::zigzag, LayoutKind::contiguous}
+                                                                  : std::vector<LayoutKind>{job.layout};
     for (const DistOptions& d : cands)
-        for (LayoutKind l : {LayoutKind::zigzag, LayoutKind::contiguous}) {
+        for (LayoutKind l : layouts) {
             ModelJob j = job;
             j.dist = d, j.layout = l;
             if (cl.tile_q > 0) j.fwd_tile_q = j.bwd_tile_q = cl.tile_q, j.fwd_tile_k = j.bwd_tile_k = cl.tile_k;
@@ -563,6 +575,21 @@ DecodePrediction predict_decode(const ClusterSpec& cl, const DecodeModelJob& job
                            elems * 24 * per_byte;
     }
     return pr;
+}
+
+DistOptions choose_strategy(const AutoChoice& choice, const std::vector<std::vector<std::int64_t>>& pos, const Pattern& pat,
+                            std::int64_t batch, std::int64_t heads, std::int64_t kv_heads, std::int64_t head_dim,
+                            DistOptions opt) {
+    opt.choose.reset();
+    ModelJob j;
+    j.batch = batch, j.heads = heads, j.kv_heads = kv_heads, j.head_dim = head_dim, j.dtype = choice.dtype;
+    j.ranks = static_cast<int>(pos.size());
+    j.positions = pos;
+    j.dist = opt;
+    const StrategyChoice best = rank_strategies(choice.cluster, j, pat, choice.backward).front();
+    opt.strategy = best.dist.strategy;
+    opt.ulysses_degree = best.dist.strategy == StrategyKind::hybrid ? best.dist.ulysses_degree : 1;
+    return opt;
 }
 
 }  // namespace longattn

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <tuple>
 
+#include "longattn/cost_model.hpp"
 #include "longattn/error.hpp"
 
 namespace longattn::dist {
@@ -80,12 +81,23 @@ Mesh mesh_for(comm::Communicator& comm, const DistOptions& opt, const PlanShape&
     return Mesh(comm, opt.strategy == StrategyKind::hybrid ? opt.ulysses_degree : 0);
 }
 
+// DistOptions::choose: the cost model's pick for every rank's shard (gathered: collective), the same on
+// every rank from the same tables and cluster (check_consistent refuses ranks that disagree).
+DistOptions resolved(comm::Communicator& comm, const std::int64_t* pos, const Pattern& pattern, const PlanShape& shape,
+                     const DistOptions& opt) {
+    if (!opt.choose) return opt;
+    const Shards sh = gather_shards(comm, pos, std::max<std::int64_t>(shape.rows, 0));
+    std::vector<std::vector<std::int64_t>> all(sh.count.size());
+    for (std::size_t r = 0; r < all.size(); ++r) all[r].assign(sh.pos_of(static_cast<int>(r)), sh.pos_of(static_cast<int>(r)) + sh.count[r]);
+    return choose_strategy(*opt.choose, all, pattern, shape.batch, shape.heads, shape.kv_heads, shape.head_dim, opt);
+}
+
 }  // namespace
 
 PlanState::PlanState(comm::Communicator& comm, const std::int64_t* pos_, const Pattern& pattern_, const PlanShape& shape_,
                      const DistOptions& opt_)
-    : opt(opt_), shape(shape_), pattern(pattern_), pos(pos_, pos_ + std::max<std::int64_t>(shape_.rows, 0)),
-      mesh(mesh_for(comm, opt_, shape_)) {
+    : opt(resolved(comm, pos_, pattern_, shape_, opt_)), shape(shape_), pattern(pattern_),
+      pos(pos_, pos_ + std::max<std::int64_t>(shape_.rows, 0)), mesh(mesh_for(comm, opt, shape_)) {
     const std::uint64_t b0 = mesh.bytes_sent();
     switch (opt.strategy) {
         case StrategyKind::ring: ring.emplace(comm, pos.data(), shape.rows, pattern); break;

@@ -653,6 +653,57 @@ TEST(InprocContext, FindsWhatRepeatsAndBuildsWhatChangedOnAnyRank) {
     }
 }
 
+// DistOptions::choose: the plan takes the cost model's pick for its shards. Four nodes of one device
+// behind links of 50 ms: latencies decide, so the pick is not the ring (3 steps each way) but what the
+// model ranks first for these shards; a plan and a context built with `choose` run it, with the bits
+// of that strategy named outright.
+TEST(InprocAuto, PlansTakeTheCostModelsPick) {
+    const Shape& s = kShapes[0];
+    constexpr int P = 4;
+    const Layout layout(LayoutKind::zigzag, s.N, P);
+    const Pattern pat(causal());
+    auto choice = std::make_shared<AutoChoice>();
+    choice->cluster.nodes = P, choice->cluster.devices_per_node = 1;
+    choice->cluster.inter_bandwidth = 1e9, choice->cluster.inter_latency = 50e-3;
+    choice->cluster.fwd_flops = choice->cluster.bwd_flops = 1e12;
+    choice->dtype = s.dtype;
+    std::vector<std::vector<std::int64_t>> all(P);
+    for (int r = 0; r < P; ++r) all[static_cast<std::size_t>(r)] = layout.positions(r);
+    DistOptions plain;
+    plain.threads = 1;
+    const DistOptions expected = choose_strategy(*choice, all, pat, s.B, s.Hq, s.Hkv, s.D, plain);
+    ASSERT_NE(expected.strategy, StrategyKind::ring);
+    DistOptions opt = plain;
+    opt.choose = choice;
+    std::vector<int> bad(P, 0);
+    run_ranks(P, [&](comm::Communicator& comm) {
+        omp_set_num_threads(1);
+        const int me = comm.rank();
+        const std::vector<std::int64_t>& pos = all[static_cast<std::size_t>(me)];
+        const auto S = static_cast<std::int64_t>(pos.size());
+        const Plan plan(comm, pos.data(), pat, PlanShape{s.B, S, s.Hq, s.Hkv, s.D}, opt);
+        bad[static_cast<std::size_t>(me)] += plan.options().strategy != expected.strategy ||
+                                             plan.options().ulysses_degree != expected.ulysses_degree ||
+                                             plan.options().choose != nullptr;
+        const Tensor q = synth(s.dtype, s.B, pos, s.Hq, s.D, SynthTensor::q),
+                     k = synth(s.dtype, s.B, pos, s.Hkv, s.D, SynthTensor::k),
+                     v = synth(s.dtype, s.B, pos, s.Hkv, s.D, SynthTensor::v);
+        Tensor o_ref(s.dtype, {s.B, S, s.Hq, s.D}), o(s.dtype, {s.B, S, s.Hq, s.D});
+        std::vector<float> lse_ref(static_cast<std::size_t>(s.B * s.Hq * S)), lse(lse_ref.size());
+        DistForwardArgs fa;
+        fa.q = q.view(), fa.k = k.view(), fa.v = v.view(), fa.o = o_ref.view(), fa.lse = lse_ref.data();
+        fa.pos = pos.data(), fa.pattern = &pat;
+        attention_forward(comm, expected, fa);
+        ContextOptions co;
+        co.dist = opt;
+        Context ctx(comm, co);
+        fa.o = o.view(), fa.lse = lse.data();
+        ctx.forward(fa);
+        bad[static_cast<std::size_t>(me)] += o.to_f64() != o_ref.to_f64() || lse != lse_ref;
+    });
+    for (int r = 0; r < P; ++r) EXPECT_EQ(bad[static_cast<std::size_t>(r)], 0) << "rank " << r;
+}
+
 // A rank whose arguments cannot be planned is refused on every rank, and none waits.
 TEST(InprocContext, OneRanksBadArgumentsAreRefusedOnEveryRank) {
     std::vector<std::string> errors(2);
