@@ -17,6 +17,7 @@ then one collective step per generated token (``cache.decode``).
 ``longattn.torch`` has the attention as a PyTorch custom op (autograd, torch.compile).
 """
 import atexit
+import os
 import sys
 import weakref
 
@@ -27,7 +28,7 @@ from . import _core
 __version__ = _core.version()
 __all__ = ["Context", "KvCache", "positions", "shard", "unshard", "cpu_isa", "set_cpu_isa", "STRATEGIES", "LAYOUTS"]
 
-STRATEGIES = {"ring": 0, "ulysses": 1, "hybrid": 2, "allgather": 3}
+STRATEGIES = {"ring": 0, "ulysses": 1, "hybrid": 2, "allgather": 3, "auto": 4}
 LAYOUTS = {"contiguous": 0, "zigzag": 1, "striped": 2}
 PLACEMENTS = {"round-robin": 0, "layout": 1}
 COMBINES = {"allgather": 0, "allreduce": 1}
@@ -186,22 +187,35 @@ class Context:
     """A communicator, the options and a bounded cache of plans keyed on (shapes, pattern, positions).
 
     comm: None for one process, or an MPI communicator from mpi4py (any split of one; it is duplicated).
-    strategy: ring, ulysses, hybrid (ulysses_degree ranks per Ulysses group) or allgather
-    (kv_head_chunk kv heads gathered at a time, 0: all). threads: kernel threads per rank (0: all).
+    strategy: ring, ulysses, hybrid (ulysses_degree ranks per Ulysses group), allgather
+    (kv_head_chunk kv heads gathered at a time, 0: all), or auto: each plan takes the strategy and
+    Ulysses degree the cost model predicts fastest for its shards on ``cluster`` (a cluster file, see
+    configs/clusters/; ranked by forward plus backward time, or the forward's with backward=False);
+    ``strategy_used()`` says which the last call ran. threads: kernel threads per rank (0: all).
     timeout: a rank silent this long ends the job (0: no watchdog; MPI needs MPI_THREAD_MULTIPLE,
     mpi4py's default). Creation, forward, backward and close are collective over comm: every rank makes
     these calls in the same order (at exit, contexts still open close in the order they were created)."""
 
     def __init__(self, comm=None, strategy="ring", ulysses_degree=1, kv_head_chunk=0, threads=0, progress_chunks=4,
-                 max_plans=8, timeout=60.0):
+                 max_plans=8, timeout=60.0, cluster=None, backward=True):
         fcomm = None
         if comm is not None:
             if not hasattr(comm, "py2f"):
                 raise TypeError(f"comm: must be None or an mpi4py communicator, got {type(comm).__name__}")
             fcomm = comm.py2f()
-        self._ctx = _core.Context(fcomm, _choice(STRATEGIES, strategy, "strategy"), int(ulysses_degree),
-                                  int(kv_head_chunk), int(threads), int(progress_chunks), int(max_plans),
-                                  float(timeout) if comm is not None else 0.0)
+        code = _choice(STRATEGIES, strategy, "strategy")
+        if (cluster is None) != (strategy != "auto"):
+            raise ValueError("cluster: a cluster file goes with strategy='auto' (and auto needs one)")
+        if cluster is not None and not isinstance(cluster, (str, os.PathLike)):
+            raise TypeError(f"cluster: must be a path, got {type(cluster).__name__}")
+        self._ctx = _core.Context(fcomm, code, int(ulysses_degree), int(kv_head_chunk), int(threads),
+                                  int(progress_chunks), int(max_plans), float(timeout) if comm is not None else 0.0)
+        if cluster is not None:
+            try:
+                self._ctx.set_cluster(os.fspath(cluster), bool(backward))
+            except BaseException:
+                self._ctx.close()
+                raise
         self.rank, self.size = self._ctx.rank_size()
         self.strategy = strategy
         self._caches = weakref.WeakSet()
@@ -220,6 +234,12 @@ class Context:
 
     def __exit__(self, *exc):
         self.close()
+
+    def strategy_used(self):
+        """(strategy, ulysses_degree) of the plan the last forward or backward ran: with
+        strategy='auto', the cost model's pick."""
+        code, degree = self._ctx.strategy_used()
+        return next(k for k, v in STRATEGIES.items() if v == code), degree
 
     def cache_stats(self):
         """Calls that found their plan, calls that built one, plans dropped, plans held."""

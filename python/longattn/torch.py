@@ -34,13 +34,26 @@ def register(comm=None):
     return h
 
 
+_cluster = None  # strategy="auto": (cluster file, backward), from set_cluster
+
+
+def set_cluster(path, backward=True):
+    """The cluster file that strategy="auto" calls are modelled on (every rank alike; before their
+    first call): each plan then takes the strategy the cost model predicts fastest for its shards."""
+    global _cluster
+    _cluster = (path, bool(backward))
+
+
 def context(group=0, strategy="ring", ulysses_degree=1, threads=0):
     """The Context that calls with this group and strategy use (created on first use: collective)."""
     if group not in _comms:
         raise ValueError(f"group: {group!r} is not a registered communicator handle (longattn.torch.register)")
-    key = (group, strategy, int(ulysses_degree), int(threads))
+    if strategy == "auto" and _cluster is None:
+        raise ValueError("strategy: 'auto' is modelled on a cluster file: call longattn.torch.set_cluster(path) first")
+    key = (group, strategy, int(ulysses_degree), int(threads)) + ((_cluster,) if strategy == "auto" else ())
     if key not in _contexts:
-        ctx = _la.Context(_comms[group], strategy=strategy, ulysses_degree=ulysses_degree, threads=threads)
+        extra = dict(cluster=_cluster[0], backward=_cluster[1]) if strategy == "auto" else {}
+        ctx = _la.Context(_comms[group], strategy=strategy, ulysses_degree=ulysses_degree, threads=threads, **extra)
         _contexts[key] = ctx
         _ids[len(_ids)] = ctx
     return _contexts[key]
@@ -175,7 +188,8 @@ def attention(q, k, v, pos=None, *, causal=False, window=(-1, -1), softmax_scale
     1/sqrt(D)); softcap; alibi_slopes [Hq]; global_tokens (positions [0, n) attend and are attended
     everywhere); block_mask (2-d bool over blocks of ``block`` positions), stride, random_blocks
     (random_seed, seq_len = the whole length); cu_seqlens: packed documents, which may cross ranks.
-    group: a handle from register(); strategy: ring, ulysses, hybrid (ulysses_degree), allgather."""
+    group: a handle from register(); strategy: ring, ulysses, hybrid (ulysses_degree), allgather, or auto
+    (the cost model's pick per plan, on the cluster file of set_cluster)."""
     ctx = context(group, strategy, ulysses_degree, threads)
     if pos is None:
         pos = _default_positions(q, ctx, layout, seq_len)

@@ -150,6 +150,13 @@ public:
         check(la_context_rank(get(), &r, &s));
         return {r, s};
     }
+    void set_cluster(const std::string& path, bool backward) { check(la_context_set_cluster(get(), path.c_str(), backward)); }
+    std::tuple<int, int> strategy_used() const {
+        la_strategy s = LA_RING;
+        int u = 1;
+        check(la_context_strategy(get(), &s, &u));
+        return {static_cast<int>(s), u};
+    }
     std::tuple<int64_t, int64_t, int64_t, int64_t> cache() const {
         int64_t h = 0, m = 0, e = 0, p = 0;
         check(la_cache_stats(get(), &h, &m, &e, &p));
@@ -336,6 +343,8 @@ NB_MODULE(_core, m) {
              nb::arg("progress_chunks"), nb::arg("max_plans"), nb::arg("timeout_s"))
         .def("close", &Context::close)
         .def("rank_size", &Context::rank_size)
+        .def("set_cluster", &Context::set_cluster)
+        .def("strategy_used", &Context::strategy_used)
         .def("cache", &Context::cache)
         .def("forward", &Context::forward, nb::arg("pattern"), nb::arg("pos").none(), nb::arg("q").none(),
              nb::arg("k").none(), nb::arg("v").none(), nb::arg("o").none(), nb::arg("lse").none())

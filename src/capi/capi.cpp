@@ -11,6 +11,7 @@
 
 #include "comm/self_communicator.hpp"
 #include "kernels/backend.hpp"
+#include "longattn/cost_model.hpp"
 #include "longattn/cpu_isa.hpp"
 #include "longattn/kv_cache.hpp"
 #include "longattn/layout.hpp"
@@ -121,6 +122,8 @@ la_status run_call(la_context* ctx, const la_pattern* pattern, const int64_t* po
                    void (Context::*call)(const Args&, DistStats*), const std::function<void(Args&)>& read) {
     if (ctx == nullptr) return la::guard([] { require(false, "ctx", "is NULL"); });
     return la::guard([&] {
+        // Alike on every rank (la_context_set_cluster is called alike): no rank waits.
+        require(!ctx->needs_cluster, "strategy", "LA_AUTO picks by a cluster file: call la_context_set_cluster first");
         Args a;
         std::optional<Pattern> pat;
         try {
@@ -183,8 +186,8 @@ ContextOptions options_of(const la_options* opt) {
     la_options d;
     la_options_default(&d);
     const la_options& o = opt ? *opt : d;
-    require(o.strategy >= LA_RING && o.strategy <= LA_ALLGATHER, "strategy", "must be LA_RING, LA_ULYSSES, LA_HYBRID or LA_ALLGATHER, got ",
-            int(o.strategy));
+    require(o.strategy >= LA_RING && o.strategy <= LA_AUTO, "strategy",
+            "must be LA_RING, LA_ULYSSES, LA_HYBRID, LA_ALLGATHER or LA_AUTO, got ", int(o.strategy));
     require(o.ulysses_degree >= 1, "ulysses_degree", "must be >= 1, got ", o.ulysses_degree);
     require(o.kv_head_chunk >= 0, "kv_head_chunk", "must be >= 0 (0: all), got ", o.kv_head_chunk);
     require(o.threads >= 0, "threads", "must be >= 0 (0: all), got ", o.threads);
@@ -192,7 +195,7 @@ ContextOptions options_of(const la_options* opt) {
     require(o.max_plans >= 1, "max_plans", "must be >= 1, got ", o.max_plans);
     require(std::isfinite(o.timeout_s) && o.timeout_s >= 0, "timeout_s", "must be >= 0 seconds (0: no watchdog), got ", o.timeout_s);
     ContextOptions c;
-    c.dist.strategy = static_cast<StrategyKind>(o.strategy);
+    c.dist.strategy = o.strategy == LA_AUTO ? StrategyKind::ring : static_cast<StrategyKind>(o.strategy);
     c.dist.ulysses_degree = o.ulysses_degree;
     c.dist.kv_head_chunk = o.kv_head_chunk;
     c.dist.threads = o.threads;
@@ -201,11 +204,11 @@ ContextOptions options_of(const la_options* opt) {
     return c;
 }
 
-la_status create(std::unique_ptr<comm::Communicator> comm, const ContextOptions& opt, la_context** out) {
+la_status create(std::unique_ptr<comm::Communicator> comm, const ContextOptions& o, const la_options* opt, la_context** out) {
     return guard([&] {
         require(out != nullptr, "out", "is NULL");
-        auto* c = new la_context{std::move(comm), nullptr};
-        c->ctx = std::make_unique<Context>(*c->comm, opt);
+        auto* c = new la_context{std::move(comm), nullptr, opt != nullptr && opt->strategy == LA_AUTO};
+        c->ctx = std::make_unique<Context>(*c->comm, o);
         *out = c;
     });
 }
@@ -259,7 +262,7 @@ la_status la_context_create_local(const la_options* opt, la_context** out) {
         if (cuda.built && cuda.available()) cuda.memcpy(dst, src, bytes);
         else std::memcpy(dst, src, bytes);
     };
-    return la::create(std::make_unique<comm::SelfCommunicator>(copy), o, out);
+    return la::create(std::make_unique<comm::SelfCommunicator>(copy), o, opt, out);
 }
 
 void la_context_destroy(la_context* ctx) { delete ctx; }
@@ -269,6 +272,30 @@ la_status la_context_rank(const la_context* ctx, int* rank, int* size) {
         require(ctx != nullptr, "ctx", "is NULL");
         if (rank) *rank = ctx->comm->rank();
         if (size) *size = ctx->comm->size();
+    });
+}
+
+la_status la_context_set_cluster(la_context* ctx, const char* cluster_path, int backward) {
+    return la::guard([&] {
+        require(ctx != nullptr, "ctx", "is NULL");
+        require(cluster_path != nullptr, "cluster_path", "is NULL");
+        require(ctx->needs_cluster || ctx->ctx->options().dist.choose, "strategy",
+                "the context was not created with LA_AUTO: its strategy is fixed");
+        auto c = std::make_shared<AutoChoice>();
+        c->cluster = load_cluster(cluster_path);
+        c->backward = backward != 0;
+        ctx->ctx->set_choice(std::move(c));
+        ctx->needs_cluster = false;
+    });
+}
+
+la_status la_context_strategy(const la_context* ctx, la_strategy* strategy, int* ulysses_degree) {
+    return la::guard([&] {
+        require(ctx != nullptr, "ctx", "is NULL");
+        const DistOptions* d = ctx->ctx->last_options();
+        require(d != nullptr, "ctx", "has run no forward or backward yet");
+        if (strategy) *strategy = static_cast<la_strategy>(d->strategy);
+        if (ulysses_degree) *ulysses_degree = d->ulysses_degree;
     });
 }
 

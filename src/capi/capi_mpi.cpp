@@ -14,7 +14,7 @@ la_status la_context_create_mpi(MPI_Comm comm, const la_options* opt, la_context
         c = std::make_unique<longattn::comm::MpiCommunicator>(comm, opt ? opt->timeout_s : 0.0);
     });
     if (st != LA_OK) return st;
-    return la::create(std::move(c), o, out);
+    return la::create(std::move(c), o, opt, out);
 }
 
 la_status la_context_create_mpi_f(MPI_Fint comm, const la_options* opt, la_context** out) {

@@ -14,7 +14,7 @@ la_status la_context_create_nccl(MPI_Comm comm, ncclComm_t nccl, const la_option
         c = std::make_unique<longattn::comm::NcclCommunicator>(comm, nccl, nullptr, opt ? opt->timeout_s : 0.0);
     });
     if (st != LA_OK) return st;
-    return la::create(std::move(c), o, out);
+    return la::create(std::move(c), o, opt, out);
 }
 
 }  // extern "C"

@@ -60,7 +60,9 @@ la_status la_set_cpu_isa(const char* name);
 
 /* The choices below are ints to the ABI: a value outside them is refused by name (their _INT_RANGE_
  * member, INT_MIN, makes every int a value of the type, so checking one is defined in C++ too). */
-typedef enum { LA_RING = 0, LA_ULYSSES = 1, LA_HYBRID = 2, LA_ALLGATHER = 3, LA_STRATEGY_INT_RANGE_ = -0x7fffffff - 1 } la_strategy;
+/* LA_AUTO: each plan takes the strategy and Ulysses degree the cost model predicts fastest for its
+ * shards on a cluster file (la_context_set_cluster, required before the first call). */
+typedef enum { LA_RING = 0, LA_ULYSSES = 1, LA_HYBRID = 2, LA_ALLGATHER = 3, LA_AUTO = 4, LA_STRATEGY_INT_RANGE_ = -0x7fffffff - 1 } la_strategy;
 
 typedef struct {
     la_strategy strategy;  /* LA_RING */
@@ -108,6 +110,16 @@ la_status la_context_create_local(const la_options* opt, la_context** out);
 void la_context_destroy(la_context* ctx);
 /* This rank and the rank count of the context's communicator. */
 la_status la_context_rank(const la_context* ctx, int* rank, int* size);
+/* An LA_AUTO context's cluster (configs/clusters/ in the sources: nodes, devices per node, links,
+ * device throughput and memory), read now (errors name the file, its line and key): the plans built
+ * from then on are modelled on it, ranked by the forward's time plus, with backward != 0, the
+ * backward's, among the strategies that fit the cluster's memory. Plans already built are dropped.
+ * Not collective, but every rank calls it alike (the ranks must agree on the pick, or the next call
+ * fails on every rank). */
+la_status la_context_set_cluster(la_context* ctx, const char* cluster_path, int backward);
+/* The strategy and Ulysses degree of the plan the context's last forward or backward used (for
+ * LA_AUTO, the one the cost model picked); LA_ERR_ARGUMENT before any call. */
+la_status la_context_strategy(const la_context* ctx, la_strategy* strategy, int* ulysses_degree);
 /* The plan cache: calls that found their plan, calls that built one, plans dropped, plans held. */
 la_status la_cache_stats(const la_context* ctx, int64_t* hits, int64_t* misses, int64_t* evictions, int64_t* plans);
 

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -56,6 +57,12 @@ public:
     const ContextOptions& options() const { return opt_; }
     comm::Communicator& communicator() const { return comm_; }
     void clear();  // drops every plan (not collective)
+    // DistOptions::choose for the plans built from now on (null: opt's strategy); drops every plan (not
+    // collective: every rank calls it alike).
+    void set_choice(std::shared_ptr<const AutoChoice> choice);
+    // The options of the plan the last forward or backward ran (with choose: the strategy picked); null
+    // before any.
+    const DistOptions* last_options() const { return last_ ? &*last_ : nullptr; }
 
 private:
     struct Entry;
@@ -68,6 +75,7 @@ private:
     comm::Communicator& comm_;
     ContextOptions opt_;
     DType call_dtype_ = DType::bf16;  // the storage of the call that may build a plan (DistOptions::choose)
+    std::optional<DistOptions> last_;
     std::list<std::unique_ptr<Entry>> lru_;  // most recently used first; alike on every rank
     CacheStats stats_;
 };

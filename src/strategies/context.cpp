@@ -94,6 +94,11 @@ Plan& Context::find(const std::int64_t* pos, const Pattern* pattern, const PlanS
     return lru_.front()->plan;
 }
 
+void Context::set_choice(std::shared_ptr<const AutoChoice> choice) {
+    opt_.dist.choose = std::move(choice);
+    clear();
+}
+
 void Context::refuse(const std::string& why) {
     find(nullptr, nullptr, PlanShape{}, why.empty() ? std::string("refused") : why);
     throw Error(why);  // find() has thrown on every rank already
@@ -112,6 +117,7 @@ void Context::call(const Args& args, DistStats* stats, void (Plan::*run)(const A
     const PlanShape shape = shape_or(args.q, args.k, bad);
     call_dtype_ = args.q.dtype;
     Plan& p = find(args.pos, args.pattern, shape, bad);
+    last_ = p.options();
     Args a = args;
     a.pos = nullptr, a.pattern = nullptr;  // the plan's own
     (p.*run)(a, stats);

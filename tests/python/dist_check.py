@@ -4,6 +4,7 @@ distributed rule: max|dist - fp64| <= 2x (3x for gradients) the single-process k
 floor; also over a split communicator, and a bad tensor on one rank or ranks sharding under different
 layouts raise on every rank. Decoding: a KV cache prefilled with each rank's zigzag rows, three steps
 appending a token each, against a one-process cache under the same rule, and a bad q on one rank. Exit 0 when every check passes on every rank."""
+import os
 import sys
 
 import torch
@@ -55,6 +56,31 @@ def strategy_case(comm, strategy, degree, dtype, pattern):
     # dQ of the local rows; dK, dV of the local keys.
     for name, got, s1, rf in zip(("dQ", "dK", "dV"), g, sg, ref_g):
         rule(f"{strategy} {name}", got, rows(s1), rows(rf), gdt, 3)
+
+
+CLUSTER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "clusters", "h200-node.ini")
+
+
+def auto_case(comm):
+    """strategy='auto': the plan's pick (strategy_used) gives the bits of that strategy named outright,
+    through the Context and through the custom op."""
+    P, r = comm.Get_size(), comm.Get_rank()
+    S, Hq, Hkv, D = 192, 4, 2, 32
+    q, k, v, _ = global_inputs(S, Hq, Hkv, D, torch.float32)
+    pos = torch.from_numpy(longattn.positions(S, P, r, "zigzag"))
+    part = [x.index_select(1, pos) for x in (q, k, v)]
+    with longattn.Context(comm, strategy="auto", cluster=CLUSTER, threads=1) as ctx:
+        o, lse = ctx.forward(*part, pos, causal=True)
+        name, degree = ctx.strategy_used()
+    assert name in ("ring", "ulysses", "hybrid", "allgather"), name
+    with longattn.Context(comm, strategy=name, ulysses_degree=degree, threads=1) as ctx:
+        o2, lse2 = ctx.forward(*part, pos, causal=True)
+    assert torch.equal(o, o2) and torch.equal(lse, lse2), f"auto's pick ({name}, {degree}) differs from it named outright"
+    lat.set_cluster(CLUSTER)
+    grp = lat.register(comm)
+    o3 = lat.attention(*part, causal=True, group=grp, strategy="auto", threads=1)
+    o4 = lat.attention(*part, causal=True, group=grp, strategy=name, ulysses_degree=degree, threads=1)
+    assert torch.equal(o3, o4), f"the custom op's auto differs from {name}"
 
 
 def custom_op_case():
@@ -153,6 +179,7 @@ if size > 1:
     check("split communicator", lambda: strategy_case(sub, "ring", 1, torch.float32, dict(causal=True)))
     sub.Free()
 check("custom op", custom_op_case)
+check("strategy auto", lambda: auto_case(world))
 for placement in ("round-robin", "layout"):
     check(f"decode ({placement})", lambda: decode_case(placement))
 if size > 1:

@@ -1,6 +1,8 @@
 """longattn from Python in one process: numpy and torch through DLPack, forward and backward under
 FlashAttention's rule against the fp64 SDPA model, the custom op (opcheck, autograd, torch.compile),
 the layout helpers, and bad input raising TypeError / ValueError that names the argument."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,8 @@ import torch
 import longattn
 import longattn.torch as lat
 from reference import allowed, rule, sdpa
+
+H200 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs", "clusters", "h200-node.ini")
 
 
 def inputs(B=2, S=150, Hq=4, Hkv=2, D=40, dtype=torch.float32, seed=0):
@@ -100,8 +104,16 @@ def test_bad_input_names_the_argument():
         ctx.forward(q, k, v, pos[:5])
     with pytest.raises(ValueError, match="heads|Hq|multiple"):
         ctx.forward(inputs(B=1, S=32, Hq=3, Hkv=2, D=16)[0], k, v, pos)
-    with pytest.raises(ValueError, match="strategy: must be one of ring, ulysses, hybrid, allgather"):
+    with pytest.raises(ValueError, match="strategy: must be one of ring, ulysses, hybrid, allgather, auto"):
         longattn.Context(strategy="tree")
+    with pytest.raises(ValueError, match="cluster: a cluster file goes with strategy='auto'"):
+        longattn.Context(strategy="auto")
+    with pytest.raises(ValueError, match="cluster: a cluster file goes with strategy='auto'"):
+        longattn.Context(cluster=H200)
+    with pytest.raises(ValueError, match="cluster: cannot read 'no/such.ini'"):
+        longattn.Context(strategy="auto", cluster="no/such.ini")
+    with pytest.raises(ValueError, match="strategy: 'auto' is modelled on a cluster file"):
+        lat.attention(q, k, v, causal=True, strategy="auto")
     with pytest.raises(TypeError, match="comm: must be None or an mpi4py communicator"):
         longattn.Context(comm=3)
     with pytest.raises(ValueError, match="cpu isa"):
@@ -109,6 +121,18 @@ def test_bad_input_names_the_argument():
     ctx.close()
     with pytest.raises(ValueError, match="context: closed"):
         ctx.forward(q, k, v, pos)
+
+
+def test_auto_strategy_in_one_process():
+    q, k, v = inputs(B=1, S=64, Hq=4, Hkv=2, D=16)
+    pos = torch.arange(64)
+    with longattn.Context(strategy="auto", cluster=H200, threads=1) as ctx, longattn.Context(threads=1) as ring:
+        with pytest.raises(ValueError, match="ctx: has run no forward or backward yet"):
+            ctx.strategy_used()
+        o, lse = ctx.forward(q, k, v, pos, causal=True)
+        assert ctx.strategy_used() == ("ring", 1)  # one rank: every strategy is the kernels alone
+        o2, lse2 = ring.forward(q, k, v, pos, causal=True)
+        assert torch.equal(o, o2) and torch.equal(lse, lse2)
 
 
 def sdpa_model(q, k, v, causal):

@@ -335,6 +335,45 @@ TEST(CApi, KvCacheAndDecodeStepGiveTheCppApisBits) {
     la_kv_cache_destroy(nullptr);
 }
 
+// LA_AUTO: refused by name until a cluster file is set (and a fixed strategy refuses one); then the
+// plans take the cost model's pick, which la_context_strategy reports, with the fixed strategy's bits.
+TEST(CApi, AutoStrategyTakesTheCostModelsPick) {
+    la_options opt;
+    la_options_default(&opt);
+    opt.threads = 1;
+    opt.strategy = LA_AUTO;
+    la_context* ctx = nullptr;
+    ASSERT_EQ(la_context_create_local(&opt, &ctx), LA_OK) << la_last_error();
+    la_pattern pat;
+    la_pattern_default(&pat);
+    pat.causal = 1;
+    Problem p;
+    la_strategy st = LA_AUTO;
+    EXPECT_EQ(la_context_strategy(ctx, &st, nullptr), LA_ERR_ARGUMENT);
+    EXPECT_EQ(c_forward(ctx, pat, p), LA_ERR_ARGUMENT);
+    EXPECT_NE(std::string(la_last_error()).find("strategy: LA_AUTO picks by a cluster file"), std::string::npos) << la_last_error();
+    EXPECT_EQ(la_context_set_cluster(ctx, "no/such/cluster.ini", 1), LA_ERR_ARGUMENT);
+    EXPECT_NE(std::string(la_last_error()).find("cannot read 'no/such/cluster.ini'"), std::string::npos) << la_last_error();
+    ASSERT_EQ(la_context_set_cluster(ctx, LONGATTN_SOURCE_DIR "/configs/clusters/h200-node.ini", 1), LA_OK) << la_last_error();
+    ASSERT_EQ(c_forward(ctx, pat, p), LA_OK) << la_last_error();
+    int degree = 0;
+    ASSERT_EQ(la_context_strategy(ctx, &st, &degree), LA_OK) << la_last_error();
+    EXPECT_EQ(st, LA_RING);  // one rank: every strategy is the kernels alone; the first of the ties
+    EXPECT_EQ(degree, 1);
+    Problem fixed;
+    Local plain;
+    ASSERT_EQ(c_forward(plain.ctx, pat, fixed), LA_OK) << la_last_error();
+    EXPECT_EQ(p.o, fixed.o);
+    EXPECT_EQ(p.lse, fixed.lse);
+    EXPECT_EQ(la_context_set_cluster(plain.ctx, LONGATTN_SOURCE_DIR "/configs/clusters/h200-node.ini", 1), LA_ERR_ARGUMENT);
+    EXPECT_NE(std::string(la_last_error()).find("strategy: the context was not created with LA_AUTO"), std::string::npos);
+    opt.strategy = static_cast<la_strategy>(5);
+    la_context* bad = nullptr;
+    EXPECT_EQ(la_context_create_local(&opt, &bad), LA_ERR_ARGUMENT);
+    EXPECT_NE(std::string(la_last_error()).find("LA_ALLGATHER or LA_AUTO, got 5"), std::string::npos) << la_last_error();
+    la_context_destroy(ctx);
+}
+
 TEST(CApi, CpuInstructionSet) {
     const std::string first = la_cpu_isa();
     ASSERT_FALSE(first.empty()) << la_last_error();
