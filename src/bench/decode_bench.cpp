@@ -45,7 +45,6 @@ double p99(std::vector<double> v) {
     return v[std::min(v.size() - 1, static_cast<std::size_t>(std::ceil(0.99 * static_cast<double>(v.size()))) - 1)];
 }
 
-
 struct Setup {
     std::int64_t B = 1, T = 1, Hq = 1, Hkv = 1, D = 64, L = 0, cap = 0;
     DType dtype = DType::f32;

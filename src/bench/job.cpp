@@ -185,13 +185,14 @@ void read_choices(const OptionValues& v, Job& j) {
             "belongs to a distributed --strategy (under mpirun), --mode decode or --mode predict");
     require(v.ranks >= 0 && v.ranks <= 4096, "ranks", "must be 0 (the cluster's devices) or 1 to 4096, got ", v.ranks);
     require(v.ranks == 0 || predict, "ranks", "belongs to --mode predict (under mpirun the ranks are mpirun's)");
-    j.exec.model_ranks = predict && v.ranks == 0 ? load_cluster(v.cluster).devices() : v.ranks;
-    require(j.exec.model_ranks <= 4096, "ranks", "the cluster's ", j.exec.model_ranks, " devices are more than the 4096 modelled: give --ranks");
-
+    j.exec.model_ranks = v.ranks;
     if (!v.cluster.empty()) {  // its errors before anything runs
         const ClusterSpec cl = load_cluster(v.cluster);
         require(j.sweep.mode != Mode::decode || cl.memory_bandwidth > 0, "cluster", v.cluster,
                 ": the decode model needs [device] memory_bandwidth_GBps");
+        if (predict && v.ranks == 0) j.exec.model_ranks = cl.devices();
+        require(j.exec.model_ranks <= 4096, "ranks", "the cluster's ", j.exec.model_ranks,
+                " devices are more than the 4096 modelled: give --ranks");
     }
     require(!j.exec.nccl || (j.exec.distributed && j.exec.device == Device::cuda), "comm",
             "nccl needs a distributed strategy and --device cuda");

@@ -113,8 +113,8 @@ void ring_cost(const dist::RingPlan& rp, const std::vector<Positions>& pos, cons
                 const std::int64_t nk = t == 0 ? static_cast<std::int64_t>(mine.size()) : static_cast<std::int64_t>(sent);
                 const std::int64_t nq = static_cast<std::int64_t>(mine.size());
                 const double h = static_cast<double>(B * hq);
-                // Shards whose hulls are FULL (on a long causal ring, most of them): every pair is allowed and
-                // every tile FULL, no need to count them one by one.
+                // Shards whose every pair of runs is FULL (on a long causal ring, most of them): every pair is
+                // allowed and every tile FULL, no need to count them one by one.
                 const PositionRuns kr = runs_of(kp, static_cast<std::size_t>(nk));
                 bool full = true;
                 for (const auto& [qa, qb] : qr)
