@@ -26,7 +26,8 @@ import numpy as np
 from . import _core
 
 __version__ = _core.version()
-__all__ = ["Context", "KvCache", "positions", "shard", "unshard", "cpu_isa", "set_cpu_isa", "STRATEGIES", "LAYOUTS"]
+__all__ = ["Context", "KvCache", "positions", "shard", "unshard", "cpu_isa", "set_cpu_isa", "predict", "STRATEGIES",
+           "LAYOUTS"]
 
 STRATEGIES = {"ring": 0, "ulysses": 1, "hybrid": 2, "allgather": 3, "auto": 4}
 LAYOUTS = {"contiguous": 0, "zigzag": 1, "striped": 2}
@@ -267,6 +268,25 @@ class Context:
             grads.append(g)
         self._ctx.backward(_given(pattern, pattern_args), *_dl(pos, q, k, v, o, dout, lse, *grads), bool(accumulate))
         return tuple(grads)
+
+
+def predict(cluster, ranks, tokens, heads, head_dim, *, kv_heads=None, batch=1, dtype="bfloat16", backward=True,
+            pattern=None, **pattern_args):
+    """The cost model's time for a job on ``ranks`` devices of a cluster file, nothing run: every
+    strategy, hybrid degree and layout, those that fit the cluster's memory first, then fastest first
+    (by forward plus backward time, or the forward's with backward=False), as dicts of strategy,
+    ulysses_degree, layout, fwd_s, bwd_s, exposed_s, efficiency, device_bytes and fits. The pattern:
+    keywords as ``pattern``'s, or pattern= one it made."""
+    if not isinstance(cluster, (str, os.PathLike)):
+        raise TypeError(f"cluster: must be a path, got {type(cluster).__name__}")
+    code, bits = _choice(_DTYPES, _dtype_name(dtype), "dtype")
+    rows = _core.predict(os.fspath(cluster), int(ranks), int(tokens), int(batch), int(heads),
+                         int(heads if kv_heads is None else kv_heads), int(head_dim), code, bits,
+                         _given(pattern, pattern_args), bool(backward))
+    names = {v: k for k, v in STRATEGIES.items()}
+    layouts = {v: k for k, v in LAYOUTS.items()}
+    keys = ("strategy", "ulysses_degree", "layout", "fwd_s", "bwd_s", "exposed_s", "efficiency", "device_bytes", "fits")
+    return [dict(zip(keys, (names[r[0]], r[1], layouts[r[2]]) + tuple(r[3:]))) for r in rows]
 
 
 def _dtype_name(d):

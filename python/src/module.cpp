@@ -302,6 +302,21 @@ NB_MODULE(_core, m) {
         return s;
     });
     m.def("set_cpu_isa", [](const std::string& name) { check(la_set_cpu_isa(name.c_str())); });
+    m.def("predict", [](const std::string& cluster, int ranks, int64_t tokens, int64_t batch, int64_t heads,
+                        int64_t kv_heads, int64_t head_dim, int dtype_code, int dtype_bits, const PatternArgs& pat,
+                        bool backward) {
+        const DLDataType dt{static_cast<uint8_t>(dtype_code), static_cast<uint8_t>(dtype_bits), 1};
+        size_t n = 0;
+        check(la_predict(cluster.c_str(), ranks, tokens, batch, heads, kv_heads, head_dim, dt, &pat.p, backward, nullptr, 0, &n));
+        std::vector<la_prediction> out(n);
+        check(la_predict(cluster.c_str(), ranks, tokens, batch, heads, kv_heads, head_dim, dt, &pat.p, backward, out.data(),
+                         n, &n));
+        std::vector<std::tuple<int, int, int, double, double, double, double, double, bool>> rows;
+        for (const la_prediction& r : out)
+            rows.emplace_back(static_cast<int>(r.strategy), r.ulysses_degree, static_cast<int>(r.layout), r.fwd_s, r.bwd_s,
+                              r.exposed_s, r.efficiency, r.device_bytes, r.fits != 0);
+        return rows;
+    });
     m.def("layout_positions", [](int layout, int64_t tokens, int ranks, int rank) {
         int64_t n = 0;
         check(la_layout_positions(static_cast<la_layout>(layout), tokens, ranks, rank, nullptr, &n));

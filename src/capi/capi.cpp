@@ -289,6 +289,40 @@ la_status la_context_set_cluster(la_context* ctx, const char* cluster_path, int 
     });
 }
 
+la_status la_predict(const char* cluster_path, int ranks, int64_t tokens, int64_t batch, int64_t heads, int64_t kv_heads,
+                     int64_t head_dim, DLDataType dtype, const la_pattern* pattern, int backward, la_prediction* out,
+                     size_t capacity, size_t* count) {
+    return la::guard([&] {
+        require(cluster_path != nullptr, "cluster_path", "is NULL");
+        require(count != nullptr, "count", "is NULL");
+        require(out != nullptr || capacity == 0, "out", "is NULL with a capacity of ", capacity);
+        require(ranks >= 1 && ranks <= 4096, "ranks", "must be 1 to 4096, got ", ranks);
+        require(tokens >= 1, "tokens", "must be >= 1, got ", tokens);
+        require(batch >= 1, "batch", "must be >= 1, got ", batch);
+        require(head_dim >= 1 && head_dim <= 256, "head_dim", "must be 1 to 256, got ", head_dim);
+        const ClusterSpec cl = load_cluster(cluster_path);
+        PatternSpec spec = pattern_of(pattern).spec();
+        if (spec.seq_len == 0) spec.seq_len = tokens;
+        ModelJob j;
+        j.tokens = tokens, j.batch = batch, j.heads = heads, j.kv_heads = kv_heads, j.head_dim = head_dim;
+        j.dtype = dtype_of(dtype, "dtype"), j.ranks = ranks;
+        const std::vector<StrategyChoice> ranked = rank_strategies(cl, j, Pattern(spec), backward != 0);
+        *count = ranked.size();
+        for (std::size_t i = 0; i < std::min(capacity, ranked.size()); ++i) {
+            const StrategyChoice& c = ranked[i];
+            out[i] = la_prediction{static_cast<la_strategy>(c.dist.strategy),
+                                   c.dist.strategy == StrategyKind::hybrid ? c.dist.ulysses_degree : 1,
+                                   static_cast<la_layout>(c.layout),
+                                   c.p.fwd_s,
+                                   c.p.bwd_s,
+                                   c.p.exposed_s,
+                                   c.p.efficiency(),
+                                   c.p.device_memory(true),
+                                   c.fits ? 1 : 0};
+        }
+    });
+}
+
 la_status la_context_strategy(const la_context* ctx, la_strategy* strategy, int* ulysses_degree) {
     return la::guard([&] {
         require(ctx != nullptr, "ctx", "is NULL");

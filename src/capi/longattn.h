@@ -130,6 +130,26 @@ la_status la_cache_stats(const la_context* ctx, int64_t* hits, int64_t* misses, 
 typedef enum { LA_CONTIGUOUS = 0, LA_ZIGZAG = 1, LA_STRIPED = 2, LA_LAYOUT_INT_RANGE_ = -0x7fffffff - 1 } la_layout;
 la_status la_layout_positions(la_layout layout, int64_t tokens, int ranks, int rank, int64_t* pos, int64_t* count);
 
+/* The cost model (the C++ longattn/cost_model.hpp), nothing run: a job of `tokens` tokens (batch,
+ * heads over kv_heads of head_dim, storage dtype, pattern) on `ranks` devices of the cluster file at
+ * cluster_path, every strategy, hybrid degree and layout (zigzag, contiguous) ranked as --strategy auto
+ * ranks them: those that fit the cluster's memory first, then by the forward's predicted time plus,
+ * with backward != 0, the backward's. Up to `capacity` of them go to out[] (NULL with capacity 0: count
+ * only), fastest first; *count receives how many there are. Not collective. */
+typedef struct {
+    la_strategy strategy;
+    int ulysses_degree;
+    la_layout layout;
+    double fwd_s, bwd_s;   /* one forward call, one backward call */
+    double exposed_s;      /* of fwd_s + bwd_s, communication not hidden behind the kernels */
+    double efficiency;     /* the ideal time (every pair's FLOPs spread evenly, no communication) over fwd_s + bwd_s */
+    double device_bytes;   /* the most one device holds for the attention in a backward call */
+    int fits;              /* device_bytes within the cluster's memory (always, where it gives none) */
+} la_prediction;
+la_status la_predict(const char* cluster_path, int ranks, int64_t tokens, int64_t batch, int64_t heads, int64_t kv_heads,
+                     int64_t head_dim, DLDataType dtype, const la_pattern* pattern, int backward, la_prediction* out,
+                     size_t capacity, size_t* count);
+
 /* O and LSE of the local rows. */
 la_status la_forward(la_context* ctx, const la_pattern* pattern, const int64_t* pos, const DLTensor* q,
                      const DLTensor* k, const DLTensor* v, DLTensor* o, DLTensor* lse);

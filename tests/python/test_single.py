@@ -123,6 +123,22 @@ def test_bad_input_names_the_argument():
         ctx.forward(q, k, v, pos)
 
 
+def test_predict_ranks_the_strategies():
+    rows = longattn.predict(H200, 8, 65536, 32, 128, kv_heads=8, causal=True)
+    assert len(rows) == 10  # ring, Ulysses, all-gather, hybrid u = 2 and 4; two layouts each
+    assert (rows[0]["strategy"], rows[0]["layout"]) == ("ring", "zigzag")
+    assert all(r["fits"] for r in rows) and rows[0]["efficiency"] > 0.99
+    assert [r["fwd_s"] + r["bwd_s"] for r in rows] == sorted(r["fwd_s"] + r["bwd_s"] for r in rows)
+    contiguous = next(r for r in rows if (r["strategy"], r["layout"]) == ("ring", "contiguous"))
+    assert contiguous["fwd_s"] + contiguous["bwd_s"] > 1.7 * (rows[0]["fwd_s"] + rows[0]["bwd_s"])
+    with pytest.raises(TypeError, match="cluster: must be a path"):
+        longattn.predict(3, 8, 65536, 32, 128)
+    with pytest.raises(ValueError, match="ranks: must be 1 to 4096"):
+        longattn.predict(H200, 0, 65536, 32, 128)
+    with pytest.raises(ValueError, match="dtype: must be one of"):
+        longattn.predict(H200, 8, 65536, 32, 128, dtype="int8")
+
+
 def test_auto_strategy_in_one_process():
     q, k, v = inputs(B=1, S=64, Hq=4, Hkv=2, D=16)
     pos = torch.arange(64)
