@@ -63,6 +63,7 @@ struct Execution {
     DistOptions dist;
     LayoutKind layout = LayoutKind::zigzag;
     bool per_rank = false;               // print every rank's kernel, wait, bytes and memory
+    int auto_check = 0;                  // --strategy auto: time the model's first N choices too (0: no)
     Device device = Device::cpu;         // where the tensors live and the kernels run
     bool nccl = false;                   // the NCCL communicator instead of MPI (device cuda)
     bool reuse_plan = true;              // one Plan per length for every call (else one-shot calls)

@@ -1,6 +1,7 @@
 // Distributed benchmark (run under mpirun): one sequence sharded by a layout over the ranks, the
 // chosen strategy forward (and backward), per-rank kernel time, communication wait, bytes sent and
 // memory, and the sampled fp64 check of this rank's rows.
+#include <omp.h>
 #include <sys/resource.h>
 
 #include <csignal>
@@ -202,6 +203,93 @@ void pick_strategy(Job& job, int P, bool root) {
     std::printf("; running %s\n", strategy_label(job.exec.dist, job.exec.layout).c_str());
 }
 
+// --auto-check N: the model's first N choices at the largest length, timed in turn, one call each
+// (after --warmup) per round for --iters rounds, so that every choice sees the same machine; each on a
+// kept plan, the slowest rank's time. A choice this machine cannot hold is skipped (said so). Notes on
+// rank 0: each one's predicted and measured median, and how far the pick is from the fastest.
+void auto_check(const Job& job, comm::Communicator& comm, const Inputs& in, Report& rep) {
+    const int P = comm.size(), me = comm.rank();
+    const bool grads = job.sweep.mode != Mode::fwd;
+    const ClusterSpec cl = load_cluster(job.exec.cluster);
+    const std::int64_t N = total_tokens(job, job.sweep.lengths.back(), P);
+    const Pattern pat(spec_for_length(job, N));
+    std::vector<StrategyChoice> opts = rank_strategies(cl, model_job(job, N, P, &cl), pat, grads);
+    opts.resize(std::min(opts.size(), static_cast<std::size_t>(job.exec.auto_check)));
+    std::vector<std::vector<double>> times(opts.size());
+    std::vector<std::string> skipped(opts.size());
+    for (int round = 0; round < job.sweep.iters; ++round)
+        for (std::size_t c = 0; c < opts.size(); ++c) {
+            if (!skipped[c].empty()) continue;
+            Job jc = job;
+            jc.exec.dist = opts[c].dist, jc.exec.layout = opts[c].layout;
+            std::vector<std::int64_t> pos = Layout(jc.exec.layout, N, P).positions(me);
+            MemoryNeed need = tensor_memory(jc, N, static_cast<std::int64_t>(pos.size()), P);
+            const PlanShape shape{job.shape.batch, static_cast<std::int64_t>(pos.size()), job.shape.heads,
+                                  job.shape.kv_heads, job.shape.head_dim};
+            Plan plan(comm, pos.data(), pat, shape, jc.exec.dist);
+            const MemoryEstimate wf = plan.memory_estimate(false, job.shape.dtype, job.exec.device),
+                                 wb = grads ? plan.memory_estimate(true, job.shape.dtype, job.exec.device) : MemoryEstimate{};
+            need.tables = 8.0 * double(pos.size()) + double(plan.table_bytes());
+            need.working = job.exec.device == Device::cpu ? double(std::max(wf.scratch, wb.scratch)) : 0.0;
+            need.kernel = double(std::max(wf.kernel, wb.kernel));
+            try {
+                refuse_what_cannot_fit(jc, &comm, N, need);
+            } catch (const AgreedError& e) {  // alike on every rank
+                skipped[c] = e.what();
+                continue;
+            }
+            Shard sh(jc, in, std::move(pos), grads);
+            DistForwardArgs fa;
+            DistBackwardArgs ba;
+            sh.bind(jc, pat, grads, fa, ba);
+            fa.pos = ba.pos = nullptr;
+            fa.pattern = ba.pattern = nullptr;
+            double t = 0;
+            for (int it = 0; it <= job.sweep.warmup; ++it) {
+                comm.barrier();
+                DistStats f, b;
+                plan.forward(fa, &f);
+                if (grads) plan.backward(ba, &b);
+                t = (job.sweep.mode == Mode::bwd ? 0.0 : f.total_s) + b.total_s;
+            }
+            comm.all_reduce_max(&t, 1);
+            times[c].push_back(t);
+        }
+    std::vector<double> med(opts.size(), 0.0);
+    std::size_t best = opts.size();
+    for (std::size_t c = 0; c < opts.size(); ++c) {
+        if (times[c].empty()) continue;
+        std::sort(times[c].begin(), times[c].end());
+        med[c] = times[c][times[c].size() / 2];
+        if (best == opts.size() || med[c] < med[best]) best = c;
+    }
+    char line[512];
+    std::snprintf(line, sizeof(line), "auto check at %lld tokens: the cost model's first %zu choices, each timed once a "
+                  "round for %d rounds in turn (median; the slowest rank)", static_cast<long long>(N), opts.size(),
+                  job.sweep.iters);
+    rep.note(line);
+    for (std::size_t c = 0; c < opts.size(); ++c) {
+        if (times[c].empty())
+            std::snprintf(line, sizeof(line), "  %zu. %-22s predicted %10.3f ms, skipped: %s", c + 1,
+                          strategy_label(opts[c].dist, opts[c].layout).c_str(), mode_time(job, opts[c].p) * 1e3,
+                          skipped[c].c_str());
+        else
+            std::snprintf(line, sizeof(line), "  %zu. %-22s predicted %10.3f ms, measured %10.3f ms (%.3fx the fastest)",
+                          c + 1, strategy_label(opts[c].dist, opts[c].layout).c_str(), mode_time(job, opts[c].p) * 1e3,
+                          med[c] * 1e3, med[c] / med[best]);
+        rep.note(line);
+    }
+    if (best == opts.size() || times[0].empty()) {
+        rep.note("auto check: the pick was not timed");
+        return;
+    }
+    std::snprintf(line, sizeof(line), "auto check: the pick, %s, measured %.3f ms; the fastest, %s, %.3f ms: the pick is "
+                  "%s (%.1f%% slower; the aim: within 10%%)", strategy_label(opts[0].dist, opts[0].layout).c_str(),
+                  med[0] * 1e3, strategy_label(opts[best].dist, opts[best].layout).c_str(), med[best] * 1e3,
+                  med[0] <= 1.1 * med[best] ? "within 10%" : "NOT within 10%", 100 * (med[0] / med[best] - 1));
+    rep.note(line);
+}
+
 }  // namespace
 
 int run_predict(const Job& job) {
@@ -274,6 +362,7 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
     const std::optional<ClusterSpec> cluster =
         job.exec.cluster.empty() ? std::nullopt : std::optional<ClusterSpec>(load_cluster(job.exec.cluster));
     const bool grads = job.sweep.mode != Mode::fwd;
+    const int kernel_threads = job.exec.dist.threads > 0 ? job.exec.dist.threads : omp_get_max_threads();
     if (job.exec.cpu_isa != "auto") set_cpu_isa(job.exec.cpu_isa);
     {
         const std::int64_t N = total_tokens(job, job.sweep.lengths.back(), P);
@@ -422,31 +511,41 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
         comm.all_reduce_sum(&model_off, 1);
 
         const double total = f.total_s + b.total_s, wait = f.wait_s + b.wait_s, kern = f.kernel_s + b.kernel_s;
-        // This rank's kernel time against the model's (with --cluster): its ratio, and the largest miss.
+        // Per thread: with more ranks than cores it is what a rank's kernels cost on a core of their own.
+        const double kern_cpu = (f.kernel_cpu_s + b.kernel_cpu_s) / kernel_threads;
+        // This rank's kernel time against the model's (with --cluster): the largest miss over ranks of the
+        // wall time, and of the CPU time against the model's time for a rank alone on its device.
         Prediction model_p;
-        double model_kern = 0, kern_miss = 0;
+        double model_kern = 0, kern_miss[2] = {0, 0};
         if (cluster) {
             model_p = predict(*cluster, mj, costs);
             const auto r = static_cast<std::size_t>(me);
             model_kern = (job.sweep.mode != Mode::bwd ? model_p.rank_fwd_kernel_s[r] : 0.0) +
                          (grads ? model_p.rank_bwd_kernel_s[r] : 0.0);
-            kern_miss = model_kern > 0 ? std::abs(kern / model_kern - 1) : 0.0;
-            comm.all_reduce_max(&kern_miss, 1);
+            if (model_kern > 0) {
+                kern_miss[0] = std::abs(kern / model_kern - 1);
+                kern_miss[1] = std::abs(kern_cpu * model_p.ranks_per_device / model_kern - 1);
+            }
+            comm.all_reduce_max(kern_miss, 2);
         }
         const double mem_x = peak_mb * 1048576.0 / std::max(sh.base_bytes(grads), 1.0);
         if (job.exec.per_rank) {
             for (int r = 0; r < P; ++r) {
                 comm.barrier();
                 if (r == me)
-                    std::printf("#  rank %d rows %lld work %lld pairs: kernel %.1f ms, wait %.1f ms (%.1f%%), wall %.1f ms, "
+                    std::printf("#  rank %d rows %lld work %lld pairs: kernel %.1f ms (CPU %.1f ms a thread), wait %.1f ms "
+                                "(%.1f%%), wall %.1f ms, "
                                 "sent %.1f MB, peak +%.0f MB (%.2fx; estimate %.0f MB), scratch %.0f MB, checked %lld values, "
                                 "%lld wrong\n",
-                                me, static_cast<long long>(sh.S), static_cast<long long>(work), kern * 1e3, wait * 1e3,
+                                me, static_cast<long long>(sh.S), static_cast<long long>(work), kern * 1e3,
+                                kern_cpu * 1e3, wait * 1e3,
                                 100 * wait / std::max(total, 1e-12), total * 1e3, double(f.bytes_sent + b.bytes_sent) / 1e6,
                                 peak_mb, mem_x, need.run() / 1048576.0,
                                 double(std::max(f.scratch_peak_bytes, b.scratch_peak_bytes)) / 1048576.0,
                                 static_cast<long long>(c.values), static_cast<long long>(c.wrong));
-                if (r == me && cluster) std::printf("#  rank %d kernel time: the cost model's %.1f ms\n", me, model_kern * 1e3);
+                if (r == me && cluster)
+                    std::printf("#  rank %d kernel time: the cost model's %.1f ms (%.1f ms on a device of its own)\n", me,
+                                model_kern * 1e3, model_kern / model_p.ranks_per_device * 1e3);
                 std::fflush(stdout);
             }
         }
@@ -477,7 +576,7 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
         }
         vals.insert(vals.end(), {mx[7], double(bad)});
         rep.row(vals);
-        char line[400];
+        char line[640];
         std::snprintf(line, sizeof(line), "  work per rank max/min %.4f (allowed pairs); kernel time per rank max/min %.3f",
                       mx[6] / std::max(-mn[0], 1.0), mx[2] / std::max(-mn[1], 1e-12));
         rep.note(line);
@@ -486,9 +585,11 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
             std::snprintf(line, sizeof(line),
                           "  cost model on %s: %.3f ms predicted (forward %.3f, backward %.3f; kernels %.3f, exposed "
                           "communication %.3f), %.3f ms measured: measured / predicted %.3f; each rank's kernel time "
-                          "within %.1f%% of the model's",
+                          "within %.1f%% of the model's, its kernel CPU time a thread within %.1f%% of the model's for "
+                          "a rank alone on its device",
                           cluster->name.c_str(), t * 1e3, model_p.fwd_s * 1e3, model_p.bwd_s * 1e3, model_p.compute_s * 1e3,
-                          model_p.exposed_s * 1e3, mx[0] * 1e3, mx[0] / std::max(t, 1e-30), 100 * kern_miss);
+                          model_p.exposed_s * 1e3, mx[0] * 1e3, mx[0] / std::max(t, 1e-30), 100 * kern_miss[0],
+                          100 * kern_miss[1]);
             rep.note(line);
         }
         if (model_off) {
@@ -506,6 +607,7 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
             rep.note(line);
         }
     }
+    if (job.exec.auto_check > 0) auto_check(job, comm, in, rep);
     const int rc = rep.finish(wrong_total, out);
     out.publish();
     return rc;

@@ -180,6 +180,12 @@ void read_choices(const OptionValues& v, Job& j) {
     j.exec.cluster = v.cluster;
     require(!j.exec.auto_strategy || !v.cluster.empty(), "strategy",
             "auto picks what the cost model predicts fastest on a cluster: give --cluster (configs/clusters/)");
+    require(j.exec.auto_check >= 0 && j.exec.auto_check <= 64, "auto-check", "must be 0 (off) to 64 choices, got ",
+            j.exec.auto_check);
+    require(j.exec.auto_check == 0 || (j.exec.auto_strategy && (j.sweep.mode == Mode::fwd || j.sweep.mode == Mode::bwd ||
+                                                                 j.sweep.mode == Mode::fwd_bwd)),
+            "auto-check", "times the cost model's choices against its pick: it belongs to --strategy auto under mpirun, "
+            "--mode fwd, bwd or fwd+bwd");
     require(!predict || !v.cluster.empty(), "cluster", "--mode predict models a cluster: give --cluster (configs/clusters/)");
     require(v.cluster.empty() || j.exec.distributed || predict || j.sweep.mode == Mode::decode, "cluster",
             "belongs to a distributed --strategy (under mpirun), --mode decode or --mode predict");

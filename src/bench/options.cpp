@@ -172,6 +172,9 @@ po::options_description dist_options(Execution& x, OptionValues& v, SectionOf& s
      ("progress-chunks", po::value(&x.dist.progress_chunks)->default_value(4),
       "ring: kernel calls per step, with transfer progress between them")
      ("per-rank", po::value(&x.per_rank)->default_value(false), "print every rank's time, wait, bytes and memory")
+     ("auto-check", po::value(&x.auto_check)->default_value(0),
+      "with --strategy auto: after the run, time the cost model's first N choices at the largest length, one call "
+      "each in turn for --iters rounds, and say whether the pick came within 10% of the fastest measured (0 = off)")
      ("timeout", po::value(&x.timeout_s)->default_value(60.0),
       "watchdog: a rank that shows no sign of life (heartbeat) for this many seconds ends the job with exit 3; "
       "slow ranks that are alive are waited for (0 = no watchdog)");

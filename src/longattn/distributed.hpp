@@ -43,6 +43,9 @@ struct DistOptions {
 
 struct DistStats {
     double total_s = 0, kernel_s = 0, wait_s = 0;  // wall, inside kernels, blocked on communication
+    // CPU time of the process (all its threads) inside the kernels: with more ranks than cores a rank's
+    // kernel wall time depends on the scheduler, its CPU time does not
+    double kernel_cpu_s = 0;
     double setup_s = 0;  // building the plan, included in total_s (one-shot calls; 0 through a kept Plan)
     std::uint64_t bytes_sent = 0;
     std::uint64_t setup_bytes = 0;  // of bytes_sent, what building the plan sent (one-shot calls)

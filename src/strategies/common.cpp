@@ -6,6 +6,8 @@
 #include <string>
 #include <tuple>
 
+#include <time.h>
+
 #include "longattn/block_plan.hpp"
 #include "longattn/error.hpp"
 #include "longattn/tensor_ops.hpp"
@@ -139,14 +141,22 @@ void timed_wait(Ctx& cx, comm::Communicator& comm, comm::Request& r) {
     comm.wait(r);
 }
 
+double ScopedCpuTimer::process_cpu_s() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
+}
+
 void run_forward(Ctx& cx, const kernels::FwdParams& p) {
     ScopedTimer t(cx.st.kernel_s);
+    ScopedCpuTimer c(cx.st.kernel_cpu_s);
     kernels::backend_of(p.q).forward(p);
     ++cx.st.kernel_calls;
 }
 
 void run_backward(Ctx& cx, const kernels::BwdParams& p) {
     ScopedTimer t(cx.st.kernel_s);
+    ScopedCpuTimer c(cx.st.kernel_cpu_s);
     kernels::backend_of(p.q).backward(p);
     ++cx.st.kernel_calls;
 }

@@ -61,6 +61,20 @@ private:
     std::chrono::steady_clock::time_point t0_;
 };
 
+// Adds the process's CPU time (every thread) over its scope to acc.
+class ScopedCpuTimer {
+public:
+    explicit ScopedCpuTimer(double& acc) : acc_(acc), t0_(process_cpu_s()) {}
+    ~ScopedCpuTimer() { acc_ += process_cpu_s() - t0_; }
+    ScopedCpuTimer(const ScopedCpuTimer&) = delete;
+    ScopedCpuTimer& operator=(const ScopedCpuTimer&) = delete;
+    static double process_cpu_s();
+
+private:
+    double& acc_;
+    double t0_;
+};
+
 // Working memory of a strategy on the tensors' device (from the plan's workspace), counted into the
 // stats while it lives.
 class Scratch {
