@@ -30,6 +30,7 @@ __all__ = ["Context", "KvCache", "positions", "shard", "unshard", "cpu_isa", "se
            "LAYOUTS"]
 
 STRATEGIES = {"ring": 0, "ulysses": 1, "hybrid": 2, "allgather": 3, "auto": 4}
+_STRATEGY_NAMES = {v: k for k, v in STRATEGIES.items()}
 LAYOUTS = {"contiguous": 0, "zigzag": 1, "striped": 2}
 PLACEMENTS = {"round-robin": 0, "layout": 1}
 COMBINES = {"allgather": 0, "allreduce": 1}
@@ -240,7 +241,7 @@ class Context:
         """(strategy, ulysses_degree) of the plan the last forward or backward ran: with
         strategy='auto', the cost model's pick."""
         code, degree = self._ctx.strategy_used()
-        return next(k for k, v in STRATEGIES.items() if v == code), degree
+        return _STRATEGY_NAMES[code], degree
 
     def cache_stats(self):
         """Calls that found their plan, calls that built one, plans dropped, plans held."""
@@ -283,10 +284,9 @@ def predict(cluster, ranks, tokens, heads, head_dim, *, kv_heads=None, batch=1, 
     rows = _core.predict(os.fspath(cluster), int(ranks), int(tokens), int(batch), int(heads),
                          int(heads if kv_heads is None else kv_heads), int(head_dim), code, bits,
                          _given(pattern, pattern_args), bool(backward))
-    names = {v: k for k, v in STRATEGIES.items()}
     layouts = {v: k for k, v in LAYOUTS.items()}
     keys = ("strategy", "ulysses_degree", "layout", "fwd_s", "bwd_s", "exposed_s", "efficiency", "device_bytes", "fits")
-    return [dict(zip(keys, (names[r[0]], r[1], layouts[r[2]]) + tuple(r[3:]))) for r in rows]
+    return [dict(zip(keys, (_STRATEGY_NAMES[r[0]], r[1], layouts[r[2]]) + tuple(r[3:]))) for r in rows]
 
 
 def _dtype_name(d):

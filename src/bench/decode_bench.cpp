@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -163,6 +164,9 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
     if (!job.exec.cpu_isa.empty() && job.exec.cpu_isa != "auto") set_cpu_isa(job.exec.cpu_isa);
     const bool root = s.rank == 0;
     const Inputs inputs(job);
+    // --cluster: loaded once (the job checked it when it parsed the options).
+    const std::optional<ClusterSpec> cluster =
+        job.exec.cluster.empty() ? std::nullopt : std::optional<ClusterSpec>(load_cluster(job.exec.cluster));
     int rc = 0;
     for (std::int64_t L : job.sweep.lengths) {
         s.L = L;
@@ -319,8 +323,8 @@ int run_decode_bench(const Job& job, comm::Communicator* comm) {
             // The cost model (--cluster): each combine's step against its prediction, and every rank's
             // blocks read and combine bytes against the model's count (a mismatch is a wrong result).
             std::vector<std::string> model_lines;
-            if (!job.exec.cluster.empty()) {
-                const ClusterSpec cl = load_cluster(job.exec.cluster);
+            if (cluster) {
+                const ClusterSpec& cl = *cluster;
                 for (std::size_t w = 0; w < dj.combines.size(); ++w) {
                     const Row& r = rows[w];
                     if (r.total.empty()) continue;

@@ -302,7 +302,7 @@ int run_predict(const Job& job) {
         std::vector<StrategyChoice> opts;
         if (job.exec.distributed && !job.exec.auto_strategy) {
             const Prediction p = predict(cl, mj, model_costs(mj, pat));
-            opts.push_back({mj.dist, mj.layout, p, p.fwd_s + p.bwd_s, cl.memory <= 0 || p.device_memory(true) <= cl.memory});
+            opts.push_back({mj.dist, mj.layout, p, p.fwd_s + p.bwd_s, p.fits(cl, true)});
         } else {
             opts = rank_strategies(cl, mj, pat, true);
         }

@@ -311,7 +311,7 @@ la_status la_predict(const char* cluster_path, int ranks, int64_t tokens, int64_
         for (std::size_t i = 0; i < std::min(capacity, ranked.size()); ++i) {
             const StrategyChoice& c = ranked[i];
             out[i] = la_prediction{static_cast<la_strategy>(c.dist.strategy),
-                                   c.dist.strategy == StrategyKind::hybrid ? c.dist.ulysses_degree : 1,
+                                   c.dist.ulysses_degree,
                                    static_cast<la_layout>(c.layout),
                                    c.p.fwd_s,
                                    c.p.bwd_s,

@@ -116,6 +116,8 @@ struct Prediction {
     // the ranks a device serves.
     std::uint64_t max_memory_fwd = 0, max_memory = 0;
     double device_memory(bool backward) const { return double(backward ? max_memory : max_memory_fwd) * ranks_per_device; }
+    // Within the cluster's memory per device (always, when the cluster gives none).
+    bool fits(const ClusterSpec& cl, bool backward) const { return cl.memory <= 0 || device_memory(backward) <= cl.memory; }
     double ranks_per_device = 1;
     std::vector<double> rank_fwd_kernel_s, rank_bwd_kernel_s;  // each rank's kernels over one call
     double efficiency() const { return fwd_s + bwd_s > 0 ? ideal_s / (fwd_s + bwd_s) : 1.0; }
@@ -128,14 +130,15 @@ Prediction predict(const ClusterSpec& cluster, const ModelJob& job, const std::v
 
 // What --strategy auto weighs: every strategy (the hybrid at each Ulysses degree strictly between 1 and
 // the ranks that divides them) on the zigzag and contiguous layouts, job.dist's other options kept (and
-// the cluster's tiles where it gives them): those that fit the cluster's memory first, then fastest first
-// by the predicted forward time (with backward: forward plus backward).
+// the cluster's tiles where it gives them; ulysses_degree 1 but for the hybrid): those that fit the
+// cluster's memory first, then fastest first by the predicted forward time (with backward: forward plus
+// backward).
 struct StrategyChoice {
     DistOptions dist;
     LayoutKind layout;
     Prediction p;
     double time_s;
-    bool fits;  // within the cluster's memory per device (always, when the cluster gives none)
+    bool fits;  // Prediction::fits
 };
 // With job.positions given, the layout is theirs: only the strategies are weighed.
 std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cluster, const ModelJob& job, const Pattern& pattern,

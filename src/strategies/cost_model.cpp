@@ -481,7 +481,7 @@ std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cl, const ModelJo
     std::vector<DistOptions> cands;
     for (StrategyKind k : {StrategyKind::ring, StrategyKind::ulysses, StrategyKind::allgather}) {
         DistOptions d = job.dist;
-        d.strategy = k;
+        d.strategy = k, d.ulysses_degree = 1;
         cands.push_back(d);
     }
     for (int u = 2; u < job.ranks; ++u)
@@ -499,7 +499,7 @@ std::vector<StrategyChoice> rank_strategies(const ClusterSpec& cl, const ModelJo
             j.dist = d, j.layout = l;
             if (cl.tile_q > 0) j.fwd_tile_q = j.bwd_tile_q = cl.tile_q, j.fwd_tile_k = j.bwd_tile_k = cl.tile_k;
             const Prediction p = predict(cl, j, model_costs(j, pat));
-            out.push_back({d, l, p, backward ? p.fwd_s + p.bwd_s : p.fwd_s, cl.memory <= 0 || p.device_memory(backward) <= cl.memory});
+            out.push_back({d, l, p, backward ? p.fwd_s + p.bwd_s : p.fwd_s, p.fits(cl, backward)});
         }
     std::stable_sort(out.begin(), out.end(), [](const StrategyChoice& a, const StrategyChoice& b) {
         return a.fits != b.fits ? a.fits : a.time_s < b.time_s;
@@ -600,8 +600,7 @@ DistOptions choose_strategy(const AutoChoice& choice, const std::vector<std::vec
     j.positions = pos;
     j.dist = opt;
     const StrategyChoice best = rank_strategies(choice.cluster, j, pat, choice.backward).front();
-    opt.strategy = best.dist.strategy;
-    opt.ulysses_degree = best.dist.strategy == StrategyKind::hybrid ? best.dist.ulysses_degree : 1;
+    opt.strategy = best.dist.strategy, opt.ulysses_degree = best.dist.ulysses_degree;
     return opt;
 }
 
