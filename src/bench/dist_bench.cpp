@@ -203,6 +203,16 @@ void pick_strategy(Job& job, int P, bool root) {
     std::printf("; running %s\n", strategy_label(job.exec.dist, job.exec.layout).c_str());
 }
 
+// What a plan of a rank's `rows` adds to its need: its tables, and from its estimates wf (forward) and wb
+// (backward) the strategy's scratch and the kernels' buffers. With --device cuda the working memory is
+// the device's: only host memory is checked here.
+void add_plan_need(MemoryNeed& need, const Job& job, const Plan& plan, std::size_t rows, const MemoryEstimate& wf,
+                   const MemoryEstimate& wb) {
+    need.tables = 8.0 * double(rows) + double(plan.table_bytes());
+    need.working = job.exec.device == Device::cpu ? double(std::max(wf.scratch, wb.scratch)) : 0.0;
+    need.kernel = double(std::max(wf.kernel, wb.kernel));
+}
+
 // --auto-check N: the model's first N choices at the largest length, timed in turn, one call each
 // (after --warmup) per round for --iters rounds, so that every choice sees the same machine; each on a
 // kept plan, the slowest rank's time. A choice this machine cannot hold is skipped (said so). Notes on
@@ -229,9 +239,7 @@ void auto_check(const Job& job, comm::Communicator& comm, const Inputs& in, Repo
             Plan plan(comm, pos.data(), pat, shape, jc.exec.dist);
             const MemoryEstimate wf = plan.memory_estimate(false, job.shape.dtype, job.exec.device),
                                  wb = grads ? plan.memory_estimate(true, job.shape.dtype, job.exec.device) : MemoryEstimate{};
-            need.tables = 8.0 * double(pos.size()) + double(plan.table_bytes());
-            need.working = job.exec.device == Device::cpu ? double(std::max(wf.scratch, wb.scratch)) : 0.0;
-            need.kernel = double(std::max(wf.kernel, wb.kernel));
+            add_plan_need(need, job, plan, pos.size(), wf, wb);
             try {
                 refuse_what_cannot_fit(jc, &comm, N, need);
             } catch (const AgreedError& e) {  // alike on every rank
@@ -415,10 +423,7 @@ int run_dist_bench(const Job& job_in, comm::Communicator& comm) {
         const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         const MemoryEstimate wf = plan->memory_estimate(false, job.shape.dtype, job.exec.device),
                              wb = grads ? plan->memory_estimate(true, job.shape.dtype, job.exec.device) : MemoryEstimate{};
-        need.tables = 8.0 * double(pos.size()) + double(plan->table_bytes());
-        // With --device cuda the working memory is the device's: only host memory is checked here.
-        need.working = job.exec.device == Device::cpu ? double(std::max(wf.scratch, wb.scratch)) : 0.0;
-        need.kernel = double(std::max(wf.kernel, wb.kernel));
+        add_plan_need(need, job, *plan, pos.size(), wf, wb);
         if (!job.exec.reuse_plan) plan.reset();
         refuse_what_cannot_fit(job, &comm, N, need);
         Shard sh(job, in, std::move(pos), grads);
