@@ -252,29 +252,61 @@ int run_calibrate(const Job& job, comm::Communicator* comm) {
         fit(m[0].fwd, m[0].c.fwd_work, m[0].c.fwd_partial, m[1].fwd, m[1].c.fwd_work, m[1].c.fwd_partial, kf, xf);
         fit(m[0].bwd, m[0].c.bwd_work, m[0].c.bwd_partial, m[1].bwd, m[1].c.bwd_work, m[1].c.bwd_partial, kb, xb);
     }
-    // Ping-pong between ranks 0 and 1: half the best round trip of 8 bytes, and of 64 MiB.
-    double lat = 0, bw = 0;
+    // The links per message size, in the nccl-tests spirit: a ping-pong between ranks 0 and 1 (half the
+    // best round trip) and an all-to-all among all the ranks as Ulysses posts it (each sends `bytes` to
+    // every other; the best over repetitions of the slowest rank's time). Latency: the smallest size's
+    // time; bandwidth: the bytes a rank sends over the largest size's time less that latency.
+    struct LinkRow {
+        std::size_t bytes;  // per message (ping-pong), per peer (all-to-all)
+        double s;
+    };
+    std::vector<LinkRow> pp, a2a;
+    double lat = 0, bw = 0, a2a_lat = 0, a2a_bw = 0;
     if (P > 1) {
-        std::vector<char> buf(std::size_t{64} << 20);
-        auto half_trip = [&](std::size_t bytes, int reps) {
+        constexpr std::size_t kMost = std::size_t{64} << 20;
+        std::vector<char> buf(kMost), got(kMost);
+        auto best_of = [&](int reps, auto&& once) {
             double best = 1e30;
             for (int i = 0; i < reps; ++i) {
                 comm->barrier();
                 const auto t0 = Clock::now();
-                if (me <= 1) {
-                    comm::Request a = me == 0 ? comm->isend(buf.data(), bytes, 1, 77) : comm->irecv(buf.data(), bytes, 0, 77);
-                    comm->flush();
-                    comm->wait(a);
-                    comm::Request b = me == 0 ? comm->irecv(buf.data(), bytes, 1, 78) : comm->isend(buf.data(), bytes, 0, 78);
-                    comm->flush();
-                    comm->wait(b);
-                }
-                best = std::min(best, seconds_since(t0) / 2);
+                once();
+                double t = seconds_since(t0);
+                comm->all_reduce_max(&t, 1);
+                best = std::min(best, t);
             }
             return best;
         };
-        lat = half_trip(8, 50);
-        bw = static_cast<double>(buf.size()) / (half_trip(buf.size(), 5) - lat);
+        for (std::size_t bytes : {std::size_t{8}, std::size_t{4096}, std::size_t{256} << 10, std::size_t{4} << 20, kMost})
+            pp.push_back({bytes, best_of(bytes < (std::size_t{1} << 20) ? 50 : 5, [&] {
+                              if (me > 1) return;
+                              comm::Request a = me == 0 ? comm->isend(buf.data(), bytes, 1, 77) : comm->irecv(got.data(), bytes, 0, 77);
+                              comm->flush();
+                              comm->wait(a);
+                              comm::Request b = me == 0 ? comm->irecv(got.data(), bytes, 1, 78) : comm->isend(buf.data(), bytes, 0, 78);
+                              comm->flush();
+                              comm->wait(b);
+                          }) / 2});
+        const std::size_t per_peer = std::max<std::size_t>(kMost / static_cast<std::size_t>(P - 1) / 4096 * 4096, 8);
+        std::vector<comm::Request> rq;
+        for (std::size_t bytes : {std::size_t{8}, std::size_t{4096}, std::size_t{256} << 10, std::size_t{4} << 20, per_peer}) {
+            if (bytes > per_peer || (!a2a.empty() && bytes <= a2a.back().bytes)) continue;
+            a2a.push_back({bytes, best_of(bytes < (std::size_t{1} << 20) ? 50 : 5, [&] {
+                               rq.clear();
+                               for (int j = 1; j < P; ++j) {
+                                   const std::size_t off = static_cast<std::size_t>(j - 1) * bytes;
+                                   rq.push_back(comm->irecv(got.data() + off, bytes, (me - j + P) % P, 79));
+                                   rq.push_back(comm->isend(buf.data() + off, bytes, (me + j) % P, 79));
+                               }
+                               comm->flush();
+                               for (comm::Request& r : rq) comm->wait(r);
+                           })});
+        }
+        lat = pp.front().s;
+        bw = static_cast<double>(pp.back().bytes) / std::max(pp.back().s - lat, 1e-12);
+        a2a_lat = a2a.front().s;
+        a2a_bw = static_cast<double>(a2a.back().bytes * static_cast<std::size_t>(P - 1)) /
+                 std::max(a2a.back().s - a2a_lat, 1e-12);
     }
     // Memory bandwidth: the triad on every rank at once over 512 MiB each (far past the caches), the
     // slowest rank's (what the decode model reads a cache at).
@@ -326,7 +358,7 @@ int run_calibrate(const Job& job, comm::Communicator* comm) {
     if (me != 0) return 0;
     const double D = static_cast<double>(job.shape.head_dim);
     std::printf("# longattn-bench --mode calibrate on %d rank%s, %s: kernels at %lld tokens, %lld heads, D=%lld, %s, pattern "
-                "%s, %d thread%s per rank (median of %d); links by ping-pong between ranks 0 and 1\n",
+                "%s, %d thread%s per rank (median of %d); links by ping-pong between ranks 0 and 1 and by all-to-all\n",
                 P, P > 1 ? "s" : "", cpu_isa().c_str(), static_cast<long long>(L), static_cast<long long>(job.shape.heads),
                 static_cast<long long>(job.shape.head_dim), std::string(dtype_name(job.shape.dtype)).c_str(),
                 Pattern(spec_for_length(job, L)).describe().c_str(), t, t > 1 ? "s" : "", job.sweep.iters);
@@ -337,7 +369,17 @@ int run_calibrate(const Job& job, comm::Communicator* comm) {
                     m[i].c.fwd_work, m[i].c.fwd_partial, m[i].c.bwd_work, m[i].c.bwd_partial);
     std::printf("[cluster]\nname = this machine, %d rank%s of %d thread%s\nnodes = 1\ndevices_per_node = %d\n\n", P,
                 P > 1 ? "s" : "", t, t > 1 ? "s" : "", P);
-    if (P > 1) std::printf("[intra]\nbandwidth_GBps = %.3f\nlatency_us = %.2f\n\n", bw * 1e-9, lat * 1e6);
+    if (P > 1) {
+        std::printf("[intra]\n# ping-pong between ranks 0 and 1, half the round trip:");
+        for (const LinkRow& r : pp)
+            std::printf(" %zu B %.2f us (%.3f GB/s)%s", r.bytes, r.s * 1e6, double(r.bytes) / r.s * 1e-9, &r == &pp.back() ? "" : ",");
+        std::printf("\nbandwidth_GBps = %.3f\nlatency_us = %.2f\n# all-to-all of %d ranks, the slowest rank, per peer:", bw * 1e-9,
+                    lat * 1e6, P);
+        for (const LinkRow& r : a2a)
+            std::printf(" %zu B %.2f us (%.3f GB/s a rank sends)%s", r.bytes, r.s * 1e6,
+                        double(r.bytes) * double(P - 1) / r.s * 1e-9, &r == &a2a.back() ? "" : ",");
+        std::printf("\nalltoall_bandwidth_GBps = %.3f\nalltoall_latency_us = %.2f\n\n", a2a_bw * 1e-9, a2a_lat * 1e6);
+    }
     std::printf("[device]\nfwd_tflops = %.5f\nbwd_tflops = %.5f\nfwd_partial_extra = %.4f\nbwd_partial_extra = %.4f\n"
                 "# STREAM triad, every rank at once, the slowest\nmemory_bandwidth_GBps = %.2f\n"
                 "# the decode kernel, every rank at once, the slowest: %.0f MB of cache in %.3f ms (%.1f GB/s)\n"

@@ -78,11 +78,15 @@ std::vector<RankCost> model_costs(const ModelJob& job, const Pattern& pattern, b
 // throughput. A ring step takes the slowest rank's
 // max(kernel, transfer to the next rank): transfers overlap the kernel. An all-to-all takes
 // the latency plus the rank's bytes over its links (the bytes to ranks on other nodes over the inter-node
-// link, the rest within the node, in parallel), and overlaps nothing.
+// link, the rest within the node, in parallel; within the node at the all-to-all figures where the
+// cluster gives them), and overlaps nothing.
 struct ClusterSpec {
     std::string name;
     int nodes = 1, devices_per_node = 1;
     double intra_bandwidth = 0, intra_latency = 0;  // bytes/s one way per device, seconds
+    // An all-to-all among a node's devices: the bytes/s each sends and the latency per call (0: not
+    // given, the point-to-point figures above)
+    double alltoall_bandwidth = 0, alltoall_latency = 0;
     double inter_bandwidth = 0, inter_latency = 0;
     double fwd_flops = 0, bwd_flops = 0;  // the attention kernels' FLOP/s per device (pairs of FULL tiles)
     double fwd_partial_extra = 0, bwd_partial_extra = 0;  // a pair of a PARTIAL tile costs 1 + this
@@ -96,6 +100,7 @@ struct ClusterSpec {
 // An INI file:
 //   [cluster] name = ..., nodes = N, devices_per_node = G
 //   [intra] bandwidth_GBps = ..., latency_us = ...     (within a node; required when G > 1)
+//           alltoall_bandwidth_GBps = ..., alltoall_latency_us = ...   (optional, together)
 //   [inter] bandwidth_GBps = ..., latency_us = ...     (across nodes; required when N > 1)
 //   [device] fwd_tflops = ..., bwd_tflops = ..., memory_GiB = ...   (FLOPs of the pairs computed)
 //            fwd_partial_extra = ..., bwd_partial_extra = ...      (optional, 0: masked pairs cost the same)

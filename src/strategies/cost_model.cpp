@@ -357,7 +357,8 @@ ClusterSpec load_cluster(const std::string& path) {
         kv[section + "." + trim(t.substr(0, eq))] = {trim(t.substr(eq + 1)), n};
     }
     static const char* known[] = {"cluster.name", "cluster.nodes", "cluster.devices_per_node", "intra.bandwidth_GBps",
-                                  "intra.latency_us", "inter.bandwidth_GBps", "inter.latency_us", "device.fwd_tflops",
+                                  "intra.latency_us", "intra.alltoall_bandwidth_GBps", "intra.alltoall_latency_us",
+                                  "inter.bandwidth_GBps", "inter.latency_us", "device.fwd_tflops",
                                   "device.bwd_tflops", "device.memory_GiB", "device.fwd_partial_extra",
                                   "device.bwd_partial_extra", "device.tile_q", "device.tile_k",
                                   "device.memory_bandwidth_GBps", "device.decode_tflops"};
@@ -386,6 +387,10 @@ ClusterSpec load_cluster(const std::string& path) {
     c.devices_per_node = static_cast<int>(number("cluster.devices_per_node", true, 1));
     c.intra_bandwidth = number("intra.bandwidth_GBps", c.devices_per_node > 1, 1e-9) * 1e9;
     c.intra_latency = number("intra.latency_us", c.devices_per_node > 1, 0) * 1e-6;
+    c.alltoall_bandwidth = number("intra.alltoall_bandwidth_GBps", false, 1e-9) * 1e9;
+    c.alltoall_latency = number("intra.alltoall_latency_us", false, 0) * 1e-6;
+    require(kv.count("intra.alltoall_bandwidth_GBps") == kv.count("intra.alltoall_latency_us"), "cluster", path,
+            ": [intra] alltoall_bandwidth_GBps and alltoall_latency_us go together");
     c.inter_bandwidth = number("inter.bandwidth_GBps", c.nodes > 1, 1e-9) * 1e9;
     c.inter_latency = number("inter.latency_us", c.nodes > 1, 0) * 1e-6;
     c.fwd_flops = number("device.fwd_tflops", true, 1e-12) * 1e12;
@@ -425,9 +430,10 @@ Prediction predict(const ClusterSpec& cl, const ModelJob& job, const std::vector
         int off = 0;
         for (int j = g0; j < g0 + u; ++j) off += j != r && !same_node(r, j);
         const double f = u > 1 ? double(off) / double(u - 1) : 0.0;
-        const double lat = off > 0 ? cl.inter_latency : cl.intra_latency;
+        const bool measured = cl.alltoall_bandwidth > 0;  // within the node, as calibrated
+        const double lat = off > 0 ? cl.inter_latency : measured ? cl.alltoall_latency : cl.intra_latency;
         double t = calls * lat;
-        if (f < 1) t += bytes * (1 - f) / cl.intra_bandwidth;
+        if (f < 1) t += bytes * (1 - f) / (measured ? cl.alltoall_bandwidth : cl.intra_bandwidth);
         if (f > 0) t = std::max(t, calls * lat + bytes * f / cl.inter_bandwidth);
         return t;
     };

@@ -156,6 +156,13 @@ TEST(CostModel, UlyssesTimesByHand) {
     const Prediction p = predict(two_devices(), j, model_costs(j, Pattern(PatternSpec{})));
     EXPECT_DOUBLE_EQ(p.fwd_s, 5e-6 + 180e-9 + 100 * 16e-12);
     EXPECT_DOUBLE_EQ(p.bwd_s, 9e-6 + 460e-9 + 100 * 40e-12);
+    // With an all-to-all measured (--mode calibrate) at 0.5 GB/s and 3 us a call, the all-to-alls take
+    // those figures instead of the ping-pong's.
+    ClusterSpec a2a = two_devices();
+    a2a.alltoall_bandwidth = 0.5e9, a2a.alltoall_latency = 3e-6;
+    const Prediction q = predict(a2a, j, model_costs(j, Pattern(PatternSpec{})));
+    EXPECT_DOUBLE_EQ(q.fwd_s, 15e-6 + 360e-9 + 100 * 16e-12);
+    EXPECT_DOUBLE_EQ(q.bwd_s, 27e-6 + 920e-9 + 100 * 40e-12);
 }
 
 TEST(CostModel, ClusterFilesLoadAndBadOnesNameTheLine) {
@@ -183,6 +190,7 @@ TEST(CostModel, ClusterFilesLoadAndBadOnesNameTheLine) {
     refused("[gpus]\n", ":1: unknown section [gpus]");
     refused("nodes = 1\n", ":1: expected 'key = value' inside a section");
     refused("", "[cluster] needs nodes");
+    refused(ok + "[intra]\nalltoall_bandwidth_GBps = 3\n", "alltoall_bandwidth_GBps and alltoall_latency_us go together");
     EXPECT_THROW(load_cluster(dir + "/no_such_file.ini"), Error);
 }
 
