@@ -43,7 +43,8 @@ def bench(a, L, D, pattern, threads, peak=False):
         out = os.path.join(tmp, "k.csv")
         cmd = [a.bench, "--mode", "fwd+bwd", "-b", str(L), "--heads", str(a.heads), "--kv-heads", str(a.kv_heads),
                "--head-dim", str(D), "-t", str(threads), "-n", "1", "-w", "1", "-c", "false", "--dtype", a.dtype,
-               "--peak", str(peak).lower(), "--csv", out] + PATTERNS[pattern][0]
+               "--peak", str(peak).lower(), "--csv", out] + PATTERNS[pattern][0] + \
+              (["--cpu-isa", a.cpu_isa] if a.cpu_isa else [])
         run = subprocess.run(cmd, check=True, capture_output=True, text=True)
         if peak:
             return float(re.search(r"FMA peak of one core \(measured\): ([0-9.]+)", run.stdout).group(1))
@@ -119,6 +120,8 @@ def main():
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bench", default=os.path.join(ROOT, "build", "longattn-bench"))
+    ap.add_argument("--cpu-isa", default="", help="the bench's kernels (its --cpu-isa); PyTorch's own are set by "
+                    "ATEN_CPU_CAPABILITY and MKL_ENABLE_INSTRUCTIONS in the environment, and the header says which ran")
     a = ap.parse_args()
     a.kv_heads = a.kv_heads or a.heads
     for p in a.patterns.split(","):
@@ -128,7 +131,8 @@ def main():
     peak = bench(a, 256, 64, "dense", 1, peak=True)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     print(f"# {cpu}; FMA peak of one core {peak:.1f} GFLOP/s fp32; torch {torch.__version__}; {a.dtype}, "
-          f"{a.heads} heads over {a.kv_heads} kv heads, median of {a.rounds} alternating rounds")
+          f"{a.heads} heads over {a.kv_heads} kv heads, median of {a.rounds} alternating rounds; longattn's kernels "
+          f"{a.cpu_isa or 'as dispatched'}, PyTorch's {torch.backends.cpu.get_cpu_capability()}")
     print("| L | D | pattern | thr | longattn fwd ms | fwd % peak | peer | peer fwd ms | fwd ratio | "
           "longattn fwd+bwd ms | peer fwd+bwd ms | fwd+bwd ratio |")
     print("|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")

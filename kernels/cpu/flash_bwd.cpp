@@ -25,6 +25,12 @@
 // zeros. Per key block a unit packs K^T and V^T ([D][bk], keys the vector axis of S = Q K^T and
 // dP = dO V^T) and K ([bk][Dp], dims the vector axis of dQ += dS K). P^T dO and dS^T Q read the stored
 // P and dS transposed, which the ColA microkernel does without a copy.
+//
+// bf16 inputs on a CPU with AVX512-BF16 (`dot`): all five products are bf16 dot products
+// (bf16_dot.hpp). S and dP are exact products of the stored values summed in fp32; P and scale * dS are
+// rounded to bf16 (to nearest even) for dV, dK and dQ, as the plain bf16 implementation stores them,
+// while the exponent, dS and every accumulation stay fp32. Q and dO are kept per chunk in dim pairs (for
+// S and dP) and in query pairs (for dV and dK), K per key block in key pairs (for dQ).
 #include <omp.h>
 
 #include <algorithm>
@@ -81,6 +87,9 @@ struct Chunk {
     float* dq = nullptr;    // [nsplit][B][Hq][rows][Dp]
     std::uint16_t* q16 = nullptr;     // dot: [B][Hq][rows][d16], Q and dO in bf16 dim pairs
     std::uint16_t* dout16 = nullptr;
+    std::uint16_t* qp16 = nullptr;    // dot: [B][Hq][prows / 2][Dp][2], Q and dO in query pairs (zeros
+    std::uint16_t* doutp16 = nullptr; //   past the head dim and on the row that pads an odd chunk)
+    std::int64_t prows = 0;           // rows rounded up to even
     std::vector<std::int64_t> kbs;                 // key blocks some row of the chunk may attend
     std::vector<std::vector<TileRun>> pairs;       // per entry of kbs: its query blocks
     std::vector<std::int64_t> split_begin;         // nsplit + 1 offsets into kbs
@@ -90,18 +99,26 @@ struct Chunk {
     std::int64_t row_index(const BwdCall& pr, std::int64_t b, std::int64_t h, std::int64_t r) const {
         return (b * pr.Hq + h) * rows + r;
     }
+    // Offset in qp16 / doutp16 of the pair holding row r (even) of head h.
+    std::int64_t pair_index(const BwdCall& pr, std::int64_t b, std::int64_t h, std::int64_t r) const {
+        return ((b * pr.Hq + h) * (prows / 2) + r / 2) * 2 * pr.Dp;
+    }
 };
 
-// Per-thread buffers of one unit.
+// Per-thread buffers of one unit. dot: kp holds K in key pairs ([bk / 2][Dp][2]), p16 and dsp16 P and dS
+// in query pairs ([bq / 2][bk][2]), ds16 dS in rows ([bq][bk]), all bf16.
 struct ThreadBuffers {
-    Buffer kt, vt, kr, dk, dv, s, dp, bias, kposf;
+    Buffer kt, vt, kr, dk, dv, s, dp, bias, kposf, kp, p16, ds16, dsp16;
     std::vector<std::uint8_t> mask;
 
     explicit ThreadBuffers(const BwdCall& pr)
         : kt(pr.D * pr.bk), vt(pr.D * pr.bk), kr(pr.bk * pr.Dp), dk(pr.bk * pr.Dp), dv(pr.bk * pr.Dp),
-          s(pr.bq * pr.bk), dp(pr.bq * pr.bk), bias(pr.bq * pr.bk), kposf(pr.bk),
+          s(pr.bq * pr.bk), dp(pr.bq * pr.bk), bias(pr.bq * pr.bk), kposf(pr.bk), kp(pr.dot ? pr.bk * pr.Dp / 2 : 0),
+          p16(pr.dot ? pr.bq * pr.bk / 2 : 0), ds16(pr.dot ? pr.bq * pr.bk / 2 : 0), dsp16(pr.dot ? pr.bq * pr.bk / 2 : 0),
           mask(static_cast<std::size_t>(pr.bk)) {}
 };
+
+std::uint16_t* u16(const Buffer& b) { return reinterpret_cast<std::uint16_t*>(b.get()); }
 
 void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
     const BwdParams& p = *pr.p;
@@ -110,21 +127,27 @@ void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::i
     float* kt = sc.kt.get();
     float* vt = sc.vt.get();
     float* kr = sc.kr.get();
-    if (pr.dot) {  // K and V in key pairs ([dim pair][bk][2]), zeros past the keys and the head dim
+    if (pr.dot) {  // K^T and V^T in dim pairs ([dim pair][bk][2]), K in key pairs ([bk / 2][Dp][2]), zeros
+                   // past the keys and the head dim
         auto* kt16 = reinterpret_cast<std::uint16_t*>(kt);
         auto* vt16 = reinterpret_cast<std::uint16_t*>(vt);
+        std::uint16_t* kp16 = u16(sc.kp);
         std::fill(kt16, kt16 + pr.d16 * bk, std::uint16_t{0});
         std::fill(vt16, vt16 + pr.d16 * bk, std::uint16_t{0});
+        std::fill(kp16, kp16 + bk * Dp, std::uint16_t{0});
         const auto* k = static_cast<const std::uint16_t*>(p.k.data);
         const auto* v = static_cast<const std::uint16_t*>(p.v.data);
         for (std::int64_t j = 0; j < n; ++j) {
             const std::uint16_t* krow = k + p.k.offset(b, j0 + j, hk, 0);
             const std::uint16_t* vrow = v + p.v.offset(b, j0 + j, hk, 0);
+            std::uint16_t* kpj = kp16 + (j / 2) * 2 * Dp + j % 2;
             for (std::int64_t d = 0; d < D; ++d) {
                 kt16[(d / 2) * 2 * bk + 2 * j + d % 2] = krow[d];
                 vt16[(d / 2) * 2 * bk + 2 * j + d % 2] = vrow[d];
+                kpj[2 * d] = krow[d];
             }
         }
+        return;  // the fp32 panels are not read
     }
     for (std::int64_t j = 0; j < bk; ++j) {
         if (j < n) {
@@ -205,6 +228,31 @@ void softmax_grad(const BwdCall& pr, ThreadBuffers& sc, const Chunk& ch, std::in
     }
 }
 
+#if LONGATTN_BF16_TILES
+// P (in S) and scale * dS (in dP) of one block rounded to bf16 for the dot products: P and dS in query
+// pairs (the A of dV += P^T dO and dK += dS^T Q), dS in rows (the A of dQ += dS K). An odd last row is
+// paired with zeros.
+void round_block_bf16(const BwdCall& pr, ThreadBuffers& sc, std::int64_t nq, std::int64_t ncols) {
+    const std::int64_t bk = pr.bk;
+    const float* S = sc.s.get();
+    const float* dP = sc.dp.get();
+    std::uint16_t* p16 = u16(sc.p16);
+    std::uint16_t* ds16 = u16(sc.ds16);
+    std::uint16_t* dsp16 = u16(sc.dsp16);
+    for (std::int64_t r = 0; r < nq; r += 2) {
+        const bool two = r + 1 < nq;
+        for (std::int64_t j = 0; j < ncols; j += kLanes) {
+            const vf p0 = load(S + r * bk + j), p1 = two ? load(S + (r + 1) * bk + j) : vf{};
+            const vf d0 = load(dP + r * bk + j), d1 = two ? load(dP + (r + 1) * bk + j) : vf{};
+            store_pairs_bf16(p16 + r * bk + 2 * j, p0, p1);
+            store_pairs_bf16(dsp16 + r * bk + 2 * j, d0, d1);
+            store_bf16(ds16 + r * bk + j, d0);
+            if (two) store_bf16(ds16 + (r + 1) * bk + j, d1);
+        }
+    }
+}
+#endif
+
 // The additive mask of query block qb against key block kb (n keys, ncols columns with the padding):
 // -inf on disallowed pairs and on the zero-padded key columns, row stride bk.
 void block_bias(const BwdCall& pr, ThreadBuffers& sc, std::int64_t kb, std::int64_t qb, BlockClass cls, float* bias) {
@@ -281,15 +329,19 @@ void run_unit(const BwdCall& pr, const Chunk& ch, ThreadBuffers& sc, std::int64_
                     if (pr.dot) {
 #if LONGATTN_BF16_TILES
                         const std::int64_t off = ch.row_index(pr, b, h, r0) * pr.d16, pairs = pr.d16 / 2;
-                        const auto* kt16 = reinterpret_cast<const std::uint16_t*>(sc.kt.get());
-                        const auto* vt16 = reinterpret_cast<const std::uint16_t*>(sc.vt.get());
-                        dot_gemm_bf16(nq, nv, pairs, ch.q16 + off, pr.d16, kt16, 2 * bk, S, bk);
-                        dot_gemm_bf16(nq, nv, pairs, ch.dout16 + off, pr.d16, vt16, 2 * bk, dP, bk);
+                        dot_gemm_bf16(nq, nv, pairs, ch.q16 + off, pr.d16, u16(sc.kt), 2 * bk, S, bk);
+                        dot_gemm_bf16(nq, nv, pairs, ch.dout16 + off, pr.d16, u16(sc.vt), 2 * bk, dP, bk);
+                        softmax_grad(pr, sc, ch, b, h, r0, nq, ncols, masked ? bias : nullptr, p.q_pos + i0, slope, pos_base);
+                        round_block_bf16(pr, sc, nq, ncols);
+                        const std::int64_t qpairs = (nq + 1) / 2, poff = ch.pair_index(pr, b, h, r0);
+                        dot_gemm_bf16<true>(n, Dp / kLanes, qpairs, u16(sc.p16), 2 * bk, ch.doutp16 + poff, 2 * Dp, dV, Dp, true);
+                        dot_gemm_bf16<true>(n, Dp / kLanes, qpairs, u16(sc.dsp16), 2 * bk, ch.qp16 + poff, 2 * Dp, dK, Dp, true);
+                        dot_gemm_bf16(nq, Dp / kLanes, ncols / 2, u16(sc.ds16), bk, u16(sc.kp), 2 * Dp, dQ, Dp, true);
 #endif
-                    } else {
-                        bwd::gemm<ALayout::row>(nq, nv, D, Q, Dp, sc.kt.get(), bk, S, bk, false);
-                        bwd::gemm<ALayout::row>(nq, nv, D, dO, Dp, sc.vt.get(), bk, dP, bk, false);
+                        continue;
                     }
+                    bwd::gemm<ALayout::row>(nq, nv, D, Q, Dp, sc.kt.get(), bk, S, bk, false);
+                    bwd::gemm<ALayout::row>(nq, nv, D, dO, Dp, sc.vt.get(), bk, dP, bk, false);
                     softmax_grad(pr, sc, ch, b, h, r0, nq, ncols, masked ? bias : nullptr, p.q_pos + i0, slope, pos_base);
                     bwd::gemm<ALayout::col>(n, Dp / kLanes, nq, S, bk, dO, Dp, dV, Dp, true);
                     bwd::gemm<ALayout::col>(n, Dp / kLanes, nq, dP, bk, Q, Dp, dK, Dp, true);
@@ -401,6 +453,14 @@ void load_chunk_row(const BwdCall& pr, const Chunk& ch, std::int64_t t, float* o
         std::copy(o, o + pr.D, o16);
         if (pr.d16 > pr.D) q16[pr.D] = do16[pr.D] = o16[pr.D] = 0;
         delta = dot_row_bf16(pr.d16 / 2, do16, o16);
+        // Query pairs: this row's half of its pair, and the zero partner of an odd last row.
+        const std::int64_t r = t % ch.rows, at = ch.pair_index(pr, b, h, r - r % 2) + r % 2;
+        const bool pad = r % 2 == 0 && r + 1 == ch.rows;
+        for (std::int64_t d = 0; d < pr.Dp; ++d) {
+            ch.qp16[at + 2 * d] = d < pr.D ? q[d] : std::uint16_t{0};
+            ch.doutp16[at + 2 * d] = d < pr.D ? dout[d] : std::uint16_t{0};
+            if (pad) ch.qp16[at + 2 * d + 1] = ch.doutp16[at + 2 * d + 1] = 0;
+        }
     } else
 #endif
     {
@@ -496,7 +556,9 @@ void backward(const BwdParams& p, bool dot) {
     lsebuf.reserve(static_cast<std::size_t>(2 * row_elems));
     deltabuf.reserve(static_cast<std::size_t>(row_elems));
     dqbuf.reserve(static_cast<std::size_t>(max_split) * rows_dp);
-    if (pr.dot) q16buf.reserve(static_cast<std::size_t>(row_elems * pr.d16));  // Q and dO, bf16
+    // dot: Q and dO in bf16, in dim pairs (row_elems * d16 each) and in query pairs (pair_rows * Dp each)
+    const std::int64_t pair_rows = row_elems + pr.B * pr.Hq;
+    if (pr.dot) q16buf.reserve(static_cast<std::size_t>(row_elems * pr.d16 + pair_rows * pr.Dp));
     const auto keep = static_cast<std::size_t>(kScratchFloats);
     const cpu::TrimOnExit t1{qbuf, keep}, t2{dobuf, keep}, t3{lsebuf, keep}, t4{deltabuf, keep}, t5{dqbuf, 2 * keep},
         t6{q16buf, keep};
@@ -515,6 +577,9 @@ void backward(const BwdParams& p, bool dot) {
         ch.dq = dqbuf.get();
         ch.q16 = reinterpret_cast<std::uint16_t*>(q16buf.get());
         ch.dout16 = ch.q16 + row_elems * pr.d16;
+        ch.prows = round_up(ch.rows, 2);
+        ch.qp16 = ch.dout16 + row_elems * pr.d16;
+        ch.doutp16 = ch.qp16 + pair_rows * pr.Dp;
         plan_chunk(pr, ch, units_per_split, nt);
         const std::int64_t nrows = pr.B * pr.Hq * ch.rows;
         const std::int64_t nunits = units_per_split * ch.nsplit;
