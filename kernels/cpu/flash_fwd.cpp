@@ -6,6 +6,9 @@
 //     conflicts while every row group of the query block sweeps over it;
 //   V as [panel of kPanel dims][kBk][kPanel] (the last panel narrower): dims are the vector axis of
 //     O += P V.
+// For bf16 q and k on a CPU with AVX512-BF16 the scores are bf16 dot products over K in dim pairs, and
+// with bf16 v too O += P V is one, over V in key pairs with P rounded to bf16 (as the plain bf16
+// implementation stores it); the AMX path (below) keeps P's precision with a second bf16 part.
 // Each task is one (batch, query head, query block). Q is converted to fp32 unscaled, and the
 // running row maximum m is kept in the units of the stored scores (raw q.k, or the natural score once
 // softcap or ALiBi have transformed it). Each exponent is (S - m) * c with c = scale * log2(e), then
@@ -114,6 +117,26 @@ inline void pv_tile(std::int64_t n, const float* p, std::int64_t p_rs, const flo
 }
 
 #if LONGATTN_BF16_TILES
+// pv_tile for bf16 P and V by AVX512-BF16 dot products over `pairs` key pairs: P rows of bf16 (p_rs
+// bf16 apart), V as [key pair][16C dims][2].
+template <int C>
+LONGATTN_DPBF16 inline void pv_tile_bf16(std::int64_t pairs, const std::uint16_t* p, std::int64_t p_rs,
+                                         const std::uint16_t* v, float* o, std::int64_t o_rs, const float* alpha) {
+    __m512 acc[kRows][C];
+    for (int r = 0; r < kRows; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = (__m512)(alpha[r] * load(o + r * o_rs + c * kLanes));
+    for (std::int64_t k = 0; k < pairs; ++k) {
+        __m512bh b[C];
+        for (int c = 0; c < C; ++c) b[c] = (__m512bh)_mm512_loadu_si512(v + k * (2 * C * kLanes) + c * 2 * kLanes);
+        for (int r = 0; r < kRows; ++r) {
+            const __m512bh a = bf16_pair(p + r * p_rs + 2 * k);
+            for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], a, b[c]);
+        }
+    }
+    for (int r = 0; r < kRows; ++r)
+        for (int c = 0; c < C; ++c) store(o + r * o_rs + c * kLanes, (vf)acc[r][c]);
+}
+
 // AMX tiles for bf16 storage (q, k and v all bf16), on CPUs with AMX-BF16 (dispatch.cpp's avx512-amx):
 // S = Q K^T in tiles of 16 rows x 16 keys over 32 dims, and O += P V with P split into bf16 hi + lo,
 // so that P keeps 16 of its 24 bits (2^-17 relative, far below the bf16 output's rounding) and the
@@ -246,6 +269,8 @@ struct FwdCall {
     float softcap = 0.0f;
     bool amx = false;                           // AMX tiles (bf16 q, k, v): the packed blocks hold bf16
     bool bf16k = false;                         // AVX512-BF16 scores (bf16 q, k): packed keys hold bf16
+    bool bf16v = false;                         // and O += P V by AVX512-BF16 dot products (bf16 v too), P
+                                                // rounded to bf16: packed values hold bf16 key pairs
     std::int64_t dq = 0;                        // bf16 per Q row: the head dim rounded up to 32 (AMX) or 2
     float* kpack = nullptr;
     float* vpack = nullptr;
@@ -318,6 +343,20 @@ void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int
             }
         }
     }
+    if (pr.bf16v) {  // V panels of bf16 key pairs ([key pair][w][2] per panel of w dims), zeros past the keys
+                     // and the head dim
+        auto* vp16 = reinterpret_cast<std::uint16_t*>(vp);
+        std::fill(vp16, vp16 + bk * Dp, std::uint16_t{0});
+        const auto* v = static_cast<const std::uint16_t*>(p.v.data);
+        for (std::int64_t j = 0; j < n; ++j) {
+            const std::uint16_t* vrow = v + p.v.offset(b, j0 + j, hk, 0);
+            for (std::int64_t d = 0; d < D; ++d) {
+                const std::int64_t c0 = d / kPanel * kPanel, w = std::min<std::int64_t>(kPanel, Dp - c0);
+                vp16[c0 * bk + (j / 2) * 2 * w + 2 * (d - c0) + j % 2] = vrow[d];
+            }
+        }
+        return;
+    }
     for (std::int64_t j = 0; j < bk; ++j) {
         if (j < n) {
             load_row(p.v.data, p.v.dtype, p.v.offset(b, j0 + j, hk, 0), D, 1.0f, row);
@@ -374,6 +413,7 @@ struct ThreadBuffers {
           pz(static_cast<std::size_t>(pr.blk.bq)) {
         if (pr.amx || pr.bf16k) q16.reserve(static_cast<std::size_t>(pr.blk.bq * pr.dq / 2));
         if (pr.amx) p16.reserve(static_cast<std::size_t>(pr.blk.bq * pr.blk.bk));
+        if (pr.bf16v) p16.reserve(static_cast<std::size_t>(pr.blk.bq * pr.blk.bk / 2));
     }
 };
 
@@ -718,6 +758,9 @@ private:
         const float* S = sc_.s.get();
         float* O = sc_.o.get();
         const float* alpha = sc_.alpha.get();
+#if LONGATTN_BF16_TILES
+        if (pr_.bf16v) return accumulate_pv_bf16(reinterpret_cast<const std::uint16_t*>(vp), n);
+#endif
         for (std::int64_t d0 = 0; d0 < Dp; d0 += kPanel) {
             const std::int64_t w = std::min<std::int64_t>(kPanel, Dp - d0);
             const float* vpan = vp + d0 * bk;
@@ -737,6 +780,38 @@ private:
             }
         }
     }
+
+#if LONGATTN_BF16_TILES
+    // As accumulate_pv with P rounded to bf16 (to nearest even) and V in key pairs. A key past n has P = 0
+    // (masked in softmax) and a zero V pair.
+    void accumulate_pv_bf16(const std::uint16_t* vp, std::int64_t n) {
+        const std::int64_t Dp = pr_.Dp, bk = pr_.blk.bk, ldo = Dp;
+        const float* S = sc_.s.get();
+        std::uint16_t* P = reinterpret_cast<std::uint16_t*>(sc_.p16.get());
+        float* O = sc_.o.get();
+        const float* alpha = sc_.alpha.get();
+        for (std::int64_t g = 0; g < ngroups_; ++g) {
+            const std::int64_t k0 = sc_.vlo[g] * kLanes, k1 = round_up(std::min(sc_.vhi[g] * kLanes, n), 2);
+            if (k0 >= k1) continue;
+            const std::int64_t r = g * rows_;
+            for (std::int64_t i = r; i < r + rows_; ++i)
+                for (std::int64_t j = k0; j < k1; j += kLanes) store_bf16(P + i * bk + j, load(S + i * bk + j));
+            for (std::int64_t d0 = 0; d0 < Dp; d0 += kPanel) {
+                const std::int64_t w = std::min<std::int64_t>(kPanel, Dp - d0);
+                const std::uint16_t* pg = P + r * bk + k0;
+                const std::uint16_t* vg = vp + d0 * bk + k0 * w;
+                float* og = O + r * ldo + d0;
+                const std::int64_t pairs = (k1 - k0) / 2;
+                switch (w / kLanes) {
+                    case 4: pv_tile_bf16<4>(pairs, pg, bk, vg, og, ldo, alpha + r); break;
+                    case 3: pv_tile_bf16<3>(pairs, pg, bk, vg, og, ldo, alpha + r); break;
+                    case 2: pv_tile_bf16<2>(pairs, pg, bk, vg, og, ldo, alpha + r); break;
+                    default: pv_tile_bf16<1>(pairs, pg, bk, vg, og, ldo, alpha + r); break;
+                }
+            }
+        }
+    }
+#endif
 
     // O = (O * l) / l and LSE rows out.
     void finish() {
@@ -812,6 +887,8 @@ void forward(const FwdParams& p, Bf16Tiles tiles) {
     } else if (pr.bf16k) {
         pr.dq = round_up(pr.D, 2);
         pr.kblock_sz = pr.blk.bk * pr.dq / 2;
+        pr.bf16v = p.v.dtype == DType::bf16;
+        if (pr.bf16v) pr.vblock_sz = pr.blk.bk * pr.Dp / 2;
     }
 
     const std::int64_t head_floats = pr.nkb * (pr.kblock_sz + pr.vblock_sz);
