@@ -111,7 +111,7 @@ po::options_description run_options(OptionValues& v, SectionOf& section_of) {
      ("device", po::value(&v.device)->default_value("cpu"),
       "cpu | cuda (the CUDA kernels; one GPU per rank by local rank)")
      ("cpu-isa", po::value(&v.cpu_isa)->default_value("auto"),
-      "instruction set of the CPU kernels: auto (LONGATTN_CPU_ISA if set, else the best this CPU runs), avx512-amx (AVX-512 with the forward on AMX tiles for bf16), avx512-bf16 (AVX-512 with the forward's scores by AVX512-BF16 dot products for bf16), avx512, avx2 or sse2")
+      "instruction set of the CPU kernels: auto (LONGATTN_CPU_ISA if set, else the best this CPU runs), avx512-amx (AVX-512 with the bf16 forward on AMX tiles and the bf16 backward by AVX512-BF16 dot products), avx512-bf16 (AVX-512 with every bf16 product, forward and backward, by AVX512-BF16 dot products), avx512, avx2 or sse2")
      ("threads,t", po::value(&v.threads)->default_value("0"),
       "threads per rank, or a list to sweep in kernel mode (0 = all)")
      ("seed", po::value(&v.seed)->default_value("1"), "seed of the synthetic inputs (0 to 2^63-1)")
