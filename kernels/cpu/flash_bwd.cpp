@@ -120,7 +120,11 @@ struct ThreadBuffers {
 
 std::uint16_t* u16(const Buffer& b) { return reinterpret_cast<std::uint16_t*>(b.get()); }
 
-void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
+// The key block's rows are first copied as they are, into buffers that run_unit clears right after
+// (dk, dv) or that hold K row-major anyway (kr): copies with nothing in between keep many rows' loads
+// in flight, where scattering each row as it arrives waits on memory row after row (a window reads
+// every key block from memory for a few query blocks). The transposes then read cached rows.
+void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::int64_t hk, std::int64_t kb) {
     const BwdParams& p = *pr.p;
     const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.bk;
     const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
@@ -132,14 +136,22 @@ void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::i
         auto* kt16 = reinterpret_cast<std::uint16_t*>(kt);
         auto* vt16 = reinterpret_cast<std::uint16_t*>(vt);
         std::uint16_t* kp16 = u16(sc.kp);
-        std::fill(kt16, kt16 + pr.d16 * bk, std::uint16_t{0});
-        std::fill(vt16, vt16 + pr.d16 * bk, std::uint16_t{0});
-        std::fill(kp16, kp16 + bk * Dp, std::uint16_t{0});
+        std::uint16_t* ks = u16(sc.dk);  // the rows as stored, stride Dp
+        std::uint16_t* vs = u16(sc.dv);
         const auto* k = static_cast<const std::uint16_t*>(p.k.data);
         const auto* v = static_cast<const std::uint16_t*>(p.v.data);
         for (std::int64_t j = 0; j < n; ++j) {
             const std::uint16_t* krow = k + p.k.offset(b, j0 + j, hk, 0);
             const std::uint16_t* vrow = v + p.v.offset(b, j0 + j, hk, 0);
+            std::copy(krow, krow + D, ks + j * Dp);
+            std::copy(vrow, vrow + D, vs + j * Dp);
+        }
+        std::fill(kt16, kt16 + pr.d16 * bk, std::uint16_t{0});
+        std::fill(vt16, vt16 + pr.d16 * bk, std::uint16_t{0});
+        std::fill(kp16, kp16 + bk * Dp, std::uint16_t{0});
+        for (std::int64_t j = 0; j < n; ++j) {
+            const std::uint16_t* krow = ks + j * Dp;
+            const std::uint16_t* vrow = vs + j * Dp;
             std::uint16_t* kpj = kp16 + (j / 2) * 2 * Dp + j % 2;
             for (std::int64_t d = 0; d < D; ++d) {
                 kt16[(d / 2) * 2 * bk + 2 * j + d % 2] = krow[d];
@@ -149,22 +161,24 @@ void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::i
         }
         return;  // the fp32 panels are not read
     }
+    float* vs = sc.dv.get();  // V's rows, stride Dp
     for (std::int64_t j = 0; j < bk; ++j) {
+        float* kj = kr + j * Dp;
+        float* vj = vs + j * Dp;
         if (j < n) {
-            load_row(p.k.data, p.k.dtype, p.k.offset(b, j0 + j, hk, 0), D, 1.0f, row);
-            std::fill(row + D, row + Dp, 0.0f);
+            load_row(p.k.data, p.k.dtype, p.k.offset(b, j0 + j, hk, 0), D, 1.0f, kj);
+            load_row(p.v.data, p.v.dtype, p.v.offset(b, j0 + j, hk, 0), D, 1.0f, vj);
+            std::fill(kj + D, kj + Dp, 0.0f);
         } else {
-            std::fill(row, row + Dp, 0.0f);
+            std::fill(kj, kj + Dp, 0.0f);
+            std::fill(vj, vj + D, 0.0f);
         }
-        std::copy(row, row + Dp, kr + j * Dp);
-        if (pr.dot) continue;
-        for (std::int64_t d = 0; d < D; ++d) kt[d * bk + j] = row[d];
-        if (j < n)
-            load_row(p.v.data, p.v.dtype, p.v.offset(b, j0 + j, hk, 0), D, 1.0f, row);
-        else
-            std::fill(row, row + D, 0.0f);
-        for (std::int64_t d = 0; d < D; ++d) vt[d * bk + j] = row[d];
     }
+    for (std::int64_t d = 0; d < D; ++d)
+        for (std::int64_t j = 0; j < bk; ++j) {
+            kt[d * bk + j] = kr[j * Dp + d];
+            vt[d * bk + j] = vs[j * Dp + d];
+        }
 }
 
 // Turns S (raw q.k) into P and dP into scale * dS for one query block against one key block, in place.
@@ -284,8 +298,7 @@ void block_bias(const BwdCall& pr, ThreadBuffers& sc, std::int64_t kb, std::int6
 
 // One (batch, kv head, split) unit: its key blocks' dK/dV in full for this chunk, its dQ
 // contributions into the split's private slice.
-void run_unit(const BwdCall& pr, const Chunk& ch, ThreadBuffers& sc, std::int64_t b, std::int64_t hk, std::int64_t split,
-              float* row) {
+void run_unit(const BwdCall& pr, const Chunk& ch, ThreadBuffers& sc, std::int64_t b, std::int64_t hk, std::int64_t split) {
     const BwdParams& p = *pr.p;
     const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.bk, G = pr.G;
     const std::int64_t h0 = hk * G;
@@ -307,7 +320,7 @@ void run_unit(const BwdCall& pr, const Chunk& ch, ThreadBuffers& sc, std::int64_
         const std::int64_t kb = ch.kbs[static_cast<std::size_t>(e)];
         const std::int64_t j0 = kb * bk, n = pr.keys.tile_rows(kb);
         const std::int64_t ncols = round_up(n, kLanes), nv = ncols / kLanes;
-        pack_key_block(pr, sc, b, hk, kb, row);
+        pack_key_block(pr, sc, b, hk, kb);
         std::fill(dK, dK + bk * Dp, 0.0f);
         std::fill(dV, dV + bk * Dp, 0.0f);
         const std::int64_t pos_base = p.k_pos[j0];
@@ -594,7 +607,7 @@ void backward(const BwdParams& p, bool dot) {
 #pragma omp for schedule(dynamic, 1)
                 for (std::int64_t u = 0; u < nunits; ++u) {
                     const std::int64_t split = u % ch.nsplit, bh = u / ch.nsplit;
-                    run_unit(pr, ch, sc, bh / pr.Hkv, bh % pr.Hkv, split, row.get());
+                    run_unit(pr, ch, sc, bh / pr.Hkv, bh % pr.Hkv, split);
                 }
             }
 #pragma omp for schedule(static)

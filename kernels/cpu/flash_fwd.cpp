@@ -314,7 +314,25 @@ void pack_key_block_amx(const FwdCall& pr, std::int64_t b, std::int64_t hk, std:
 }
 #endif
 
-void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* row) {
+// Copies the n rows of t from row j0 (batch b, head h) into rows of stride Dp floats: in fp32, or as
+// stored when raw16 (2-byte storage kept for the bf16 dot products).
+void stage_rows(const FwdCall& pr, const TensorView& t, std::int64_t b, std::int64_t h, std::int64_t j0, std::int64_t n,
+                bool raw16, float* rows) {
+    for (std::int64_t j = 0; j < n; ++j) {
+        if (!raw16) {
+            load_row(t.data, t.dtype, t.offset(b, j0 + j, h, 0), pr.D, 1.0f, rows + j * pr.Dp);
+        } else {
+            const auto* src = static_cast<const std::uint16_t*>(t.data) + t.offset(b, j0 + j, h, 0);
+            std::copy(src, src + pr.D, reinterpret_cast<std::uint16_t*>(rows + j * pr.Dp));
+        }
+    }
+}
+
+// The block's rows are first copied as they are into rows (the thread's bk x Dp floats): copies with
+// nothing in between keep many rows' loads in flight, where scattering each row into the panels as it
+// arrives waits on memory row after row (a window reads each key block for a few query blocks). The
+// panels are then written from cached rows.
+void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* rows) {
 #if LONGATTN_BF16_TILES
     if (pr.amx) return pack_key_block_amx(pr, b, hk, kb);
 #endif
@@ -323,33 +341,30 @@ void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int
     const std::int64_t j0 = kb * bk, n = std::min(bk, pr.Sk - j0);
     float* kt = pr.kblock(b, hk, kb);
     float* vp = pr.vblock(b, hk, kb);
+    const auto* rows16 = reinterpret_cast<const std::uint16_t*>(rows);  // bf16 rows, stride 2 Dp
+    stage_rows(pr, p.k, b, hk, j0, n, pr.bf16k, rows);
     if (pr.bf16k) {  // K panels of bf16 dim pairs (dot_tile_bf16's B), zeros past the keys and the head dim
         auto* kt16 = reinterpret_cast<std::uint16_t*>(kt);
         std::fill(kt16, kt16 + bk * pr.dq, std::uint16_t{0});
-        const auto* k = static_cast<const std::uint16_t*>(p.k.data);
         for (std::int64_t j = 0; j < n; ++j) {
-            const std::uint16_t* krow = k + p.k.offset(b, j0 + j, hk, 0);
+            const std::uint16_t* krow = rows16 + j * 2 * Dp;
             std::uint16_t* kpan = kt16 + (j / kPanel) * pr.dq * kPanel + (j % kPanel) * 2;
             for (std::int64_t d = 0; d < D; ++d) kpan[(d / 2) * 2 * kPanel + d % 2] = krow[d];
         }
     } else {
-        for (std::int64_t j = 0; j < bk; ++j) {
-            float* kpan = kt + (j / kPanel) * D * kPanel + j % kPanel;
-            if (j < n) {
-                load_row(p.k.data, p.k.dtype, p.k.offset(b, j0 + j, hk, 0), D, 1.0f, row);
-                for (std::int64_t d = 0; d < D; ++d) kpan[d * kPanel] = row[d];
-            } else {
-                for (std::int64_t d = 0; d < D; ++d) kpan[d * kPanel] = 0.0f;
+        for (std::int64_t j0p = 0; j0p < bk; j0p += kPanel)
+            for (std::int64_t d = 0; d < D; ++d) {
+                float* kpan = kt + (j0p / kPanel) * D * kPanel + d * kPanel;
+                for (std::int64_t j = 0; j < kPanel; ++j) kpan[j] = j0p + j < n ? rows[(j0p + j) * Dp + d] : 0.0f;
             }
-        }
     }
+    stage_rows(pr, p.v, b, hk, j0, n, pr.bf16v, rows);
     if (pr.bf16v) {  // V panels of bf16 key pairs ([key pair][w][2] per panel of w dims), zeros past the keys
                      // and the head dim
         auto* vp16 = reinterpret_cast<std::uint16_t*>(vp);
         std::fill(vp16, vp16 + bk * Dp, std::uint16_t{0});
-        const auto* v = static_cast<const std::uint16_t*>(p.v.data);
         for (std::int64_t j = 0; j < n; ++j) {
-            const std::uint16_t* vrow = v + p.v.offset(b, j0 + j, hk, 0);
+            const std::uint16_t* vrow = rows16 + j * 2 * Dp;
             for (std::int64_t d = 0; d < D; ++d) {
                 const std::int64_t c0 = d / kPanel * kPanel, w = std::min<std::int64_t>(kPanel, Dp - c0);
                 vp16[c0 * bk + (j / 2) * 2 * w + 2 * (d - c0) + j % 2] = vrow[d];
@@ -358,12 +373,11 @@ void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int
         return;
     }
     for (std::int64_t j = 0; j < bk; ++j) {
-        if (j < n) {
-            load_row(p.v.data, p.v.dtype, p.v.offset(b, j0 + j, hk, 0), D, 1.0f, row);
-            for (std::int64_t d = D; d < Dp; ++d) row[d] = 0.0f;
-        } else {
-            for (std::int64_t d = 0; d < Dp; ++d) row[d] = 0.0f;
-        }
+        float* row = rows + j * Dp;
+        if (j < n)
+            std::fill(row + D, row + Dp, 0.0f);
+        else
+            std::fill(row, row + Dp, 0.0f);
         for (std::int64_t c0 = 0; c0 < Dp; c0 += kPanel) {
             const std::int64_t w = std::min<std::int64_t>(kPanel, Dp - c0);
             std::copy(row + c0, row + c0 + w, vp + c0 * bk + j * w);
@@ -401,7 +415,7 @@ struct ThreadBuffers {
           rmax(static_cast<std::size_t>(pr.blk.bq * kLanes)),
           alpha(static_cast<std::size_t>(pr.blk.bq)),
           kposf(static_cast<std::size_t>(pr.blk.bk)),
-          tmp(static_cast<std::size_t>(pr.Dp)),
+          tmp(static_cast<std::size_t>(pr.blk.bk * pr.Dp)),
           m(static_cast<std::size_t>(pr.blk.bq)),
           l(static_cast<std::size_t>(pr.blk.bq)),
           mask(static_cast<std::size_t>(pr.blk.bq * pr.blk.bk)),
