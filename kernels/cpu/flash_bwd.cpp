@@ -421,16 +421,31 @@ void plan_split_rows(const BwdCall& pr, Chunk& ch) {
 // The chunk's key blocks with the query blocks of [qb0, qb1) that may attend each, and the splits.
 void plan_chunk(const BwdCall& pr, Chunk& ch, std::int64_t units_per_split, int nt) {
     const BwdParams& p = *pr.p;
-    ch.pairs.resize(static_cast<std::size_t>(pr.nkb));
+    // The key blocks that the chunk's query hull may attend, from the key tree: a window's chunk meets a
+    // few dozen of the call's key blocks, and only those are matched against the chunk's query blocks.
+    std::int64_t q_lo = std::numeric_limits<std::int64_t>::max(), q_end = std::numeric_limits<std::int64_t>::min();
+    for (std::int64_t qb = ch.qb0; qb < ch.qb1; ++qb) {
+        q_lo = std::min(q_lo, pr.queries.tile_lo(qb));
+        q_end = std::max(q_end, pr.queries.tile_end(qb));
+    }
+    std::vector<TileRun> kruns;
+    collect_tiles(*p.pattern, pr.keys, false, q_lo, q_end, kruns);
+    std::vector<std::int64_t> cand;
+    for (const TileRun& r : kruns)
+        for (std::int64_t kb = r.first; kb < r.first + r.count; ++kb) cand.push_back(kb);
+    const auto nc = static_cast<std::int64_t>(cand.size());
+    ch.pairs.resize(cand.size());
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
-    for (std::int64_t kb = 0; kb < pr.nkb; ++kb)
+    for (std::int64_t c = 0; c < nc; ++c) {
+        const std::int64_t kb = cand[static_cast<std::size_t>(c)];
         collect_tiles(*p.pattern, pr.queries, true, pr.keys.tile_lo(kb), pr.keys.tile_end(kb),
-                      ch.pairs[static_cast<std::size_t>(kb)], ch.qb0, ch.qb1);
+                      ch.pairs[static_cast<std::size_t>(c)], ch.qb0, ch.qb1);
+    }
     std::int64_t w = 0;
-    for (std::int64_t kb = 0; kb < pr.nkb; ++kb) {
-        if (ch.pairs[static_cast<std::size_t>(kb)].empty()) continue;
-        ch.kbs.push_back(kb);
-        if (w != kb) ch.pairs[static_cast<std::size_t>(w)] = std::move(ch.pairs[static_cast<std::size_t>(kb)]);
+    for (std::int64_t c = 0; c < nc; ++c) {
+        if (ch.pairs[static_cast<std::size_t>(c)].empty()) continue;
+        ch.kbs.push_back(cand[static_cast<std::size_t>(c)]);
+        if (w != c) ch.pairs[static_cast<std::size_t>(w)] = std::move(ch.pairs[static_cast<std::size_t>(c)]);
         ++w;
     }
     ch.pairs.resize(static_cast<std::size_t>(w));
