@@ -120,10 +120,9 @@ struct ThreadBuffers {
 
 std::uint16_t* u16(const Buffer& b) { return reinterpret_cast<std::uint16_t*>(b.get()); }
 
-// The key block's rows are first copied as they are, into buffers that run_unit clears right after
-// (dk, dv) or that hold K row-major anyway (kr): copies with nothing in between keep many rows' loads
-// in flight, where scattering each row as it arrives waits on memory row after row (a window reads
-// every key block from memory for a few query blocks). The transposes then read cached rows.
+// The key block's rows are first staged (rows.hpp) into buffers that run_unit clears right after (dk,
+// dv) or that hold K row-major anyway (kr): a window reads every key block from memory for a few query
+// blocks. The transposes then read cached rows.
 void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::int64_t hk, std::int64_t kb) {
     const BwdParams& p = *pr.p;
     const std::int64_t D = pr.D, Dp = pr.Dp, bk = pr.bk;
@@ -136,16 +135,10 @@ void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::i
         auto* kt16 = reinterpret_cast<std::uint16_t*>(kt);
         auto* vt16 = reinterpret_cast<std::uint16_t*>(vt);
         std::uint16_t* kp16 = u16(sc.kp);
-        std::uint16_t* ks = u16(sc.dk);  // the rows as stored, stride Dp
-        std::uint16_t* vs = u16(sc.dv);
-        const auto* k = static_cast<const std::uint16_t*>(p.k.data);
-        const auto* v = static_cast<const std::uint16_t*>(p.v.data);
-        for (std::int64_t j = 0; j < n; ++j) {
-            const std::uint16_t* krow = k + p.k.offset(b, j0 + j, hk, 0);
-            const std::uint16_t* vrow = v + p.v.offset(b, j0 + j, hk, 0);
-            std::copy(krow, krow + D, ks + j * Dp);
-            std::copy(vrow, vrow + D, vs + j * Dp);
-        }
+        stage_rows(p.k, b, hk, j0, n, D, Dp / 2, true, sc.dk.get());  // as stored, stride Dp values
+        stage_rows(p.v, b, hk, j0, n, D, Dp / 2, true, sc.dv.get());
+        const std::uint16_t* ks = u16(sc.dk);
+        const std::uint16_t* vs = u16(sc.dv);
         std::fill(kt16, kt16 + pr.d16 * bk, std::uint16_t{0});
         std::fill(vt16, vt16 + pr.d16 * bk, std::uint16_t{0});
         std::fill(kp16, kp16 + bk * Dp, std::uint16_t{0});
@@ -162,17 +155,11 @@ void pack_key_block(const BwdCall& pr, ThreadBuffers& sc, std::int64_t b, std::i
         return;  // the fp32 panels are not read
     }
     float* vs = sc.dv.get();  // V's rows, stride Dp
+    stage_rows(p.k, b, hk, j0, n, D, Dp, false, kr);
+    stage_rows(p.v, b, hk, j0, n, D, Dp, false, vs);
     for (std::int64_t j = 0; j < bk; ++j) {
-        float* kj = kr + j * Dp;
-        float* vj = vs + j * Dp;
-        if (j < n) {
-            load_row(p.k.data, p.k.dtype, p.k.offset(b, j0 + j, hk, 0), D, 1.0f, kj);
-            load_row(p.v.data, p.v.dtype, p.v.offset(b, j0 + j, hk, 0), D, 1.0f, vj);
-            std::fill(kj + D, kj + Dp, 0.0f);
-        } else {
-            std::fill(kj, kj + Dp, 0.0f);
-            std::fill(vj, vj + D, 0.0f);
-        }
+        std::fill(kr + j * Dp + (j < n ? D : 0), kr + (j + 1) * Dp, 0.0f);
+        if (j >= n) std::fill(vs + j * Dp, vs + j * Dp + D, 0.0f);
     }
     for (std::int64_t d = 0; d < D; ++d)
         for (std::int64_t j = 0; j < bk; ++j) {

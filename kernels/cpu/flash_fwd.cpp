@@ -314,24 +314,8 @@ void pack_key_block_amx(const FwdCall& pr, std::int64_t b, std::int64_t hk, std:
 }
 #endif
 
-// Copies the n rows of t from row j0 (batch b, head h) into rows of stride Dp floats: in fp32, or as
-// stored when raw16 (2-byte storage kept for the bf16 dot products).
-void stage_rows(const FwdCall& pr, const TensorView& t, std::int64_t b, std::int64_t h, std::int64_t j0, std::int64_t n,
-                bool raw16, float* rows) {
-    for (std::int64_t j = 0; j < n; ++j) {
-        if (!raw16) {
-            load_row(t.data, t.dtype, t.offset(b, j0 + j, h, 0), pr.D, 1.0f, rows + j * pr.Dp);
-        } else {
-            const auto* src = static_cast<const std::uint16_t*>(t.data) + t.offset(b, j0 + j, h, 0);
-            std::copy(src, src + pr.D, reinterpret_cast<std::uint16_t*>(rows + j * pr.Dp));
-        }
-    }
-}
-
-// The block's rows are first copied as they are into rows (the thread's bk x Dp floats): copies with
-// nothing in between keep many rows' loads in flight, where scattering each row into the panels as it
-// arrives waits on memory row after row (a window reads each key block for a few query blocks). The
-// panels are then written from cached rows.
+// The block's rows are first staged (rows.hpp) into rows, the thread's bk x Dp floats (a window reads
+// each key block from memory for a few query blocks), and the panels written from them.
 void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int64_t kb, float* rows) {
 #if LONGATTN_BF16_TILES
     if (pr.amx) return pack_key_block_amx(pr, b, hk, kb);
@@ -342,7 +326,7 @@ void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int
     float* kt = pr.kblock(b, hk, kb);
     float* vp = pr.vblock(b, hk, kb);
     const auto* rows16 = reinterpret_cast<const std::uint16_t*>(rows);  // bf16 rows, stride 2 Dp
-    stage_rows(pr, p.k, b, hk, j0, n, pr.bf16k, rows);
+    stage_rows(p.k, b, hk, j0, n, D, Dp, pr.bf16k, rows);
     if (pr.bf16k) {  // K panels of bf16 dim pairs (dot_tile_bf16's B), zeros past the keys and the head dim
         auto* kt16 = reinterpret_cast<std::uint16_t*>(kt);
         std::fill(kt16, kt16 + bk * pr.dq, std::uint16_t{0});
@@ -358,7 +342,7 @@ void pack_key_block(const FwdCall& pr, std::int64_t b, std::int64_t hk, std::int
                 for (std::int64_t j = 0; j < kPanel; ++j) kpan[j] = j0p + j < n ? rows[(j0p + j) * Dp + d] : 0.0f;
             }
     }
-    stage_rows(pr, p.v, b, hk, j0, n, pr.bf16v, rows);
+    stage_rows(p.v, b, hk, j0, n, D, Dp, pr.bf16v, rows);
     if (pr.bf16v) {  // V panels of bf16 key pairs ([key pair][w][2] per panel of w dims), zeros past the keys
                      // and the head dim
         auto* vp16 = reinterpret_cast<std::uint16_t*>(vp);
